@@ -1,0 +1,200 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libcprxfer: descriptor-preserving process handoff.
+ *
+ * A process hands its open file descriptors, its guest RAM and its
+ * in-memory state to its successor: over an AF_UNIX socket (transfer
+ * mode), across execve() in place (exec mode) or through a file that
+ * survives a reboot (file mode).
+ *
+ * Conventions for every call:
+ *  - int functions return >= 0 on success and a negative errno on
+ *    failure; output parameters are left untouched on failure;
+ *  - after a failure, cprxfer_errmsg() names what failed;
+ *  - every fd the library creates or receives is close-on-exec;
+ *  - the library never prints, exits, raises SIGPIPE or changes signal
+ *    dispositions;
+ *  - objects are used by one thread at a time; distinct objects may be
+ *    used from distinct threads.
+ *
+ * The reference pages in docs/ref/ describe each function and every
+ * error it returns.
+ */
+#ifndef CPRXFER_CPRXFER_H
+#define CPRXFER_CPRXFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <cprxfer/version.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors and version ------------------------------------------- */
+
+/* The reason for the calling thread's last failure ("" if none). */
+const char *cprxfer_errmsg(void);
+
+/* The runtime library version, e.g. "0.1.0". */
+const char *cprxfer_version(void);
+
+/* ---- state: a typed, ordered map of named values ------------------- */
+
+typedef struct cprxfer_state cprxfer_state;
+
+enum {
+	CPRXFER_TYPE_U64 = 1,
+	CPRXFER_TYPE_I64,
+	CPRXFER_TYPE_BLOB,
+	CPRXFER_TYPE_STR,
+	CPRXFER_TYPE_FD,
+	CPRXFER_TYPE_RAM
+};
+
+/* Longest name, in bytes, without the terminating NUL. */
+#define CPRXFER_NAME_MAX 255
+
+cprxfer_state *cprxfer_state_new(void);
+void cprxfer_state_free(cprxfer_state *st);
+
+int cprxfer_put_u64(cprxfer_state *st, const char *name, uint64_t v);
+int cprxfer_put_i64(cprxfer_state *st, const char *name, int64_t v);
+int cprxfer_put_blob(cprxfer_state *st, const char *name, const void *data,
+		     size_t len);
+int cprxfer_put_str(cprxfer_state *st, const char *name, const char *s);
+int cprxfer_put_fd(cprxfer_state *st, const char *name, int fd);
+
+int cprxfer_get_u64(const cprxfer_state *st, const char *name, uint64_t *v);
+int cprxfer_get_i64(const cprxfer_state *st, const char *name, int64_t *v);
+int cprxfer_get_blob(const cprxfer_state *st, const char *name,
+		     const void **data, size_t *len);
+int cprxfer_get_str(const cprxfer_state *st, const char *name,
+		    const char **s);
+int cprxfer_get_fd(const cprxfer_state *st, const char *name, int *fd);
+int cprxfer_take_fd(cprxfer_state *st, const char *name);
+
+size_t cprxfer_state_count(const cprxfer_state *st);
+int cprxfer_state_entry(const cprxfer_state *st, size_t i, const char **name,
+			int *type);
+
+/* ---- options: limits, timeout, peer policy ------------------------- */
+
+/*
+ * An options object tunes the calls that take one (the *_opts
+ * variants). The plain calls use the defaults below. An options object
+ * is copied by the call that takes it: it may be freed right after.
+ */
+typedef struct cprxfer_opts cprxfer_opts;
+
+/* Limits on what a loader accepts, for cprxfer_opts_set_limit(). */
+enum {
+	CPRXFER_LIMIT_RECORD_BYTES = 1,	/* one value's bytes */
+	CPRXFER_LIMIT_STREAM_BYTES,	/* all frames of one stream */
+	CPRXFER_LIMIT_RECORDS,		/* records in one stream */
+	CPRXFER_LIMIT_FDS		/* fds in one stream */
+};
+
+#define CPRXFER_DEFAULT_RECORD_BYTES (64ull << 20)	/* 64 MiB */
+#define CPRXFER_DEFAULT_STREAM_BYTES (1ull << 30)	/* 1 GiB */
+#define CPRXFER_DEFAULT_RECORDS 1000000ull
+/* CPRXFER_LIMIT_FDS defaults to the soft RLIMIT_NOFILE at load time. */
+#define CPRXFER_DEFAULT_TIMEOUT_MS 10000
+
+cprxfer_opts *cprxfer_opts_new(void);
+void cprxfer_opts_free(cprxfer_opts *o);
+int cprxfer_opts_set_limit(cprxfer_opts *o, int which, uint64_t value);
+int cprxfer_opts_set_timeout(cprxfer_opts *o, int timeout_ms);
+/* An application tag ("demo-vmm/1"): a peer whose tag differs is refused. */
+int cprxfer_opts_set_tag(cprxfer_opts *o, const char *tag);
+/* Also accept a peer running as this effective uid / with this pid. */
+int cprxfer_opts_allow_uid(cprxfer_opts *o, uid_t uid);
+int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid);
+
+/* ---- channel: a connected unix socket with a handshake ------------- */
+
+typedef struct cprxfer_channel cprxfer_channel;
+typedef struct cprxfer_listener cprxfer_listener;
+
+/* incoming (new process) */
+int cprxfer_listen(const char *path, cprxfer_listener **out);
+int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
+			cprxfer_listener **out);
+int cprxfer_accept(cprxfer_listener *l, int timeout_ms,
+		   cprxfer_channel **out);
+void cprxfer_listener_close(cprxfer_listener *l);
+
+/* outgoing (old process) */
+int cprxfer_connect(const char *path, int timeout_ms, cprxfer_channel **out);
+int cprxfer_connect_opts(const char *path, int timeout_ms,
+			 const cprxfer_opts *o, cprxfer_channel **out);
+
+/* either side: wrap an already-connected AF_UNIX stream socket */
+int cprxfer_channel_open(int sockfd, cprxfer_channel **out);
+int cprxfer_channel_open_opts(int sockfd, const cprxfer_opts *o,
+			      cprxfer_channel **out);
+void cprxfer_channel_close(cprxfer_channel *ch);
+
+int cprxfer_save(cprxfer_channel *ch, const cprxfer_state *st);
+int cprxfer_load(cprxfer_channel *ch, cprxfer_state **out);
+
+int cprxfer_ack(cprxfer_channel *ch, int status, const char *reason);
+int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms);
+int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms);
+
+/* The peer's credentials and application tag, as the handshake saw them. */
+int cprxfer_channel_peer(const cprxfer_channel *ch, pid_t *pid, uid_t *uid,
+			 const char **tag);
+
+/* ---- guest RAM: memfd regions --------------------------------------- */
+
+struct cprxfer_ram {
+	void *addr;
+	size_t size;
+	int fd;
+};
+
+#define CPRXFER_RAM_HUGEPAGE (1u << 0)
+#define CPRXFER_RAM_POPULATE (1u << 1)
+#define CPRXFER_RAM_POPULATE_RESIDENT (1u << 2)
+
+/* What backs a region, as returned by cprxfer_ram_backing(). */
+enum {
+	CPRXFER_BACKING_PAGES = 1,	/* base pages */
+	CPRXFER_BACKING_THP,		/* transparent huge pages requested */
+	CPRXFER_BACKING_HUGETLB		/* hugetlbfs pages */
+};
+
+int cprxfer_ram_create(const char *name, size_t size, unsigned flags,
+		       struct cprxfer_ram *out);
+int cprxfer_ram_open_file(const char *path, size_t size, unsigned flags,
+			  struct cprxfer_ram *out);
+int cprxfer_ram_put(cprxfer_state *st, const char *name,
+		    const struct cprxfer_ram *r);
+int cprxfer_ram_get(cprxfer_state *st, const char *name, unsigned flags,
+		    struct cprxfer_ram *out);
+int cprxfer_ram_populate(const struct cprxfer_ram *r, unsigned flags);
+int cprxfer_ram_backing(const struct cprxfer_ram *r);
+void cprxfer_ram_release(struct cprxfer_ram *r);
+
+/* ---- exec in place (PID kept) --------------------------------------- */
+
+int cprxfer_exec(const cprxfer_state *st, const char *path,
+		 char *const argv[], char *const envp[]);
+int cprxfer_load_exec(cprxfer_state **out);
+int cprxfer_load_exec_opts(const cprxfer_opts *o, cprxfer_state **out);
+
+/* ---- file (reboot) mode --------------------------------------------- */
+
+int cprxfer_save_file(const cprxfer_state *st, const char *path);
+int cprxfer_load_file(const char *path, cprxfer_state **out);
+int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
+			   cprxfer_state **out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CPRXFER_CPRXFER_H */

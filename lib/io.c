@@ -1,0 +1,373 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Buffered, deadline-bounded reads and writes on a socket or a file.
+ *
+ * Sockets are used non-blocking (MSG_DONTWAIT) and every wait is a
+ * poll() bounded by the stream's deadline, so a peer that hangs costs at
+ * most the timeout and a peer that dies is noticed at once (POLLHUP, end
+ * of stream). fds arrive with MSG_CMSG_CLOEXEC and queue up in order.
+ */
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "io.h"
+#include "wire.h"
+
+#define CX_RBUF (64 * 1024)
+#define CX_WBUF (64 * 1024)
+#define CX_CMSG_SPACE CMSG_SPACE(CX_FDS_BATCH * sizeof(int))
+
+int64_t cx_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int cx_io_init(struct cx_io *io, int fd, bool sock)
+{
+	memset(io, 0, sizeof(*io));
+	io->fd = fd;
+	io->sock = sock;
+	io->deadline = INT64_MAX;
+	io->max_fds = UINT64_MAX;
+	io->rbuf = malloc(CX_RBUF);
+	io->wbuf = malloc(CX_WBUF);
+	if (!io->rbuf || !io->wbuf) {
+		free(io->rbuf);
+		free(io->wbuf);
+		return cx_err(-ENOMEM, "stream buffers: out of memory");
+	}
+	io->rcap = CX_RBUF;
+	io->wcap = CX_WBUF;
+	return 0;
+}
+
+void cx_io_drop_fds(struct cx_io *io)
+{
+	while (io->fdq_pos < io->fdq_len)
+		cx_close(io->fdq[io->fdq_pos++]);
+	io->fdq_len = io->fdq_pos = 0;
+}
+
+void cx_io_fini(struct cx_io *io)
+{
+	cx_io_drop_fds(io);
+	free(io->fdq);
+	free(io->rbuf);
+	free(io->wbuf);
+	memset(io, 0, sizeof(*io));
+	io->fd = -1;
+}
+
+void cx_io_deadline(struct cx_io *io, int timeout_ms)
+{
+	io->deadline = timeout_ms < 0 ? INT64_MAX :
+		cx_now_ns() + (int64_t)timeout_ms * 1000000;
+}
+
+/* poll() for events until the deadline; 0, -ETIMEDOUT or -errno. */
+static int io_wait(struct cx_io *io, short events, short *revents)
+{
+	struct pollfd p = { .fd = io->fd, .events = events };
+
+	for (;;) {
+		int ms = -1, n;
+
+		if (io->deadline != INT64_MAX) {
+			int64_t left = io->deadline - cx_now_ns();
+
+			if (left <= 0)
+				return -ETIMEDOUT;
+			/* Round up: never wake a hair before the deadline. */
+			left = (left + 999999) / 1000000;
+			ms = left > INT_MAX ? INT_MAX : (int)left;
+		}
+		n = poll(&p, 1, ms);
+		if (n > 0) {
+			*revents = p.revents;
+			return 0;
+		}
+		if (n < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+static int timeout_err(const char *what)
+{
+	return cx_err(-ETIMEDOUT, "%s: timed out waiting for the peer", what);
+}
+
+static int fdq_push(struct cx_io *io, const int *fds, size_t n)
+{
+	size_t i;
+
+	if (io->fds_in + n > io->max_fds) {
+		uint64_t had = io->fds_in;
+
+		for (i = 0; i < n; i++)
+			cx_close(fds[i]);
+		return cx_err(-EMFILE, "stream brings more than %llu fds "
+			      "(%llu received, %zu more arrived)",
+			      (unsigned long long)io->max_fds,
+			      (unsigned long long)had, n);
+	}
+	if (io->fdq_len + n > io->fdq_cap) {
+		size_t cap = io->fdq_cap ? io->fdq_cap : 256;
+		int *q;
+
+		while (cap < io->fdq_len + n)
+			cap *= 2;
+		q = realloc(io->fdq, cap * sizeof(*q));
+		if (!q) {
+			for (i = 0; i < n; i++)
+				cx_close(fds[i]);
+			return cx_err(-ENOMEM, "fd queue: out of memory");
+		}
+		io->fdq = q;
+		io->fdq_cap = cap;
+	}
+	memcpy(io->fdq + io->fdq_len, fds, n * sizeof(int));
+	io->fdq_len += n;
+	io->fds_in += n;
+	return 0;
+}
+
+/* Collect SCM_RIGHTS fds; every fd of the message is queued or closed. */
+static int take_cmsgs(struct cx_io *io, struct msghdr *m)
+{
+	struct cmsghdr *c;
+	int rc = 0;
+
+	for (c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
+		size_t n;
+		int *fds;
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		fds = (int *)CMSG_DATA(c);
+		if (rc < 0) {
+			while (n--)
+				cx_close(fds[n]);
+			continue;
+		}
+		rc = fdq_push(io, fds, n);
+	}
+	if (rc == 0 && (m->msg_flags & MSG_CTRUNC))
+		rc = cx_err(-EMFILE, "recvmsg: fds truncated (MSG_CTRUNC): "
+			    "the fd table is full or the peer sent too many");
+	return rc;
+}
+
+/* One read of up to n bytes into dst; > 0 bytes, or -errno. */
+static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
+{
+	union {
+		char buf[CX_CMSG_SPACE];
+		struct cmsghdr align;
+	} u;
+
+	for (;;) {
+		struct iovec iov = { .iov_base = dst, .iov_len = n };
+		struct msghdr m = {
+			.msg_iov = &iov, .msg_iovlen = 1,
+			.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
+		};
+		ssize_t r;
+		short rev;
+		int rc;
+
+		if (io->sock)
+			r = recvmsg(io->fd, &m, MSG_DONTWAIT |
+				    MSG_CMSG_CLOEXEC);
+		else
+			r = read(io->fd, dst, n);
+		if (r >= 0 && io->sock) {
+			rc = take_cmsgs(io, &m);
+			if (rc < 0)
+				return rc;
+		}
+		if (r > 0)
+			return r;
+		if (r == 0) {
+			if (!io->sock)
+				return cx_err(-ENODATA, "unexpected end of "
+					      "file");
+			return cx_err(-ECONNRESET, "peer closed the "
+				      "connection");
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == ECONNRESET || errno == EPIPE)
+			return cx_err(-ECONNRESET, "peer reset the connection");
+		if (errno != EAGAIN)
+			return cx_err(-errno, "recvmsg: %s", strerror(errno));
+		rc = io_wait(io, POLLIN, &rev);
+		if (rc == -ETIMEDOUT)
+			return timeout_err("read");
+		if (rc < 0)
+			return cx_err(rc, "poll: %s", strerror(-rc));
+	}
+}
+
+int cx_io_read(struct cx_io *io, void *dst, size_t n)
+{
+	uint8_t *d = dst;
+	size_t have = cx_io_buffered(io);
+
+	if (have >= n) {
+		memcpy(d, io->rbuf + io->rpos, n);
+		io->rpos += n;
+		return 0;
+	}
+	memcpy(d, io->rbuf + io->rpos, have);
+	d += have;
+	n -= have;
+	io->rpos = io->rlen = 0;
+	while (n >= io->rcap / 2) {
+		ssize_t r = io_read_some(io, d, n);
+
+		if (r < 0)
+			return (int)r;
+		d += r;
+		n -= (size_t)r;
+	}
+	while (io->rlen < n) {
+		ssize_t r = io_read_some(io, io->rbuf + io->rlen,
+					 io->rcap - io->rlen);
+
+		if (r < 0)
+			return (int)r;
+		io->rlen += (size_t)r;
+	}
+	memcpy(d, io->rbuf, n);
+	io->rpos = n;
+	return 0;
+}
+
+int cx_io_wait_readable(struct cx_io *io)
+{
+	short rev;
+	int rc;
+
+	if (cx_io_buffered(io))
+		return 0;
+	rc = io_wait(io, POLLIN, &rev);
+	if (rc == -ETIMEDOUT)
+		return timeout_err("wait");
+	if (rc < 0)
+		return cx_err(rc, "poll: %s", strerror(-rc));
+	return 0;
+}
+
+int cx_io_queue_fd(struct cx_io *io, int fd)
+{
+	return fdq_push(io, &fd, 1);
+}
+
+int cx_io_take_fd(struct cx_io *io)
+{
+	if (io->fdq_pos == io->fdq_len)
+		return -1;
+	return io->fdq[io->fdq_pos++];
+}
+
+/* Write all of src, fds on the first byte. Returns 0 or -errno. */
+static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
+			const int *fds, size_t nfds)
+{
+	union {
+		char buf[CX_CMSG_SPACE];
+		struct cmsghdr align;
+	} u;
+
+	while (n) {
+		struct iovec iov = { .iov_base = (void *)src, .iov_len = n };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+		ssize_t r;
+		short rev;
+		int rc;
+
+		if (nfds) {
+			struct cmsghdr *c;
+
+			memset(u.buf, 0, sizeof(u.buf));
+			m.msg_control = u.buf;
+			m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+			c = CMSG_FIRSTHDR(&m);
+			c->cmsg_level = SOL_SOCKET;
+			c->cmsg_type = SCM_RIGHTS;
+			c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+			memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+		}
+		if (io->sock)
+			r = sendmsg(io->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+		else
+			r = write(io->fd, src, n);
+		if (r > 0) {
+			src += r;
+			n -= (size_t)r;
+			nfds = 0;
+			continue;
+		}
+		if (r == 0)
+			return cx_err(-EIO, "write: no progress");
+		if (errno == EINTR)
+			continue;
+		if (errno == EPIPE || errno == ECONNRESET)
+			return cx_err(-ECONNRESET, "peer closed the connection");
+		if (errno != EAGAIN)
+			return cx_err(-errno, "%s: %s",
+				      io->sock ? "sendmsg" : "write",
+				      strerror(errno));
+		rc = io_wait(io, POLLOUT | POLLIN, &rev);
+		if (rc == -ETIMEDOUT)
+			return timeout_err("write");
+		if (rc < 0)
+			return cx_err(rc, "poll: %s", strerror(-rc));
+		if ((rev & (POLLIN | POLLHUP)) && !(rev & POLLOUT)) {
+			/* The peer spoke (a refusal) or left mid-stream. */
+			io->peer_spoke = true;
+			return -EREMOTEIO;
+		}
+	}
+	return 0;
+}
+
+int cx_io_flush(struct cx_io *io, const int *fds, size_t nfds)
+{
+	int rc;
+
+	if (!io->wlen && !nfds)
+		return 0;
+	rc = io_write_all(io, io->wbuf, io->wlen, fds, nfds);
+	io->wlen = 0;
+	return rc;
+}
+
+int cx_io_write(struct cx_io *io, const void *src, size_t n)
+{
+	int rc;
+
+	if (io->wlen + n <= io->wcap) {
+		memcpy(io->wbuf + io->wlen, src, n);
+		io->wlen += n;
+		return 0;
+	}
+	rc = cx_io_flush(io, NULL, 0);
+	if (rc < 0)
+		return rc;
+	if (n >= io->wcap / 2)
+		return io_write_all(io, src, n, NULL, 0);
+	memcpy(io->wbuf, src, n);
+	io->wlen = n;
+	return 0;
+}

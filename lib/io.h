@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Buffered byte streams with a deadline over a socket or a file: short
+ * reads and writes, EINTR, peer death, and fds received with
+ * SCM_RIGHTS, which queue up in arrival order.
+ */
+#ifndef CX_IO_H
+#define CX_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct cx_io {
+	int fd;
+	bool sock;		/* recvmsg/sendmsg with fds; else read/write */
+	int64_t deadline;	/* CLOCK_MONOTONIC ns; INT64_MAX: none */
+
+	uint8_t *rbuf;
+	size_t rcap, rpos, rlen;
+
+	int *fdq;		/* fds received and not yet claimed */
+	size_t fdq_len, fdq_cap, fdq_pos;
+	uint64_t max_fds;	/* fds one stream may bring */
+	uint64_t fds_in;	/* fds received since cx_io_reset_fds */
+
+	uint8_t *wbuf;
+	size_t wcap, wlen;
+
+	/* A peer's ACK frame seen while writing: set by the writer. */
+	bool peer_spoke;
+};
+
+int cx_io_init(struct cx_io *io, int fd, bool sock);
+void cx_io_fini(struct cx_io *io);
+
+/* Set the deadline to now + timeout_ms (< 0: none). */
+void cx_io_deadline(struct cx_io *io, int timeout_ms);
+int64_t cx_now_ns(void);
+
+/*
+ * Read exactly n bytes. Large reads land directly in dst. -ECONNRESET on
+ * end of stream, -ETIMEDOUT past the deadline, -EMFILE if more fds than
+ * max_fds arrive or the kernel truncated them (MSG_CTRUNC).
+ */
+int cx_io_read(struct cx_io *io, void *dst, size_t n);
+
+/* Bytes already buffered (readable without waiting). */
+static inline size_t cx_io_buffered(const struct cx_io *io)
+{
+	return io->rlen - io->rpos;
+}
+
+/* Wait until at least one byte is readable or the peer hung up. */
+int cx_io_wait_readable(struct cx_io *io);
+
+/* Queue an fd as if received (exec mode); closes it on failure. */
+int cx_io_queue_fd(struct cx_io *io, int fd);
+
+/* Take the next received fd, -1 if none is queued. */
+int cx_io_take_fd(struct cx_io *io);
+
+/* Close every queued fd that no record claimed. */
+void cx_io_drop_fds(struct cx_io *io);
+
+/* Buffer n bytes for writing; big writes go straight out. */
+int cx_io_write(struct cx_io *io, const void *src, size_t n);
+
+/* Send what is buffered, with fds attached to its first byte. */
+int cx_io_flush(struct cx_io *io, const int *fds, size_t nfds);
+
+#endif

@@ -1,0 +1,475 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The state map. Entries live in an array in insertion order; an
+ * open-addressing table of indices makes lookups O(1), so a state of a
+ * million entries builds and loads in linear time.
+ */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "state.h"
+
+static uint64_t name_hash(const char *s, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;	/* FNV-1a */
+
+	while (n--) {
+		h ^= (unsigned char)*s++;
+		h *= 0x100000001b3ull;
+	}
+	return h ^ (h >> 29);
+}
+
+int cx_name_check(const char *what, const char *name, size_t len)
+{
+	if (!name)
+		return cx_err(-EINVAL, "%s: NULL name", what);
+	if (len == 0)
+		return cx_err(-EINVAL, "%s: empty name", what);
+	if (len > CPRXFER_NAME_MAX)
+		return cx_err(-ENAMETOOLONG,
+			      "%s: name of %zu bytes exceeds %d", what, len,
+			      CPRXFER_NAME_MAX);
+	if (memchr(name, 0, len))
+		return cx_err(-EINVAL, "%s: name contains a NUL byte", what);
+	return 0;
+}
+
+static size_t probe(const cprxfer_state *st, const char *name, size_t len,
+		    bool *found)
+{
+	size_t mask = st->tabcap - 1;
+	size_t i = name_hash(name, len) & mask;
+
+	for (;; i = (i + 1) & mask) {
+		uint32_t slot = st->tab[i];
+		const struct cx_entry *e;
+
+		if (!slot) {
+			*found = false;
+			return i;
+		}
+		e = &st->e[slot - 1];
+		if (e->name_len == len && !memcmp(e->name, name, len)) {
+			*found = true;
+			return i;
+		}
+	}
+}
+
+static int rehash(cprxfer_state *st, size_t tabcap)
+{
+	uint32_t *tab = calloc(tabcap, sizeof(*tab));
+	uint32_t *old = st->tab;
+	size_t i;
+
+	if (!tab)
+		return -ENOMEM;
+	st->tab = tab;
+	st->tabcap = tabcap;
+	for (i = 0; i < st->n; i++) {
+		bool found;
+		size_t slot = probe(st, st->e[i].name, st->e[i].name_len,
+				    &found);
+
+		tab[slot] = i + 1;
+	}
+	free(old);
+	return 0;
+}
+
+int cx_state_reserve(cprxfer_state *st, size_t n)
+{
+	size_t want = st->n + n, cap, tabcap;
+
+	if (want < st->n || want > UINT32_MAX - 1)
+		return cx_err(-E2BIG, "state: %zu entries is too many", want);
+	if (want > st->cap) {
+		struct cx_entry *e;
+
+		cap = st->cap ? st->cap : 16;
+		while (cap < want)
+			cap *= 2;
+		e = realloc(st->e, cap * sizeof(*e));
+		if (!e)
+			return cx_err(-ENOMEM, "state: out of memory for %zu "
+				      "entries", cap);
+		st->e = e;
+		st->cap = cap;
+	}
+	tabcap = st->tabcap ? st->tabcap : 32;
+	while (tabcap < 2 * want)
+		tabcap *= 2;
+	if (tabcap != st->tabcap && rehash(st, tabcap) < 0)
+		return cx_err(-ENOMEM, "state: out of memory for the index");
+	return 0;
+}
+
+int cx_state_append(cprxfer_state *st, const char *name, size_t len,
+		    int type, struct cx_entry **out)
+{
+	struct cx_entry *e;
+	bool found;
+	size_t slot;
+	int rc;
+
+	if (st->n + 1 > st->cap || 2 * (st->n + 1) > st->tabcap) {
+		rc = cx_state_reserve(st, st->n < 16 ? 16 : st->n);
+		if (rc < 0)
+			return rc;
+	}
+	slot = probe(st, name, len, &found);
+	if (found)
+		return cx_err(-EEXIST, "record '%.*s': name already present",
+			      (int)len, name);
+	e = &st->e[st->n];
+	memset(e, 0, sizeof(*e));
+	e->name = malloc(len + 1);
+	if (!e->name)
+		return cx_err(-ENOMEM, "record '%.*s': out of memory",
+			      (int)len, name);
+	memcpy(e->name, name, len);
+	e->name[len] = 0;
+	e->name_len = (uint8_t)len;
+	e->type = (uint8_t)type;
+	st->tab[slot] = ++st->n;
+	*out = e;
+	return 0;
+}
+
+static void entry_clear(struct cx_entry *e)
+{
+	switch (e->type) {
+	case CPRXFER_TYPE_BLOB:
+	case CPRXFER_TYPE_STR:
+		free(e->v.blob.data);
+		break;
+	case CPRXFER_TYPE_FD:
+		if (e->owns_fd)
+			cx_close(e->v.fd);
+		break;
+	case CPRXFER_TYPE_RAM:
+		if (e->owns_fd)
+			cx_close(e->v.ram.fd);
+		free(e->v.ram.path);
+		break;
+	}
+	free(e->name);
+}
+
+void cx_state_pop(cprxfer_state *st)
+{
+	struct cx_entry *e = &st->e[st->n - 1];
+	bool found;
+	size_t mask = st->tabcap - 1, i, j;
+
+	i = probe(st, e->name, e->name_len, &found);
+	entry_clear(e);
+	st->n--;
+	/* Backward-shift deletion keeps every probe chain intact. */
+	st->tab[i] = 0;
+	for (j = (i + 1) & mask; st->tab[j]; j = (j + 1) & mask) {
+		uint32_t slot = st->tab[j];
+		const struct cx_entry *o = &st->e[slot - 1];
+		size_t home = name_hash(o->name, o->name_len) & mask;
+
+		if (((j - home) & mask) >= ((j - i) & mask)) {
+			st->tab[i] = slot;
+			st->tab[j] = 0;
+			i = j;
+		}
+	}
+}
+
+struct cx_entry *cx_state_find(const cprxfer_state *st, const char *name,
+			       size_t len)
+{
+	bool found;
+	size_t slot;
+
+	if (!st->n)
+		return NULL;
+	slot = probe(st, name, len, &found);
+	return found ? &st->e[st->tab[slot] - 1] : NULL;
+}
+
+int cx_entry_fd(const struct cx_entry *e)
+{
+	if (e->type == CPRXFER_TYPE_FD)
+		return e->v.fd;
+	if (e->type == CPRXFER_TYPE_RAM)
+		return e->v.ram.fd;
+	return -1;
+}
+
+size_t cx_state_nfds(const cprxfer_state *st)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < st->n; i++)
+		n += cx_entry_fd(&st->e[i]) >= 0;
+	return n;
+}
+
+CX_EXPORT cprxfer_state *cprxfer_state_new(void)
+{
+	cprxfer_state *st = calloc(1, sizeof(*st));
+
+	if (!st)
+		cx_err(-ENOMEM, "cprxfer_state_new: out of memory");
+	return st;
+}
+
+CX_EXPORT void cprxfer_state_free(cprxfer_state *st)
+{
+	size_t i;
+
+	if (!st)
+		return;
+	for (i = 0; i < st->n; i++)
+		entry_clear(&st->e[i]);
+	free(st->e);
+	free(st->tab);
+	free(st);
+}
+
+/* Validate (st, name) at the boundary and append an entry of type. */
+static int put(cprxfer_state *st, const char *what, const char *name,
+	       int type, struct cx_entry **out)
+{
+	int rc;
+
+	if (!st)
+		return cx_err(-EINVAL, "%s: NULL state", what);
+	rc = cx_name_check(what, name, name ? strnlen(name, 256) : 0);
+	if (rc < 0)
+		return rc;
+	rc = cx_state_append(st, name, strlen(name), type, out);
+	if (rc < 0)
+		return cx_err_prefix(rc, "%s", what);
+	return 0;
+}
+
+CX_EXPORT int cprxfer_put_u64(cprxfer_state *st, const char *name, uint64_t v)
+{
+	struct cx_entry *e;
+	int rc = put(st, "cprxfer_put_u64", name, CPRXFER_TYPE_U64, &e);
+
+	if (rc == 0)
+		e->v.u64 = v;
+	return rc;
+}
+
+CX_EXPORT int cprxfer_put_i64(cprxfer_state *st, const char *name, int64_t v)
+{
+	struct cx_entry *e;
+	int rc = put(st, "cprxfer_put_i64", name, CPRXFER_TYPE_I64, &e);
+
+	if (rc == 0)
+		e->v.i64 = v;
+	return rc;
+}
+
+static int put_bytes(cprxfer_state *st, const char *what, const char *name,
+		     int type, const void *data, size_t len)
+{
+	struct cx_entry *e;
+	void *copy;
+	int rc;
+
+	if (!data && len)
+		return cx_err(-EINVAL, "%s: NULL data of length %zu", what,
+			      len);
+	/* One spare byte: strings keep their NUL, blobs are never NULL. */
+	copy = malloc(len + 1);
+	if (!copy)
+		return cx_err(-ENOMEM, "%s: out of memory for %zu bytes", what,
+			      len);
+	if (len)
+		memcpy(copy, data, len);
+	((char *)copy)[len] = 0;
+	rc = put(st, what, name, type, &e);
+	if (rc < 0) {
+		free(copy);
+		return rc;
+	}
+	e->v.blob.data = copy;
+	e->v.blob.len = len;
+	return 0;
+}
+
+CX_EXPORT int cprxfer_put_blob(cprxfer_state *st, const char *name,
+			       const void *data, size_t len)
+{
+	return put_bytes(st, "cprxfer_put_blob", name, CPRXFER_TYPE_BLOB, data,
+			 len);
+}
+
+CX_EXPORT int cprxfer_put_str(cprxfer_state *st, const char *name,
+			      const char *s)
+{
+	if (!s)
+		return cx_err(-EINVAL, "cprxfer_put_str: NULL string");
+	return put_bytes(st, "cprxfer_put_str", name, CPRXFER_TYPE_STR, s,
+			 strlen(s));
+}
+
+CX_EXPORT int cprxfer_put_fd(cprxfer_state *st, const char *name, int fd)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+		return cx_err(-EBADF, "cprxfer_put_fd: fd %d is not open", fd);
+	rc = put(st, "cprxfer_put_fd", name, CPRXFER_TYPE_FD, &e);
+	if (rc == 0) {
+		e->v.fd = fd;
+		e->owns_fd = false;
+	}
+	return rc;
+}
+
+static int get(const cprxfer_state *st, const char *what, const char *name,
+	       int type, struct cx_entry **out)
+{
+	struct cx_entry *e;
+	size_t len;
+
+	if (!st)
+		return cx_err(-EINVAL, "%s: NULL state", what);
+	len = name ? strnlen(name, 256) : 0;
+	if (len == 0 || len > CPRXFER_NAME_MAX)
+		return cx_name_check(what, name, len);
+	e = cx_state_find(st, name, len);
+	if (!e)
+		return cx_err(-ENOENT, "%s: no record '%s'", what, name);
+	if (e->type != type)
+		return cx_err(-ENOMSG, "%s: record '%s' is of type %d, not %d",
+			      what, name, e->type, type);
+	*out = e;
+	return 0;
+}
+
+CX_EXPORT int cprxfer_get_u64(const cprxfer_state *st, const char *name,
+			      uint64_t *v)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (!v)
+		return cx_err(-EINVAL, "cprxfer_get_u64: NULL output");
+	rc = get(st, "cprxfer_get_u64", name, CPRXFER_TYPE_U64, &e);
+	if (rc == 0)
+		*v = e->v.u64;
+	return rc;
+}
+
+CX_EXPORT int cprxfer_get_i64(const cprxfer_state *st, const char *name,
+			      int64_t *v)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (!v)
+		return cx_err(-EINVAL, "cprxfer_get_i64: NULL output");
+	rc = get(st, "cprxfer_get_i64", name, CPRXFER_TYPE_I64, &e);
+	if (rc == 0)
+		*v = e->v.i64;
+	return rc;
+}
+
+CX_EXPORT int cprxfer_get_blob(const cprxfer_state *st, const char *name,
+			       const void **data, size_t *len)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (!data || !len)
+		return cx_err(-EINVAL, "cprxfer_get_blob: NULL output");
+	rc = get(st, "cprxfer_get_blob", name, CPRXFER_TYPE_BLOB, &e);
+	if (rc == 0) {
+		*data = e->v.blob.data;
+		*len = e->v.blob.len;
+	}
+	return rc;
+}
+
+CX_EXPORT int cprxfer_get_str(const cprxfer_state *st, const char *name,
+			      const char **s)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (!s)
+		return cx_err(-EINVAL, "cprxfer_get_str: NULL output");
+	rc = get(st, "cprxfer_get_str", name, CPRXFER_TYPE_STR, &e);
+	if (rc == 0)
+		*s = e->v.blob.data;
+	return rc;
+}
+
+CX_EXPORT int cprxfer_get_fd(const cprxfer_state *st, const char *name,
+			     int *fd)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (!fd)
+		return cx_err(-EINVAL, "cprxfer_get_fd: NULL output");
+	rc = get(st, "cprxfer_get_fd", name, CPRXFER_TYPE_FD, &e);
+	if (rc < 0)
+		return rc;
+	if (e->v.fd < 0)
+		return cx_err(-EBADF, "cprxfer_get_fd: fd of record '%s' was "
+			      "taken", name);
+	*fd = e->v.fd;
+	return 0;
+}
+
+CX_EXPORT int cprxfer_take_fd(cprxfer_state *st, const char *name)
+{
+	struct cx_entry *e;
+	int rc, fd;
+
+	rc = get(st, "cprxfer_take_fd", name, CPRXFER_TYPE_FD, &e);
+	if (rc < 0)
+		return rc;
+	if (e->v.fd < 0)
+		return cx_err(-EBADF, "cprxfer_take_fd: fd of record '%s' was "
+			      "already taken", name);
+	if (!e->owns_fd) {
+		/* A borrowed fd stays the caller's: hand out a duplicate. */
+		fd = fcntl(e->v.fd, F_DUPFD_CLOEXEC, 0);
+		if (fd < 0)
+			return cx_err(-errno, "cprxfer_take_fd: record '%s': "
+				      "dup: %s", name, strerror(errno));
+		return fd;
+	}
+	fd = e->v.fd;
+	e->v.fd = -1;
+	e->owns_fd = false;
+	return fd;
+}
+
+CX_EXPORT size_t cprxfer_state_count(const cprxfer_state *st)
+{
+	return st ? st->n : 0;
+}
+
+CX_EXPORT int cprxfer_state_entry(const cprxfer_state *st, size_t i,
+				  const char **name, int *type)
+{
+	if (!st)
+		return cx_err(-EINVAL, "cprxfer_state_entry: NULL state");
+	if (i >= st->n)
+		return cx_err(-ERANGE, "cprxfer_state_entry: index %zu past "
+			      "the %zu entries", i, st->n);
+	if (name)
+		*name = st->e[i].name;
+	if (type)
+		*type = st->e[i].type;
+	return 0;
+}

@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+/* The state map: entries in insertion order plus a hash index by name. */
+#ifndef CX_STATE_H
+#define CX_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cprxfer/cprxfer.h>
+
+struct cx_entry {
+	char *name;		/* NUL-terminated, owned */
+	uint8_t type;		/* CPRXFER_TYPE_* */
+	uint8_t name_len;
+	bool owns_fd;		/* close the fd on free */
+	union {
+		uint64_t u64;
+		int64_t i64;
+		struct {
+			void *data;	/* str: NUL-terminated */
+			size_t len;	/* str: without the NUL */
+		} blob;
+		int fd;		/* -1 once taken */
+		struct {
+			int fd;		/* -1: none (file mode, by path) */
+			uint64_t size;
+			uint32_t flags;
+			char *path;	/* NULL for a memfd */
+		} ram;
+	} v;
+};
+
+struct cprxfer_state {
+	struct cx_entry *e;
+	size_t n, cap;
+	uint32_t *tab;		/* entry index + 1; 0 is empty */
+	size_t tabcap;		/* a power of two */
+};
+
+/*
+ * Check a name of len bytes: 1..CPRXFER_NAME_MAX, no NUL inside. Returns
+ * 0 or -EINVAL / -ENAMETOOLONG with a reason naming what.
+ */
+int cx_name_check(const char *what, const char *name, size_t len);
+
+/*
+ * Append an entry named name (len bytes, already checked) of type; the
+ * caller fills ->v. -EEXIST on a duplicate, -ENOMEM. The pointer is valid
+ * until the next append.
+ */
+int cx_state_append(cprxfer_state *st, const char *name, size_t len,
+		    int type, struct cx_entry **out);
+
+/* Drop the last entry (undo of an append whose value failed). */
+void cx_state_pop(cprxfer_state *st);
+
+/* Reserve room for n more entries (a loader that knows the count). */
+int cx_state_reserve(cprxfer_state *st, size_t n);
+
+struct cx_entry *cx_state_find(const cprxfer_state *st, const char *name,
+			       size_t len);
+
+/* Number of entries whose value carries an fd (FD, RAM with an fd). */
+size_t cx_state_nfds(const cprxfer_state *st);
+
+/* The fd an entry carries, or -1. */
+int cx_entry_fd(const struct cx_entry *e);
+
+#endif
