@@ -225,7 +225,7 @@ CX_EXPORT int cprxfer_save(cprxfer_channel *ch, const cprxfer_state *st)
 	if (rc == 0)
 		return 0;
 	ch->io.wlen = 0;
-	if (rc == -EREMOTEIO) {
+	if (rc == -EREMOTEIO || rc == -ECONNRESET) {
 		/* The peer refused mid-stream, or left: learn which. */
 		rc = recv_ack(ch, "cprxfer_save");
 		if (rc == 0)
@@ -255,9 +255,14 @@ CX_EXPORT int cprxfer_load(cprxfer_channel *ch, cprxfer_state **out)
 	ch->broken = rc;
 	snprintf(why, sizeof(why), "%s", cprxfer_errmsg());
 	if (rc != -ECONNRESET) {
-		/* Tell the sender why, promptly, then give up. */
+		/*
+		 * Tell the sender why, promptly, then give up. Our own
+		 * timeout travels as -ETIME: -ETIMEDOUT and -ECONNRESET are
+		 * the sender's own verdicts on its wait.
+		 */
 		cx_io_deadline(&ch->io, 100);
-		cx_send_ack(ch, CX_ACK_LOAD, rc, why);
+		cx_send_ack(ch, CX_ACK_LOAD, rc == -ETIMEDOUT ? -ETIME : rc,
+			    why);
 		shutdown(ch->io.fd, SHUT_RDWR);
 	}
 	return cx_err(rc, "cprxfer_load: %s", why);

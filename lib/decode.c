@@ -271,8 +271,6 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 				      "not understood by this version and "
 				      "is marked critical", name, type);
 		/* A later version's optional record: skip it. */
-		d->records--;
-		d->declared_records--;
 		return skip(d, vlen);
 	}
 	if (rc < 0)

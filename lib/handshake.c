@@ -144,8 +144,16 @@ int cx_handshake(cprxfer_channel *ch)
 
 	cx_io_deadline(&ch->io, ch->o.timeout_ms);
 	rc = send_hello(ch);
-	if (rc == 0)
+	if (rc == -EREMOTEIO || rc == 0)
 		rc = recv_hello(ch, &features);
+	if (rc == -EPROTONOSUPPORT || rc == -EPROTO) {
+		char why[CX_REASON_MAX];
+
+		/* Tell a peer of another version why, as far as it reads. */
+		snprintf(why, sizeof(why), "%s", cprxfer_errmsg());
+		cx_send_ack(ch, CX_ACK_HELLO, rc, why);
+		return cx_err(rc, "handshake: %s", why);
+	}
 	if (rc < 0)
 		return cx_err_prefix(rc, "handshake");
 	verdict = judge(ch, features);
@@ -157,8 +165,16 @@ int cx_handshake(cprxfer_channel *ch)
 		return cx_err(verdict, "%s", why);
 	}
 	rc = cx_send_ack(ch, CX_ACK_HELLO, 0, NULL);
-	if (rc == 0)
-		rc = recv_verdict(ch);
+	/*
+	 * A peer that refused us may have closed already: our write fails,
+	 * but its verdict is still there to read, and it says why.
+	 */
+	if (rc == 0 || rc == -ECONNRESET || rc == -EREMOTEIO) {
+		int v = recv_verdict(ch);
+
+		if (rc == 0 || v != -ECONNRESET)
+			rc = v;
+	}
 	if (rc < 0 && rc != -EPERM && rc != -EBADE &&
 	    rc != -EPROTONOSUPPORT)
 		return cx_err_prefix(rc, "handshake");

@@ -84,8 +84,9 @@ static int io_wait(struct cx_io *io, short events, short *revents)
 		if (io->deadline != INT64_MAX) {
 			int64_t left = io->deadline - cx_now_ns();
 
-			if (left <= 0)
-				return -ETIMEDOUT;
+			/* Past the deadline, still look once (timeout 0). */
+			if (left < 0)
+				left = 0;
 			/* Round up: never wake a hair before the deadline. */
 			left = (left + 999999) / 1000000;
 			ms = left > INT_MAX ? INT_MAX : (int)left;
@@ -95,9 +96,19 @@ static int io_wait(struct cx_io *io, short events, short *revents)
 			*revents = p.revents;
 			return 0;
 		}
+		if (n == 0 && (ms == 0 || cx_now_ns() >= io->deadline))
+			return -ETIMEDOUT;
 		if (n < 0 && errno != EINTR)
 			return -errno;
 	}
+}
+
+void (*cx_io_fault_hook)(int fd, int op, size_t *len);
+
+static inline void hook(int fd, int op, size_t *len)
+{
+	if (cx_io_fault_hook)
+		cx_io_fault_hook(fd, op, len);
 }
 
 static int timeout_err(const char *what)
@@ -185,11 +196,17 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 		short rev;
 		int rc;
 
+		hook(io->fd, CX_HOOK_RECV, &iov.iov_len);
 		if (io->sock)
 			r = recvmsg(io->fd, &m, MSG_DONTWAIT |
 				    MSG_CMSG_CLOEXEC);
 		else
-			r = read(io->fd, dst, n);
+			r = read(io->fd, dst, iov.iov_len);
+		if (r > 0) {
+			size_t done = (size_t)r;
+
+			hook(io->fd, CX_HOOK_RECVD, &done);
+		}
 		if (r >= 0 && io->sock) {
 			rc = take_cmsgs(io, &m);
 			if (rc < 0)
@@ -308,11 +325,15 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 			c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
 			memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
 		}
+		hook(io->fd, CX_HOOK_SEND, &iov.iov_len);
 		if (io->sock)
 			r = sendmsg(io->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
 		else
-			r = write(io->fd, src, n);
+			r = write(io->fd, src, iov.iov_len);
 		if (r > 0) {
+			size_t done = (size_t)r;
+
+			hook(io->fd, CX_HOOK_SENT, &done);
 			src += r;
 			n -= (size_t)r;
 			nfds = 0;

@@ -69,4 +69,14 @@ int cx_io_write(struct cx_io *io, const void *src, size_t n);
 /* Send what is buffered, with fds attached to its first byte. */
 int cx_io_flush(struct cx_io *io, const int *fds, size_t nfds);
 
+/*
+ * Fault injection for the tests, never exported: when set, called with
+ * CX_HOOK_SEND / CX_HOOK_RECV before each sendmsg/recvmsg (or write /
+ * read) with the length about to be tried, which it may lower to stop
+ * at an exact byte, and with CX_HOOK_SENT / CX_HOOK_RECVD after each
+ * transfer with the bytes moved.
+ */
+enum { CX_HOOK_SEND, CX_HOOK_SENT, CX_HOOK_RECV, CX_HOOK_RECVD };
+extern void (*cx_io_fault_hook)(int fd, int op, size_t *len);
+
 #endif

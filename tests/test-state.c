@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: MIT */
+/* The state map: every put/get/take/iterate call and its errors. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cprxfer/cprxfer.h>
+
+#include "testutil.h"
+
+static void test_new_free(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+
+	assert_non_null(st);
+	assert_int_equal(cprxfer_state_count(st), 0);
+	assert_int_equal(cprxfer_state_count(NULL), 0);
+	cprxfer_state_free(st);
+	cprxfer_state_free(NULL);
+}
+
+static void test_scalars(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	uint64_t u = 0;
+	int64_t i = 0;
+
+	assert_int_equal(cprxfer_put_u64(st, "u", UINT64_MAX), 0);
+	assert_int_equal(cprxfer_put_i64(st, "i", INT64_MIN), 0);
+	assert_int_equal(cprxfer_get_u64(st, "u", &u), 0);
+	assert_true(u == UINT64_MAX);
+	assert_int_equal(cprxfer_get_i64(st, "i", &i), 0);
+	assert_true(i == INT64_MIN);
+	assert_int_equal(cprxfer_get_u64(st, "missing", &u), -ENOENT);
+	assert_non_null(strstr(cprxfer_errmsg(), "missing"));
+	/* Another type is an error distinct from -ENOENT. */
+	assert_int_equal(cprxfer_get_u64(st, "i", &u), -ENOMSG);
+	assert_int_equal(cprxfer_get_i64(st, "u", &i), -ENOMSG);
+	assert_int_equal(cprxfer_get_u64(st, "u", NULL), -EINVAL);
+	assert_int_equal(cprxfer_get_u64(NULL, "u", &u), -EINVAL);
+	assert_int_equal(cprxfer_put_u64(NULL, "x", 1), -EINVAL);
+	cprxfer_state_free(st);
+}
+
+static void test_names(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	char name[300];
+	uint64_t v;
+
+	memset(name, 'n', sizeof(name));
+	name[255] = 0;
+	assert_int_equal(cprxfer_put_u64(st, name, 1), 0);
+	assert_int_equal(cprxfer_get_u64(st, name, &v), 0);
+	name[255] = 'n';
+	name[256] = 0;
+	assert_int_equal(cprxfer_put_u64(st, name, 1), -ENAMETOOLONG);
+	assert_int_equal(cprxfer_get_u64(st, name, &v), -ENAMETOOLONG);
+	assert_int_equal(cprxfer_put_u64(st, "", 1), -EINVAL);
+	assert_int_equal(cprxfer_put_u64(st, NULL, 1), -EINVAL);
+	assert_int_equal(cprxfer_put_u64(st, "a", 1), 0);
+	assert_int_equal(cprxfer_put_u64(st, "a", 2), -EEXIST);
+	assert_int_equal(cprxfer_put_str(st, "a", "x"), -EEXIST);
+	assert_non_null(strstr(cprxfer_errmsg(), "'a'"));
+	assert_int_equal(cprxfer_state_count(st), 2);
+	assert_int_equal(cprxfer_get_u64(st, "a", &v), 0);
+	assert_int_equal(v, 1);
+	cprxfer_state_free(st);
+}
+
+static void test_blob_str(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	char buf[100];
+	const void *d;
+	const char *s;
+	size_t len;
+
+	memset(buf, 7, sizeof(buf));
+	assert_int_equal(cprxfer_put_blob(st, "b", buf, sizeof(buf)), 0);
+	buf[0] = 0;	/* the state copied it */
+	assert_int_equal(cprxfer_get_blob(st, "b", &d, &len), 0);
+	assert_int_equal(len, 100);
+	assert_int_equal(((const char *)d)[0], 7);
+	assert_int_equal(cprxfer_put_blob(st, "empty", NULL, 0), 0);
+	assert_int_equal(cprxfer_get_blob(st, "empty", &d, &len), 0);
+	assert_int_equal(len, 0);
+	assert_non_null(d);
+	assert_int_equal(cprxfer_put_blob(st, "bad", NULL, 5), -EINVAL);
+	assert_int_equal(cprxfer_put_str(st, "s", "hello"), 0);
+	assert_int_equal(cprxfer_put_str(st, "null", NULL), -EINVAL);
+	assert_int_equal(cprxfer_get_str(st, "s", &s), 0);
+	assert_string_equal(s, "hello");
+	assert_int_equal(cprxfer_get_str(st, "b", &s), -ENOMSG);
+	assert_int_equal(cprxfer_get_blob(st, "s", &d, &len), -ENOMSG);
+	assert_int_equal(cprxfer_get_blob(st, "s", NULL, &len), -EINVAL);
+	cprxfer_state_free(st);
+}
+
+static void test_fds(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int efd = eventfd(3, EFD_CLOEXEC), fd = -1, t;
+
+	assert_true(efd >= 0);
+	assert_int_equal(cprxfer_put_fd(st, "e", efd), 0);
+	assert_int_equal(cprxfer_put_fd(st, "bad", 9999), -EBADF);
+	assert_int_equal(cprxfer_put_fd(st, "neg", -1), -EBADF);
+	assert_int_equal(cprxfer_get_fd(st, "e", &fd), 0);
+	assert_int_equal(fd, efd);
+	/* A borrowed fd stays the caller's: take hands out a duplicate. */
+	t = cprxfer_take_fd(st, "e");
+	assert_true(t >= 0 && t != efd);
+	assert_true(fcntl(t, F_GETFD) & FD_CLOEXEC);
+	close(t);
+	assert_int_equal(cprxfer_take_fd(st, "nope"), -ENOENT);
+	assert_int_equal(cprxfer_put_u64(st, "u", 1), 0);
+	assert_int_equal(cprxfer_take_fd(st, "u"), -ENOMSG);
+	assert_int_equal(cprxfer_get_fd(st, "u", &fd), -ENOMSG);
+	cprxfer_state_free(st);
+	/* free never closes a borrowed fd */
+	assert_true(fcntl(efd, F_GETFD) >= 0);
+	close(efd);
+}
+
+static void test_entries(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	const char *names[] = { "z", "a", "m", "b" };
+	const char *name;
+	int type, i;
+
+	for (i = 0; i < 4; i++)
+		assert_int_equal(cprxfer_put_i64(st, names[i], i), 0);
+	assert_int_equal(cprxfer_put_str(st, "s", "v"), 0);
+	assert_int_equal(cprxfer_state_count(st), 5);
+	for (i = 0; i < 4; i++) {
+		assert_int_equal(cprxfer_state_entry(st, i, &name, &type), 0);
+		assert_string_equal(name, names[i]);
+		assert_int_equal(type, CPRXFER_TYPE_I64);
+	}
+	assert_int_equal(cprxfer_state_entry(st, 4, &name, &type), 0);
+	assert_int_equal(type, CPRXFER_TYPE_STR);
+	assert_int_equal(cprxfer_state_entry(st, 5, &name, &type), -ERANGE);
+	assert_int_equal(cprxfer_state_entry(NULL, 0, &name, &type), -EINVAL);
+	cprxfer_state_free(st);
+}
+
+/* 100,000 entries: lookups are hashed, never quadratic. */
+static void test_many(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int64_t t0 = tu_now_ms(), ms;
+	char name[32];
+	uint64_t v;
+	int i;
+
+	for (i = 0; i < 100000; i++) {
+		snprintf(name, sizeof(name), "entry.%d", i);
+		assert_int_equal(cprxfer_put_u64(st, name, (uint64_t)i * 3), 0);
+	}
+	for (i = 0; i < 100000; i++) {
+		snprintf(name, sizeof(name), "entry.%d", i);
+		assert_int_equal(cprxfer_get_u64(st, name, &v), 0);
+		assert_int_equal(v, (uint64_t)i * 3);
+	}
+	ms = tu_now_ms() - t0;
+	print_message("100000 puts + gets: %lld ms\n", (long long)ms);
+	/* Generous bound: quadratic behaviour would take minutes. */
+	assert_true(ms < 5000);
+	cprxfer_state_free(st);
+}
+
+static void test_opts(void **unused)
+{
+	cprxfer_opts *o = cprxfer_opts_new();
+
+	assert_non_null(o);
+	assert_int_equal(cprxfer_opts_set_limit(o, CPRXFER_LIMIT_FDS, 10), 0);
+	assert_int_equal(cprxfer_opts_set_limit(o, 99, 10), -EINVAL);
+	assert_int_equal(cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORDS, 0),
+			 -EINVAL);
+	assert_int_equal(cprxfer_opts_set_timeout(o, -5), 0);
+	assert_int_equal(cprxfer_opts_set_tag(o, "demo/1"), 0);
+	assert_int_equal(cprxfer_opts_allow_uid(o, 1234), 0);
+	assert_int_equal(cprxfer_opts_allow_pid(o, 0), -EINVAL);
+	assert_int_equal(cprxfer_opts_allow_pid(o, 1), 0);
+	assert_int_equal(cprxfer_opts_set_tag(NULL, "x"), -EINVAL);
+	cprxfer_opts_free(o);
+	cprxfer_opts_free(NULL);
+}
+
+static void test_version(void **unused)
+{
+	char want[32];
+
+	snprintf(want, sizeof(want), "%d.%d.%d", CPRXFER_VERSION_MAJOR,
+		 CPRXFER_VERSION_MINOR, CPRXFER_VERSION_MICRO);
+	assert_string_equal(cprxfer_version(), want);
+	assert_string_equal(cprxfer_version(), CPRXFER_VERSION_STRING);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		tu_test(test_new_free),
+		tu_test(test_scalars),
+		tu_test(test_names),
+		tu_test(test_blob_str),
+		tu_test(test_fds),
+		tu_test(test_entries),
+		tu_test(test_many),
+		tu_test(test_opts),
+		tu_test(test_version),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,593 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The stream decoder against corrupted, truncated, oversized and
+ * hostile input: each case yields its specific error, and no fd or byte
+ * is leaked (fds are counted in every test's teardown; run under
+ * valgrind for memory).
+ *
+ * Streams are fed through a real socketpair by a forked writer, with
+ * real fds attached where a case says so.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cprxfer/cprxfer.h>
+
+#include "channel.h"
+#include "crc32c.h"
+#include "stream.h"
+#include "testutil.h"
+#include "wire.h"
+
+struct buf {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+static void put(struct buf *b, const void *d, size_t n)
+{
+	if (b->len + n > b->cap) {
+		b->cap = (b->len + n) * 2 + 64;
+		b->p = realloc(b->p, b->cap);
+		assert_non_null(b->p);
+	}
+	memcpy(b->p + b->len, d, n);
+	b->len += n;
+}
+
+static void frame(struct buf *b, int type, unsigned flags, const void *pl,
+		  size_t n)
+{
+	uint8_t h[CX_HDR];
+
+	cx_frame_put(h, type, flags, n);
+	put(b, h, sizeof(h));
+	put(b, pl, n);
+}
+
+static void record(struct buf *b, int type, int rflags, const char *name,
+		   const void *val, size_t vlen)
+{
+	uint8_t p[4 + 255 + 64];
+	size_t nl = strlen(name);
+
+	assert_true(vlen <= 64);
+	p[0] = (uint8_t)type;
+	p[1] = (uint8_t)rflags;
+	p[2] = (uint8_t)nl;
+	p[3] = 0;
+	memcpy(p + 4, name, nl);
+	memcpy(p + 4 + nl, val, vlen);
+	frame(b, CX_F_RECORD, 0, p, 4 + nl + vlen);
+}
+
+static void rec_u64(struct buf *b, const char *name, uint64_t v)
+{
+	uint8_t p[8];
+
+	cx_put64(p, v);
+	record(b, CPRXFER_TYPE_U64, 0, name, p, 8);
+}
+
+static void rec_fd(struct buf *b, const char *name, uint32_t index)
+{
+	uint8_t p[4];
+
+	cx_put32(p, index);
+	record(b, CPRXFER_TYPE_FD, 0, name, p, 4);
+}
+
+static void fds_frame(struct buf *b, uint32_t n, uint32_t first)
+{
+	uint8_t p[8];
+
+	cx_put32(p, n);
+	cx_put32(p + 4, first);
+	frame(b, CX_F_FDS, 0, p, 8);
+}
+
+/* BEGIN + body + END with correct totals and checksum. */
+static struct buf wrap(const struct buf *body, uint64_t nrec, uint64_t nfds)
+{
+	struct buf s = { 0 };
+	uint8_t p[CX_END_LEN], h[CX_HDR];
+	uint32_t crc;
+
+	cx_put64(p, nrec);
+	cx_put64(p + 8, nfds);
+	cx_put64(p + 16, 2 * (CX_HDR + 24) + body->len);
+	frame(&s, CX_F_BEGIN, 0, p, CX_BEGIN_LEN);
+	put(&s, body->p, body->len);
+	cx_frame_put(h, CX_F_END, 0, CX_END_LEN);
+	put(&s, h, sizeof(h));
+	cx_put64(p, nrec);
+	cx_put64(p + 8, nfds);
+	put(&s, p, 16);
+	crc = cx_crc32c(0, s.p, s.len);
+	cx_put32(p, crc);
+	cx_put32(p + 4, 0);
+	put(&s, p, 8);
+	return s;
+}
+
+struct feed {
+	const uint8_t *p;
+	size_t len;
+	size_t fd_at[4];	/* attach nfds[i] eventfds at offset fd_at[i] */
+	int nfds[4];
+	int nbatches;
+	size_t chunk;		/* write in chunks this small (0: all) */
+};
+
+static int writer(int sock, const struct feed *f)
+{
+	size_t off = 0;
+	int b = 0;
+
+	while (off < f->len) {
+		size_t end = f->len;
+		struct iovec iov;
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+		union {
+			char c[CMSG_SPACE(256 * sizeof(int))];
+			struct cmsghdr a;
+		} u;
+		int fds[256], i, n = 0;
+		ssize_t r;
+
+		if (b < f->nbatches && f->fd_at[b] == off)
+			n = f->nfds[b++];
+		if (b < f->nbatches && f->fd_at[b] < end)
+			end = f->fd_at[b];
+		if (f->chunk && end - off > f->chunk)
+			end = off + f->chunk;
+		iov.iov_base = (void *)(f->p + off);
+		iov.iov_len = end - off;
+		if (n) {
+			struct cmsghdr *c;
+
+			for (i = 0; i < n; i++)
+				fds[i] = eventfd(i + 1, 0);
+			memset(&u, 0, sizeof(u));
+			m.msg_control = u.c;
+			m.msg_controllen = CMSG_SPACE(n * sizeof(int));
+			c = CMSG_FIRSTHDR(&m);
+			c->cmsg_level = SOL_SOCKET;
+			c->cmsg_type = SCM_RIGHTS;
+			c->cmsg_len = CMSG_LEN(n * sizeof(int));
+			memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+		}
+		r = sendmsg(sock, &m, MSG_NOSIGNAL);
+		if (r <= 0)
+			return 1;
+		off += (size_t)r;
+		for (i = 0; i < n; i++)
+			close(fds[i]);
+	}
+	return 0;
+}
+
+/*
+ * Feed f to a loader; return what cprxfer_load returned. The state, if
+ * any, is freed after its check by the caller through *out.
+ */
+static int feed_load(const struct feed *f, const cprxfer_opts *o,
+		     cprxfer_state **out)
+{
+	cprxfer_channel *ch;
+	cprxfer_state *st = NULL;
+	int sv[2], rc;
+	pid_t pid;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+				    sv), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(sv[0]);
+		_exit(writer(sv[1], f));
+	}
+	close(sv[1]);
+	assert_int_equal(cx_channel_new(sv[0], (const void *)o, &ch), 0);
+	cprxfer_channel_set_timeout(ch, 5000);
+	rc = cprxfer_load(ch, &st);
+	if (rc < 0)
+		print_message("  load: %d %s\n", rc, cprxfer_errmsg());
+	cprxfer_channel_close(ch);
+	tu_wait(pid);
+	if (out)
+		*out = st;
+	else
+		cprxfer_state_free(st);
+	return rc;
+}
+
+static int load_bytes(const uint8_t *p, size_t len)
+{
+	struct feed f = { .p = p, .len = len };
+
+	return feed_load(&f, NULL, NULL);
+}
+
+/* A valid stream without fds, encoded by the library itself. */
+static struct buf encode(const cprxfer_state *st)
+{
+	struct cx_io io;
+	struct buf b = { 0 };
+	int fd = memfd_create("stream", MFD_CLOEXEC);
+	off_t len;
+
+	assert_true(fd >= 0);
+	assert_int_equal(cx_io_init(&io, fd, false), 0);
+	assert_int_equal(cx_encode(&io, st, CX_MODE_SOCKET), 0);
+	cx_io_fini(&io);
+	len = lseek(fd, 0, SEEK_END);
+	b.p = malloc((size_t)len);
+	b.len = b.cap = (size_t)len;
+	assert_int_equal(pread(fd, b.p, b.len, 0), len);
+	close(fd);
+	return b;
+}
+
+static cprxfer_state *sample(void)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	char blob[3000];
+
+	memset(blob, 0x5a, sizeof(blob));
+	assert_int_equal(cprxfer_put_u64(st, "u", 1), 0);
+	assert_int_equal(cprxfer_put_i64(st, "i", -2), 0);
+	assert_int_equal(cprxfer_put_str(st, "s", "three"), 0);
+	assert_int_equal(cprxfer_put_blob(st, "b", blob, sizeof(blob)), 0);
+	assert_int_equal(cprxfer_put_blob(st, "empty", NULL, 0), 0);
+	return st;
+}
+
+static void test_valid(void **unused)
+{
+	cprxfer_state *st = sample(), *got;
+	struct buf b = encode(st);
+	struct feed f = { .p = b.p, .len = b.len, .chunk = 7 };
+	const void *d;
+	size_t len;
+	int64_t i;
+
+	/* Fed 7 bytes at a time: short reads are handled. */
+	assert_int_equal(feed_load(&f, NULL, &got), 0);
+	assert_int_equal(cprxfer_state_count(got), 5);
+	assert_int_equal(cprxfer_get_i64(got, "i", &i), 0);
+	assert_int_equal(i, -2);
+	assert_int_equal(cprxfer_get_blob(got, "b", &d, &len), 0);
+	assert_int_equal(len, 3000);
+	assert_int_equal(cprxfer_get_blob(got, "empty", &d, &len), 0);
+	assert_int_equal(len, 0);
+	cprxfer_state_free(got);
+	cprxfer_state_free(st);
+	free(b.p);
+}
+
+static void test_empty_state(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new(), *got;
+	struct buf b = encode(st);
+	struct feed f = { .p = b.p, .len = b.len };
+
+	assert_int_equal(b.len, 2 * (CX_HDR + 24));
+	assert_int_equal(feed_load(&f, NULL, &got), 0);
+	assert_int_equal(cprxfer_state_count(got), 0);
+	cprxfer_state_free(got);
+	cprxfer_state_free(st);
+	free(b.p);
+}
+
+static void test_bad_magic_version(void **unused)
+{
+	cprxfer_state *st = sample();
+	struct buf b = encode(st);
+
+	b.p[0] ^= 0xff;
+	assert_int_equal(load_bytes(b.p, b.len), -EPROTO);
+	b.p[0] ^= 0xff;
+	b.p[4] = 2;
+	assert_int_equal(load_bytes(b.p, b.len), -EPROTONOSUPPORT);
+	assert_non_null(strstr(cprxfer_errmsg(), "version 2"));
+	assert_non_null(strstr(cprxfer_errmsg(), "version 1"));
+	/* The version of a later frame is checked too. */
+	b.p[4] = 1;
+	b.p[40 + 4] = 9;
+	assert_int_equal(load_bytes(b.p, b.len), -EPROTONOSUPPORT);
+	cprxfer_state_free(st);
+	free(b.p);
+}
+
+static void test_checksum(void **unused)
+{
+	cprxfer_state *st = sample();
+	struct buf b = encode(st);
+
+	/* Flip a byte inside the blob's payload: only the CRC notices. */
+	b.p[b.len - 1000] ^= 1;
+	assert_int_equal(load_bytes(b.p, b.len), -EBADMSG);
+	assert_non_null(strstr(cprxfer_errmsg(), "checksum"));
+	b.p[b.len - 1000] ^= 1;
+	b.p[b.len - 6] ^= 1;	/* the CRC itself */
+	assert_int_equal(load_bytes(b.p, b.len), -EBADMSG);
+	cprxfer_state_free(st);
+	free(b.p);
+}
+
+static void test_length_past_end(void **unused)
+{
+	cprxfer_state *st = sample();
+	struct buf b = encode(st);
+	size_t first = 40;	/* the first RECORD frame */
+
+	cx_put64(b.p + first + 8, 1ull << 40);
+	assert_int_equal(load_bytes(b.p, b.len), -EBADMSG);
+	assert_non_null(strstr(cprxfer_errmsg(), "past"));
+	/* A declared total larger than what the frames add up to. */
+	cx_put64(b.p + first + 8, 4 + 1 + 8);
+	cx_put64(b.p + 16 + 16, b.len + 100);
+	assert_int_equal(load_bytes(b.p, b.len), -EBADMSG);
+	assert_non_null(strstr(cprxfer_errmsg(), "declared"));
+	cprxfer_state_free(st);
+	free(b.p);
+}
+
+/* Cut the stream at every frame boundary and inside every frame. */
+static void test_cut_everywhere(void **unused)
+{
+	cprxfer_state *st = sample();
+	struct buf b = encode(st);
+	size_t off = 0, cuts = 0;
+
+	while (off < b.len) {
+		uint64_t flen = cx_get64(b.p + off + 8);
+
+		assert_int_equal(load_bytes(b.p, off), -ECONNRESET);
+		assert_int_equal(load_bytes(b.p, off + 9), -ECONNRESET);
+		if (flen > 2)
+			assert_int_equal(load_bytes(b.p, off + CX_HDR + 1),
+					 -ECONNRESET);
+		off += CX_HDR + flen;
+		cuts += 3;
+	}
+	assert_int_equal(off, b.len);
+	assert_int_equal(load_bytes(b.p, b.len - 1), -ECONNRESET);
+	print_message("%zu cuts, each -ECONNRESET\n", cuts + 1);
+	cprxfer_state_free(st);
+	free(b.p);
+}
+
+static void test_fd_mismatch(void **unused)
+{
+	struct buf body = { 0 }, s;
+	struct feed f;
+
+	/* Announced 2 fds, attached 1. */
+	fds_frame(&body, 2, 0);
+	rec_fd(&body, "a", 0);
+	rec_fd(&body, "b", 1);
+	s = wrap(&body, 2, 2);
+	f = (struct feed){ .p = s.p, .len = s.len, .nbatches = 1,
+			   .fd_at = { 40 }, .nfds = { 1 } };
+	assert_int_equal(feed_load(&f, NULL, NULL), -EBADMSG);
+	/* Attached 3 fds for a batch of 2. */
+	f.nfds[0] = 3;
+	assert_int_equal(feed_load(&f, NULL, NULL), -EBADMSG);
+	assert_non_null(strstr(cprxfer_errmsg(), "fd count"));
+	/* Attached 2, as announced: loads, and the fds are real. */
+	f.nfds[0] = 2;
+	{
+		cprxfer_state *st;
+		uint64_t v;
+		int fd;
+
+		assert_int_equal(feed_load(&f, NULL, &st), 0);
+		assert_int_equal(cprxfer_get_fd(st, "b", &fd), 0);
+		assert_int_equal(read(fd, &v, 8), 8);
+		assert_int_equal(v, 2);
+		assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+		cprxfer_state_free(st);
+	}
+	free(s.p);
+	free(body.p);
+
+	/* A record claims an fd no batch announced. */
+	body = (struct buf){ 0 };
+	rec_fd(&body, "a", 0);
+	s = wrap(&body, 1, 1);
+	assert_int_equal(load_bytes(s.p, s.len), -EBADMSG);
+	free(s.p);
+	free(body.p);
+
+	/* Records claim fds out of order. */
+	body = (struct buf){ 0 };
+	fds_frame(&body, 2, 0);
+	rec_fd(&body, "a", 1);
+	rec_fd(&body, "b", 0);
+	s = wrap(&body, 2, 2);
+	f = (struct feed){ .p = s.p, .len = s.len, .nbatches = 1,
+			   .fd_at = { 40 }, .nfds = { 2 } };
+	assert_int_equal(feed_load(&f, NULL, NULL), -EBADMSG);
+	free(s.p);
+	free(body.p);
+
+	/* fds arrive with no FDS frame at all, attached to a record. */
+	body = (struct buf){ 0 };
+	rec_u64(&body, "x", 1);
+	s = wrap(&body, 1, 0);
+	f = (struct feed){ .p = s.p, .len = s.len, .nbatches = 1,
+			   .fd_at = { 40 }, .nfds = { 5 } };
+	assert_int_equal(feed_load(&f, NULL, NULL), -EBADMSG);
+	free(s.p);
+	free(body.p);
+}
+
+static void test_limits(void **unused)
+{
+	cprxfer_opts *o = cprxfer_opts_new();
+	cprxfer_state *st = sample();
+	struct buf b = encode(st), body = { 0 }, s;
+	struct feed f = { .p = b.p, .len = b.len };
+	int i;
+
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORD_BYTES, 2999);
+	assert_int_equal(feed_load(&f, o, NULL), -EMSGSIZE);
+	assert_non_null(strstr(cprxfer_errmsg(),
+			       "record 'b': length 3000 exceeds limit 2999"));
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORD_BYTES, 3000);
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_STREAM_BYTES, b.len - 1);
+	assert_int_equal(feed_load(&f, o, NULL), -EFBIG);
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_STREAM_BYTES, b.len);
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORDS, 4);
+	assert_int_equal(feed_load(&f, o, NULL), -E2BIG);
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORDS, 5);
+	assert_int_equal(feed_load(&f, o, NULL), 0);
+
+	/* fds beyond the limit are closed, with a clear error. */
+	fds_frame(&body, 8, 0);
+	for (i = 0; i < 8; i++) {
+		char n[8];
+
+		snprintf(n, sizeof(n), "f%d", i);
+		rec_fd(&body, n, (uint32_t)i);
+	}
+	s = wrap(&body, 8, 8);
+	f = (struct feed){ .p = s.p, .len = s.len, .nbatches = 1,
+			   .fd_at = { 40 }, .nfds = { 8 } };
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORDS, 100);
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_FDS, 7);
+	assert_int_equal(feed_load(&f, o, NULL), -EMFILE);
+	/* The same fds, lying about their number in BEGIN. */
+	cx_put64(s.p + 16 + 8, 1);
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_FDS, 1);
+	assert_int_equal(feed_load(&f, o, NULL), -EMFILE);
+	cprxfer_opts_free(o);
+	cprxfer_state_free(st);
+	free(b.p);
+	free(s.p);
+	free(body.p);
+}
+
+static void test_hostile_records(void **unused)
+{
+	struct buf body = { 0 }, s;
+	cprxfer_state *st;
+	uint8_t v[8] = { 0 };
+
+	/* Unknown optional type: skipped. Unknown critical: refused. */
+	rec_u64(&body, "keep", 7);
+	record(&body, 77, 0, "future", v, 8);
+	s = wrap(&body, 2, 0);
+	{
+		struct feed f = { .p = s.p, .len = s.len };
+		uint64_t x;
+
+		assert_int_equal(feed_load(&f, NULL, &st), 0);
+		assert_int_equal(cprxfer_state_count(st), 1);
+		assert_int_equal(cprxfer_get_u64(st, "keep", &x), 0);
+		assert_int_equal(x, 7);
+		cprxfer_state_free(st);
+	}
+	free(s.p);
+	body.len = 0;
+	record(&body, 77, CX_REC_CRITICAL, "future", v, 8);
+	s = wrap(&body, 1, 0);
+	assert_int_equal(load_bytes(s.p, s.len), -EOPNOTSUPP);
+	assert_non_null(strstr(cprxfer_errmsg(), "'future'"));
+	free(s.p);
+
+	/* Duplicate names. */
+	body.len = 0;
+	rec_u64(&body, "twice", 1);
+	rec_u64(&body, "twice", 2);
+	s = wrap(&body, 2, 0);
+	assert_int_equal(load_bytes(s.p, s.len), -EBADMSG);
+	free(s.p);
+
+	/* A u64 of the wrong size; an empty name; a NUL in a string. */
+	body.len = 0;
+	record(&body, CPRXFER_TYPE_U64, 0, "short", v, 4);
+	s = wrap(&body, 1, 0);
+	assert_int_equal(load_bytes(s.p, s.len), -EBADMSG);
+	free(s.p);
+	body.len = 0;
+	record(&body, CPRXFER_TYPE_STR, 0, "str", "a\0b", 3);
+	s = wrap(&body, 1, 0);
+	assert_int_equal(load_bytes(s.p, s.len), -EBADMSG);
+	free(s.p);
+	body.len = 0;
+	{
+		uint8_t p[12] = { CPRXFER_TYPE_U64, 0, 0, 0 };
+
+		frame(&body, CX_F_RECORD, 0, p, sizeof(p));
+	}
+	s = wrap(&body, 1, 0);
+	assert_int_equal(load_bytes(s.p, s.len), -EBADMSG);
+	free(s.p);
+
+	/* More records than declared; an ACK frame inside the stream. */
+	body.len = 0;
+	rec_u64(&body, "a", 1);
+	rec_u64(&body, "b", 1);
+	s = wrap(&body, 1, 0);
+	assert_int_equal(load_bytes(s.p, s.len), -EBADMSG);
+	free(s.p);
+	body.len = 0;
+	frame(&body, CX_F_ACK, 0, v, 8);
+	s = wrap(&body, 0, 0);
+	assert_int_equal(load_bytes(s.p, s.len), -EPROTO);
+	free(s.p);
+	free(body.p);
+}
+
+/* A failed load tells the sender why before giving up. */
+static void test_nak(void **unused)
+{
+	cprxfer_channel *ch;
+	int sv[2];
+	uint8_t h[CX_HDR + CX_ACK_LEN];
+	cprxfer_state *st = NULL;
+	struct cx_frame f;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+				    sv), 0);
+	assert_int_equal(write(sv[1], "garbage garbage garbage!", 24), 24);
+	assert_int_equal(cx_channel_new(sv[0], NULL, &ch), 0);
+	assert_int_equal(cprxfer_load(ch, &st), -EPROTO);
+	assert_int_equal(read(sv[1], h, sizeof(h)), sizeof(h));
+	assert_int_equal(cx_frame_parse(h, &f), 0);
+	assert_int_equal(f.type, CX_F_ACK);
+	assert_int_equal((int32_t)cx_get32(h + CX_HDR), -EPROTO);
+	/* The channel is out of step now and says so. */
+	assert_int_equal(cprxfer_load(ch, &st), -EPIPE);
+	assert_int_equal(cprxfer_save(ch, st), -EPIPE);
+	cprxfer_channel_close(ch);
+	close(sv[1]);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		tu_test(test_valid),
+		tu_test(test_empty_state),
+		tu_test(test_bad_magic_version),
+		tu_test(test_checksum),
+		tu_test(test_length_past_end),
+		tu_test(test_cut_everywhere),
+		tu_test(test_fd_mismatch),
+		tu_test(test_limits),
+		tu_test(test_hostile_records),
+		tu_test(test_nak),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
