@@ -408,7 +408,8 @@ int cx_decode(struct cx_io *io, const struct cprxfer_opts *o,
 
 	d.max_fds = cx_opts_max_fds(o);
 	io->max_fds = d.max_fds;
-	io->fds_in = 0;
+	/* fds read ahead with earlier frames belong to this stream. */
+	io->fds_in = io->fdq_len - io->fdq_pos;
 	d.st = cprxfer_state_new();
 	if (!d.st)
 		return cx_err(-ENOMEM, "load: out of memory");
