@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: MIT
+// Build-only test: the public headers compile, and link, from C++.
+#include <cprxfer/cprxfer.h>
+#include <cprxfer/seccomp.h>
+
+int main()
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int rc = cprxfer_put_u64(st, "x", 1);
+
+	cprxfer_state_free(st);
+	return rc;
+}
