@@ -215,25 +215,28 @@ CX_EXPORT int cprxfer_channel_peer(const cprxfer_channel *ch, pid_t *pid,
 CX_EXPORT int cprxfer_save(cprxfer_channel *ch, const cprxfer_state *st)
 {
 	int rc = check(ch, "cprxfer_save");
+	uint64_t before;
 
 	if (rc < 0)
 		return rc;
 	if (!st)
 		return cx_err(-EINVAL, "cprxfer_save: NULL state");
 	cx_io_deadline(&ch->io, ch->o.timeout_ms);
+	before = ch->io.out_bytes;
 	rc = cx_encode(&ch->io, st, CX_MODE_SOCKET);
 	if (rc == 0)
 		return 0;
 	ch->io.wlen = 0;
+	if (ch->io.out_bytes == before && rc != -EREMOTEIO) {
+		/* Failed before the first byte left: still usable. */
+		return cx_err_prefix(rc, "cprxfer_save");
+	}
 	if (rc == -EREMOTEIO || rc == -ECONNRESET) {
 		/* The peer refused mid-stream, or left: learn which. */
 		rc = recv_ack(ch, "cprxfer_save");
 		if (rc == 0)
 			rc = cx_err(-EPROTO, "cprxfer_save: peer acked a "
 				    "stream it had not read");
-	} else if (rc == -EBADF || rc == -ENOMEM || rc == -EOPNOTSUPP) {
-		/* Failed before the first byte left: still usable. */
-		return cx_err_prefix(rc, "cprxfer_save");
 	}
 	ch->broken = rc;
 	return cx_err_prefix(rc, "cprxfer_save");
@@ -304,7 +307,9 @@ CX_EXPORT int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms)
 	if (rc == -ECONNRESET)
 		return cx_err(rc, "cprxfer_wait_ack: peer closed or died "
 			      "before acknowledging");
-	if (rc == -EPROTO || rc == -EPROTONOSUPPORT)
+	if (rc == -EPROTO || rc == -EPROTONOSUPPORT) {
 		ch->broken = rc;
+		return cx_err_prefix(rc, "cprxfer_wait_ack");
+	}
 	return rc;
 }

@@ -18,6 +18,7 @@ struct enc {
 	struct cx_io *io;
 	enum cx_mode mode;
 	uint32_t crc;
+	const cprxfer_state *st;
 	int *fds;		/* every fd of the state, in record order */
 	size_t nfds, sent;
 };
@@ -82,7 +83,9 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 			return cx_err(-EOPNOTSUPP, "record '%s': RAM on a "
 				      "memfd cannot be saved to a file; use "
 				      "cprxfer_ram_open_file", x->name);
-		if (e->mode != CX_MODE_FILE && fcntl(fd, F_GETFD) < 0)
+		/* On a socket, sendmsg() checks the fds for us (see
+		 * emit_fds); exec mode has no such check. */
+		if (e->mode == CX_MODE_EXEC && fcntl(fd, F_GETFD) < 0)
 			return cx_err(-EBADF, "record '%s': fd %d is not open",
 				      x->name, fd);
 		if (e->mode != CX_MODE_FILE)
@@ -107,6 +110,24 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 	}
 	*bytes = b;
 	return 0;
+}
+
+/* sendmsg() refused a batch with EBADF: name the record at fault. */
+static int bad_fd(const struct enc *e, size_t first, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < e->st->n; i++) {
+		const struct cx_entry *x = &e->st->e[i];
+		int fd = cx_entry_fd(x);
+		size_t k;
+
+		for (k = first; fd >= 0 && k < first + n; k++)
+			if (e->fds[k] == fd && fcntl(fd, F_GETFD) < 0)
+				return cx_err(-EBADF, "record '%s': fd %d is "
+					      "not open", x->name, fd);
+	}
+	return cx_err(-EBADF, "sendmsg: an fd of the batch is not open");
 }
 
 /* Send the next batch of fds, attached to its FDS frame. */
@@ -134,6 +155,8 @@ static int emit_fds(struct enc *e)
 		}
 	} else if (rc == 0) {
 		rc = cx_io_flush(e->io, e->fds + e->sent, n);
+		if (rc == -EBADF)
+			rc = bad_fd(e, e->sent, n);
 	}
 	e->sent += n;
 	return rc;
@@ -194,7 +217,7 @@ static int emit_record(struct enc *e, const struct cx_entry *x, size_t *fdi)
 
 int cx_encode(struct cx_io *io, const cprxfer_state *st, enum cx_mode mode)
 {
-	struct enc e = { .io = io, .mode = mode };
+	struct enc e = { .io = io, .mode = mode, .st = st };
 	uint8_t p[CX_END_LEN];
 	uint64_t bytes = 0;
 	size_t i, fdi = 0;

@@ -336,6 +336,7 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 			hook(io->fd, CX_HOOK_SENT, &done);
 			src += r;
 			n -= (size_t)r;
+			io->out_bytes += (uint64_t)r;
 			nfds = 0;
 			continue;
 		}

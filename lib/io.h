@@ -26,6 +26,7 @@ struct cx_io {
 
 	uint8_t *wbuf;
 	size_t wcap, wlen;
+	uint64_t out_bytes;	/* bytes that left through write/sendmsg */
 
 	/* A peer's ACK frame seen while writing: set by the writer. */
 	bool peer_spoke;

@@ -38,21 +38,35 @@ int cx_name_check(const char *what, const char *name, size_t len)
 	return 0;
 }
 
+/* A table slot keeps the name's hash beside the entry index, so a probe
+ * touches an entry only when the hashes match. */
+static inline uint32_t slot_index(uint64_t slot)
+{
+	return (uint32_t)slot;
+}
+
+static inline uint64_t slot_make(uint64_t h, size_t index)
+{
+	return (h & 0xffffffff00000000ull) | (uint32_t)(index + 1);
+}
+
 static size_t probe(const cprxfer_state *st, const char *name, size_t len,
-		    bool *found)
+		    uint64_t h, bool *found)
 {
 	size_t mask = st->tabcap - 1;
-	size_t i = name_hash(name, len) & mask;
+	size_t i = h & mask;
 
 	for (;; i = (i + 1) & mask) {
-		uint32_t slot = st->tab[i];
+		uint64_t slot = st->tab[i];
 		const struct cx_entry *e;
 
 		if (!slot) {
 			*found = false;
 			return i;
 		}
-		e = &st->e[slot - 1];
+		if ((slot ^ h) >> 32)
+			continue;
+		e = &st->e[slot_index(slot) - 1];
 		if (e->name_len == len && !memcmp(e->name, name, len)) {
 			*found = true;
 			return i;
@@ -62,8 +76,8 @@ static size_t probe(const cprxfer_state *st, const char *name, size_t len,
 
 static int rehash(cprxfer_state *st, size_t tabcap)
 {
-	uint32_t *tab = calloc(tabcap, sizeof(*tab));
-	uint32_t *old = st->tab;
+	uint64_t *tab = calloc(tabcap, sizeof(*tab));
+	uint64_t *old = st->tab;
 	size_t i;
 
 	if (!tab)
@@ -71,11 +85,11 @@ static int rehash(cprxfer_state *st, size_t tabcap)
 	st->tab = tab;
 	st->tabcap = tabcap;
 	for (i = 0; i < st->n; i++) {
+		uint64_t h = name_hash(st->e[i].name, st->e[i].name_len);
 		bool found;
-		size_t slot = probe(st, st->e[i].name, st->e[i].name_len,
-				    &found);
 
-		tab[slot] = i + 1;
+		tab[probe(st, st->e[i].name, st->e[i].name_len, h,
+			  &found)] = slot_make(h, i);
 	}
 	free(old);
 	return 0;
@@ -114,6 +128,7 @@ int cx_state_append(cprxfer_state *st, const char *name, size_t len,
 	struct cx_entry *e;
 	bool found;
 	size_t slot;
+	uint64_t h;
 	int rc;
 
 	if (st->n + 1 > st->cap || 2 * (st->n + 1) > st->tabcap) {
@@ -121,7 +136,8 @@ int cx_state_append(cprxfer_state *st, const char *name, size_t len,
 		if (rc < 0)
 			return rc;
 	}
-	slot = probe(st, name, len, &found);
+	h = name_hash(name, len);
+	slot = probe(st, name, len, h, &found);
 	if (found)
 		return cx_err(-EEXIST, "record '%.*s': name already present",
 			      (int)len, name);
@@ -135,7 +151,7 @@ int cx_state_append(cprxfer_state *st, const char *name, size_t len,
 	e->name[len] = 0;
 	e->name_len = (uint8_t)len;
 	e->type = (uint8_t)type;
-	st->tab[slot] = ++st->n;
+	st->tab[slot] = slot_make(h, st->n++);
 	*out = e;
 	return 0;
 }
@@ -166,14 +182,15 @@ void cx_state_pop(cprxfer_state *st)
 	bool found;
 	size_t mask = st->tabcap - 1, i, j;
 
-	i = probe(st, e->name, e->name_len, &found);
+	i = probe(st, e->name, e->name_len, name_hash(e->name, e->name_len),
+		  &found);
 	entry_clear(e);
 	st->n--;
 	/* Backward-shift deletion keeps every probe chain intact. */
 	st->tab[i] = 0;
 	for (j = (i + 1) & mask; st->tab[j]; j = (j + 1) & mask) {
-		uint32_t slot = st->tab[j];
-		const struct cx_entry *o = &st->e[slot - 1];
+		uint64_t slot = st->tab[j];
+		const struct cx_entry *o = &st->e[slot_index(slot) - 1];
 		size_t home = name_hash(o->name, o->name_len) & mask;
 
 		if (((j - home) & mask) >= ((j - i) & mask)) {
@@ -192,8 +209,8 @@ struct cx_entry *cx_state_find(const cprxfer_state *st, const char *name,
 
 	if (!st->n)
 		return NULL;
-	slot = probe(st, name, len, &found);
-	return found ? &st->e[st->tab[slot] - 1] : NULL;
+	slot = probe(st, name, len, name_hash(name, len), &found);
+	return found ? &st->e[slot_index(st->tab[slot]) - 1] : NULL;
 }
 
 int cx_entry_fd(const struct cx_entry *e)

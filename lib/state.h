@@ -34,7 +34,7 @@ struct cx_entry {
 struct cprxfer_state {
 	struct cx_entry *e;
 	size_t n, cap;
-	uint32_t *tab;		/* entry index + 1; 0 is empty */
+	uint64_t *tab;		/* hash << 32 | (entry index + 1); 0: empty */
 	size_t tabcap;		/* a power of two */
 };
 

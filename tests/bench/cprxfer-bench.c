@@ -1,0 +1,467 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cprxfer-bench: the handoff measured side by side with its raw-syscall
+ * baselines, in one run, on one machine.
+ *
+ *   cprxfer-bench [--json FILE] [--runs N] [--quick] [--only GROUP]
+ *
+ * Groups: fd (fd passing), blob (throughput), blackout (handoff pause vs
+ * RAM size, via demo-vmm), copy (copy-migration baseline), warmup (guest
+ * touching its RAM after the handoff, via demo-vmm). Each figure is the
+ * median of --runs runs (default 5), with min and max. Ratios matter more
+ * than absolute figures: the machines are noisy.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cprxfer/cprxfer.h>
+
+#include "bench.h"
+
+int bench_runs = 5;
+int bench_quick;
+
+double bench_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+struct stat3 bench_stat(double *v, int n)
+{
+	struct stat3 s;
+
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	s.min = v[0];
+	s.max = v[n - 1];
+	s.med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+	return s;
+}
+
+void bench_fail(const char *what, int rc)
+{
+	fprintf(stderr, "cprxfer-bench: %s: %s (%s)\n", what, strerror(-rc),
+		rc < 0 ? cprxfer_errmsg() : "");
+	exit(1);
+}
+
+/* ---- 1. fd passing -------------------------------------------------- */
+
+static void ack_byte(int s)
+{
+	char c = 'k';
+
+	if (write(s, &c, 1) != 1)
+		_exit(3);
+}
+
+static void wait_byte(int s)
+{
+	char c;
+
+	if (read(s, &c, 1) != 1)
+		bench_fail("ack", -EPIPE);
+}
+
+/* Raw baseline: sendmsg() of batches of 253 fds with 1 byte each. */
+static void raw_send_fds(int s, const int *fds, int n)
+{
+	union {
+		char buf[CMSG_SPACE(253 * sizeof(int))];
+		struct cmsghdr a;
+	} u;
+	int i;
+
+	for (i = 0; i < n; i += 253) {
+		int k = n - i < 253 ? n - i : 253;
+		char b = 'f';
+		struct iovec iov = { &b, 1 };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
+				    .msg_control = u.buf,
+				    .msg_controllen = CMSG_SPACE(k * sizeof(int)) };
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(k * sizeof(int));
+		memcpy(CMSG_DATA(c), fds + i, k * sizeof(int));
+		if (sendmsg(s, &m, 0) != 1)
+			bench_fail("sendmsg", -errno);
+	}
+}
+
+static void raw_recv_fds(int s, int *fds, int n)
+{
+	union {
+		char buf[CMSG_SPACE(253 * sizeof(int))];
+		struct cmsghdr a;
+	} u;
+	int got = 0;
+
+	while (got < n) {
+		char b;
+		struct iovec iov = { &b, 1 };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
+				    .msg_control = u.buf,
+				    .msg_controllen = sizeof(u.buf) };
+		struct cmsghdr *c;
+
+		if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 1)
+			_exit(4);
+		for (c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+			int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+
+			memcpy(fds + got, CMSG_DATA(c), k * sizeof(int));
+			got += k;
+		}
+	}
+}
+
+static void fd_child(int s, int n, int runs)
+{
+	int *fds = malloc(sizeof(int) * (size_t)n), r, i;
+	cprxfer_channel *ch;
+
+	for (r = 0; r < runs; r++) {
+		raw_recv_fds(s, fds, n);
+		ack_byte(s);
+		for (i = 0; i < n; i++)
+			close(fds[i]);
+	}
+	if (cprxfer_channel_open(s, &ch) < 0)
+		_exit(5);
+	for (r = 0; r < runs; r++) {
+		cprxfer_state *st;
+
+		if (cprxfer_load(ch, &st) < 0 || cprxfer_ack(ch, 0, NULL) < 0)
+			_exit(6);
+		cprxfer_state_free(st);
+	}
+	cprxfer_channel_close(ch);
+	_exit(0);
+}
+
+static void bench_fd(struct report *rep, int n)
+{
+	int sv[2], r, i, *fds = malloc(sizeof(int) * (size_t)n);
+	double raw[64], lib[64];
+	cprxfer_state *st = cprxfer_state_new();
+	cprxfer_channel *ch;
+	pid_t pid;
+
+	for (i = 0; i < n; i++) {
+		char name[32];
+
+		fds[i] = eventfd(0, EFD_CLOEXEC);
+		if (fds[i] < 0)
+			bench_fail("eventfd", -errno);
+		snprintf(name, sizeof(name), "fd.%d", i);
+		cprxfer_put_fd(st, name, fds[i]);
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		bench_fail("socketpair", -errno);
+	pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		for (i = 0; i < n; i++)
+			close(fds[i]);
+		fd_child(sv[1], n, bench_runs);
+	}
+	close(sv[1]);
+	for (r = 0; r < bench_runs; r++) {
+		double t0 = bench_now_ns();
+
+		raw_send_fds(sv[0], fds, n);
+		wait_byte(sv[0]);
+		raw[r] = (bench_now_ns() - t0) / n;
+	}
+	r = cprxfer_channel_open(sv[0], &ch);
+	if (r < 0)
+		bench_fail("channel_open", r);
+	for (r = 0; r < bench_runs; r++) {
+		double t0 = bench_now_ns();
+		int rc = cprxfer_save(ch, st);
+
+		if (rc == 0)
+			rc = cprxfer_wait_ack(ch, 60000);
+		if (rc < 0)
+			bench_fail("fd save", rc);
+		lib[r] = (bench_now_ns() - t0) / n;
+	}
+	cprxfer_channel_close(ch);
+	waitpid(pid, NULL, 0);
+	report_fd(rep, n, bench_stat(lib, bench_runs),
+		  bench_stat(raw, bench_runs));
+	for (i = 0; i < n; i++)
+		close(fds[i]);
+	free(fds);
+	cprxfer_state_free(st);
+}
+
+/* ---- 2. blob throughput --------------------------------------------- */
+
+#define BLOB (256ul << 20)
+
+static cprxfer_opts *big_opts(void)
+{
+	cprxfer_opts *o = cprxfer_opts_new();
+
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORD_BYTES, 1ull << 33);
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_STREAM_BYTES, 1ull << 33);
+	cprxfer_opts_set_timeout(o, 120000);
+	return o;
+}
+
+static void blob_child(int s, int runs)
+{
+	cprxfer_opts *o = big_opts();
+	cprxfer_channel *ch;
+	int r;
+
+	for (r = 0; r < runs; r++) {
+		/* A fresh buffer each time, as the library's loader has. */
+		char *b = malloc(BLOB);
+		size_t got = 0;
+
+		while (got < BLOB) {
+			ssize_t k = read(s, b + got, BLOB - got);
+
+			if (k <= 0)
+				_exit(7);
+			got += (size_t)k;
+		}
+		ack_byte(s);
+		free(b);
+	}
+	if (cprxfer_channel_open_opts(s, o, &ch) < 0)
+		_exit(8);
+	for (r = 0; r < runs; r++) {
+		cprxfer_state *st;
+
+		if (cprxfer_load(ch, &st) < 0 || cprxfer_ack(ch, 0, NULL) < 0)
+			_exit(9);
+		cprxfer_state_free(st);
+	}
+	cprxfer_channel_close(ch);
+	cprxfer_opts_free(o);
+	_exit(0);
+}
+
+static void bench_blob(struct report *rep)
+{
+	char *buf = malloc(BLOB);
+	double raw[64], lib[64];
+	cprxfer_state *st = cprxfer_state_new();
+	cprxfer_channel *ch;
+	int sv[2], r;
+	pid_t pid;
+
+	memset(buf, 0x5c, BLOB);
+	cprxfer_put_blob(st, "blob", buf, BLOB);
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		bench_fail("socketpair", -errno);
+	pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		blob_child(sv[1], bench_runs);
+	}
+	close(sv[1]);
+	for (r = 0; r < bench_runs; r++) {
+		double t0 = bench_now_ns();
+		size_t off = 0;
+
+		while (off < BLOB) {
+			ssize_t k = write(sv[0], buf + off, BLOB - off);
+
+			if (k <= 0)
+				bench_fail("write", -errno);
+			off += (size_t)k;
+		}
+		wait_byte(sv[0]);
+		raw[r] = BLOB / (bench_now_ns() - t0);
+	}
+	r = cprxfer_channel_open(sv[0], &ch);
+	if (r < 0)
+		bench_fail("channel_open", r);
+	for (r = 0; r < bench_runs; r++) {
+		double t0 = bench_now_ns();
+		int rc = cprxfer_save(ch, st);
+
+		if (rc == 0)
+			rc = cprxfer_wait_ack(ch, 60000);
+		if (rc < 0)
+			bench_fail("blob save", rc);
+		lib[r] = BLOB / (bench_now_ns() - t0);
+	}
+	cprxfer_channel_close(ch);
+	waitpid(pid, NULL, 0);
+	report_blob(rep, bench_stat(lib, bench_runs),
+		    bench_stat(raw, bench_runs));
+	cprxfer_state_free(st);
+	free(buf);
+}
+
+/* ---- 4. copy-migration baseline -------------------------------------- */
+
+static void copy_child(int s, size_t size, int runs)
+{
+	int r;
+
+	for (r = 0; r < runs; r++) {
+		char *m = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		size_t got = 0;
+
+		if (m == MAP_FAILED)
+			_exit(10);
+		while (got < size) {
+			ssize_t k = read(s, m + got, size - got);
+
+			if (k <= 0)
+				_exit(11);
+			got += (size_t)k;
+		}
+		ack_byte(s);
+		munmap(m, size);
+	}
+	_exit(0);
+}
+
+static void bench_copy(struct report *rep, size_t mib)
+{
+	size_t size = mib << 20;
+	struct cprxfer_ram ram;
+	int runs = mib >= 4096 ? 3 : bench_runs, sv[2], r;
+	double t[64];
+	pid_t pid;
+
+	r = cprxfer_ram_create("bench-copy", size, CPRXFER_RAM_POPULATE, &ram);
+	if (r < 0)
+		bench_fail("ram_create", r);
+	memset(ram.addr, 0x3a, size);
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		bench_fail("socketpair", -errno);
+	pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		copy_child(sv[1], size, runs);
+	}
+	close(sv[1]);
+	for (r = 0; r < runs; r++) {
+		double t0 = bench_now_ns();
+		size_t off = 0;
+
+		while (off < size) {
+			ssize_t k = write(sv[0], (char *)ram.addr + off,
+					  size - off);
+
+			if (k <= 0)
+				bench_fail("write", -errno);
+			off += (size_t)k;
+		}
+		wait_byte(sv[0]);
+		t[r] = (bench_now_ns() - t0) / 1e6;
+	}
+	close(sv[0]);
+	waitpid(pid, NULL, 0);
+	cprxfer_ram_release(&ram);
+	report_copy(rep, mib, bench_stat(t, runs));
+}
+
+/* ---- main ------------------------------------------------------------ */
+
+static int want(const char *only, const char *g)
+{
+	return !only || !strcmp(only, g);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "json", required_argument, NULL, 'j' },
+		{ "runs", required_argument, NULL, 'r' },
+		{ "quick", no_argument, NULL, 'q' },
+		{ "only", required_argument, NULL, 'o' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 }
+	};
+	const char *json = NULL, *only = NULL;
+	struct report rep = { 0 };
+	struct rlimit rl;
+	int c, maxfds;
+
+	while ((c = getopt_long(argc, argv, "j:r:qo:h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = optarg;
+			break;
+		case 'r':
+			bench_runs = atoi(optarg);
+			if (bench_runs < 1 || bench_runs > 64)
+				bench_runs = 5;
+			break;
+		case 'q':
+			bench_quick = 1;
+			bench_runs = 3;
+			break;
+		case 'o':
+			only = optarg;
+			break;
+		default:
+			fprintf(stderr, "usage: %s [--json FILE] [--runs N] "
+				"[--quick] [--only fd|blob|blackout|copy|"
+				"warmup]\n", argv[0]);
+			return c == 'h' ? 0 : 2;
+		}
+	}
+	getrlimit(RLIMIT_NOFILE, &rl);
+	rl.rlim_cur = rl.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &rl);
+	/* Both ends hold every fd; keep room for the process's own. */
+	maxfds = (int)(rl.rlim_cur > 1u << 20 ? 1u << 20 : rl.rlim_cur) - 64;
+
+	if (want(only, "fd")) {
+		bench_fd(&rep, 1);
+		bench_fd(&rep, 253);
+		bench_fd(&rep, 10000 < maxfds ? 10000 : maxfds);
+		bench_fd(&rep, maxfds);
+	}
+	if (want(only, "blob"))
+		bench_blob(&rep);
+	if (want(only, "blackout"))
+		bench_blackout(&rep);
+	if (want(only, "copy")) {
+		bench_copy(&rep, 256);
+		bench_copy(&rep, 1024);
+		if (!bench_quick)
+			bench_copy(&rep, 4096);
+	}
+	if (want(only, "warmup"))
+		bench_warmup(&rep);
+	report_print(&rep, stdout);
+	if (json && report_json(&rep, json) < 0) {
+		fprintf(stderr, "cprxfer-bench: cannot write %s\n", json);
+		return 1;
+	}
+	return 0;
+}
