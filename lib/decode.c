@@ -264,6 +264,12 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 			rc = cx_err(-EBADMSG, "record '%s': RAM with neither "
 				    "fd nor path", name);
 		}
+		/* Only a state file names RAM by path alone: a peer must
+		 * not make the loader open files of its choosing. */
+		if (rc == 0 && d->mode != CX_MODE_FILE &&
+		    cx_get32(v + 12) == CX_NOFD)
+			rc = cx_err(-EBADMSG, "record '%s': RAM without an fd "
+				    "outside a state file", name);
 		break;
 	default:
 		if (h[1] & CX_REC_CRITICAL)
@@ -336,9 +342,13 @@ static int on_end(struct dec *d, const struct cx_frame *f)
 			      "declared %llu",
 			      (unsigned long long)d->records,
 			      (unsigned long long)d->declared_records);
+	/*
+	 * fds left in the queue are extra, unless bytes of a next stream
+	 * were read ahead: then they came with that stream's first batch.
+	 */
 	if (cx_get64(p + 8) != d->declared_fds ||
 	    d->fds_claimed != d->declared_fds ||
-	    d->io->fdq_pos != d->io->fdq_len)
+	    (d->io->fdq_pos != d->io->fdq_len && !cx_io_buffered(d->io)))
 		return cx_err(-EBADMSG, "fd count does not match the records: "
 			      "%llu declared, %llu received, %llu claimed",
 			      (unsigned long long)d->declared_fds,

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "exec.h"
 #include "stream.h"
 #include "wire.h"
 
@@ -48,12 +49,12 @@ extern char **environ;
  * Test hook: false runs execve() without the teardown helper (to measure
  * what it saves). Not exported.
  */
-bool cx_exec_defer_teardown = true;
 
 /* ---- the teardown helper --------------------------------------------- */
 
 struct helper {
 	int rfd, wfd;		/* the pipe: the helper waits on rfd */
+	int hrfd, hwfd;		/* the same numbers, for the helper only */
 	uint8_t *stack;		/* CX_HELPER_STACK bytes: two halves */
 	pid_t pid;		/* of the helper, or -1 */
 	volatile int tid;	/* cleared by the kernel when it exits */
@@ -68,15 +69,19 @@ static int helper_main(void *arg)
 {
 	struct helper *h = arg;
 	char c;
+	int rfd = h->hrfd;
 
 	/* Hold no file past the exec: only the read end stays open. */
-	syscall(SYS_close, h->wfd);
-	if (h->rfd > 0)
-		syscall(SYS_close_range, 0, h->rfd - 1, 0);
-	syscall(SYS_close_range, h->rfd + 1, ~0u, 0);
-	/* EOF once every write end is gone: the exec happened or failed. */
-	while (syscall(SYS_read, h->rfd, &c, 1) < 0)
-		;
+	syscall(SYS_close, h->hwfd);
+	if (rfd > 0)
+		syscall(SYS_close_range, 0, rfd - 1, 0);
+	syscall(SYS_close_range, rfd + 1, ~0u, 0);
+	/*
+	 * EOF once every write end is gone: the exec happened or failed.
+	 * Every signal is blocked, so no EINTR; an error only ends the
+	 * wait early (errno is not ours to read: it is the caller's TLS).
+	 */
+	syscall(SYS_read, rfd, &c, 1);
 	return 0;
 }
 
@@ -98,11 +103,11 @@ static int spawn_main(void *arg)
 	return 0;
 }
 
-static bool helper_wanted(void)
+static bool helper_wanted(bool defer)
 {
 	int reaper = 0;
 
-	if (!cx_exec_defer_teardown)
+	if (!defer)
 		return false;
 	/* Orphans of a subreaper (or of pid 1) would come back to us. */
 	if (getpid() == 1)
@@ -113,7 +118,7 @@ static bool helper_wanted(void)
 }
 
 /* Best effort: on any failure the exec runs without a helper. */
-static void helper_start(struct helper *h)
+static void helper_start(struct helper *h, bool defer)
 {
 	int p[2], st;
 	pid_t mid;
@@ -122,10 +127,10 @@ static void helper_start(struct helper *h)
 	h->tid = 0;
 	h->stack = NULL;
 	h->rfd = h->wfd = -1;
-	if (!helper_wanted() || pipe2(p, O_CLOEXEC) < 0)
+	if (!helper_wanted(defer) || pipe2(p, O_CLOEXEC) < 0)
 		return;
-	h->rfd = p[0];
-	h->wfd = p[1];
+	h->rfd = h->hrfd = p[0];
+	h->wfd = h->hwfd = p[1];
 	h->stack = mmap(NULL, CX_HELPER_STACK, PROT_READ | PROT_WRITE,
 			MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
 	if (h->stack == MAP_FAILED) {
@@ -284,8 +289,8 @@ static int build_env(char *const envp[], char *var, char ***out)
 	return 0;
 }
 
-CX_EXPORT int cprxfer_exec(const cprxfer_state *st, const char *path,
-			   char *const argv[], char *const envp[])
+int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
+	    char *const envp[], bool defer)
 {
 	char var[sizeof(CX_EXEC_ENV) + 16];
 	struct fdflag *fds = NULL;
@@ -314,7 +319,7 @@ CX_EXPORT int cprxfer_exec(const cprxfer_state *st, const char *path,
 			goto out;
 		}
 	}
-	helper_start(&h);
+	helper_start(&h, defer);
 	execve(path, argv, env);
 	err = errno;
 	helper_stop(&h);
@@ -406,4 +411,10 @@ out:
 CX_EXPORT int cprxfer_load_exec(cprxfer_state **out)
 {
 	return cprxfer_load_exec_opts(NULL, out);
+}
+
+CX_EXPORT int cprxfer_exec(const cprxfer_state *st, const char *path,
+			   char *const argv[], char *const envp[])
+{
+	return cx_exec(st, path, argv, envp, true);
 }

@@ -155,10 +155,29 @@ static int verify_crc(int fd, const char *path)
 	return 0;
 }
 
+/*
+ * After a good decode: the stream must fill the file exactly, and the
+ * END frame's last field, which its checksum does not cover, is zero.
+ */
+static int check_tail(int fd, const char *path, const struct stat *st)
+{
+	uint8_t b[8];
+
+	if (pread(fd, b, 8, CX_HDR + 16) != 8 ||
+	    cx_get64(b) != (uint64_t)st->st_size)
+		return cx_err(-EBADMSG, "%s: %lld bytes, the stream it holds "
+			      "declares %llu", path, (long long)st->st_size,
+			      (unsigned long long)cx_get64(b));
+	if (pread(fd, b, 4, st->st_size - 4) != 4 || cx_get32(b) != 0)
+		return cx_err(-EBADMSG, "%s: END frame corrupted", path);
+	return 0;
+}
+
 CX_EXPORT int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
 				     cprxfer_state **out)
 {
 	struct cprxfer_opts opts;
+	cprxfer_state *res;
 	char why[512];
 	struct stat st;
 	struct cx_io io;
@@ -179,9 +198,15 @@ CX_EXPORT int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
 	rc = cx_io_init(&io, fd, false);
 	if (rc < 0)
 		goto out;
-	rc = cx_decode(&io, &opts, CX_MODE_FILE, out);
+	rc = cx_decode(&io, &opts, CX_MODE_FILE, &res);
 	cx_io_fini(&io);
-	if (rc < 0 && rc != -ENOMEM && rc != -EBADMSG) {
+	if (rc == 0) {
+		rc = check_tail(fd, path, &st);
+		if (rc == 0)
+			*out = res;
+		else
+			cprxfer_state_free(res);
+	} else if (rc != -ENOMEM && rc != -EBADMSG) {
 		/* A limit, a version, a type: or a flipped bit? */
 		int err = rc;
 
