@@ -371,8 +371,14 @@ CX_EXPORT int cprxfer_accept(cprxfer_listener *l, int timeout_ms,
 				      strerror(errno));
 		}
 		rc = cx_channel_new(fd, &l->o, &ch);
-		if (rc < 0)
+		if (rc == -ENOMEM)
 			return cx_err_prefix(rc, "cprxfer_accept");
+		if (rc < 0) {
+			/* Gone before we could look at it (fd closed). */
+			refused = rc;
+			snprintf(last, sizeof(last), "%s", cprxfer_errmsg());
+			continue;
+		}
 		rc = cx_handshake(ch);
 		if (rc == 0) {
 			*out = ch;
