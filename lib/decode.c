@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -37,15 +38,23 @@ static int take(struct dec *d, void *p, size_t n)
 	if (n > d->declared_bytes - d->bytes)
 		return cx_err(-EBADMSG, "stream runs past its declared %llu "
 			      "bytes", (unsigned long long)d->declared_bytes);
-	rc = cx_io_read(d->io, p, n);
-	if (rc == -ENODATA)
-		return cx_err(-EBADMSG, "stream truncated after %llu of %llu "
-			      "bytes", (unsigned long long)d->bytes,
-			      (unsigned long long)d->declared_bytes);
-	if (rc < 0)
-		return rc;
-	d->crc = cx_crc32c(d->crc, p, n);
-	d->bytes += n;
+	/* In chunks: checksum one while the peer sends the next. */
+	while (n) {
+		size_t k = n < CX_CRC_CHUNK ? n : CX_CRC_CHUNK;
+
+		rc = cx_io_read(d->io, p, k);
+		if (rc == -ENODATA)
+			return cx_err(-EBADMSG, "stream truncated after %llu "
+				      "of %llu bytes",
+				      (unsigned long long)d->bytes,
+				      (unsigned long long)d->declared_bytes);
+		if (rc < 0)
+			return rc;
+		d->crc = cx_crc32c(d->crc, p, k);
+		d->bytes += k;
+		p = (uint8_t *)p + k;
+		n -= k;
+	}
 	return 0;
 }
 
@@ -79,6 +88,24 @@ static int read_frame(struct dec *d, struct cx_frame *f)
 			      "stream's declared end", cx_frame_name(f->type),
 			      (unsigned long long)f->len);
 	return 0;
+}
+
+/*
+ * Fault a large buffer in with one call rather than one fault per page
+ * as the socket fills it (best effort; kernels before 5.14 lack it).
+ */
+static void prefault(void *p, size_t n)
+{
+#ifdef MADV_POPULATE_WRITE
+	uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+	uintptr_t b = ((uintptr_t)p + n) & ~(uintptr_t)4095;
+
+	if (n >= (1u << 20) && b > a)
+		madvise((void *)a, b - a, MADV_POPULATE_WRITE);
+#else
+	(void)p;
+	(void)n;
+#endif
 }
 
 /* Claim the fd a record names: the next one, in order. */
@@ -237,6 +264,7 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 			return cx_err(-ENOMEM, "record '%s': out of memory for "
 				      "%llu bytes", name,
 				      (unsigned long long)vlen);
+		prefault(buf, (size_t)vlen);
 		rc = take(d, buf, (size_t)vlen);
 		((char *)buf)[vlen] = 0;
 		if (rc == 0 && type == CPRXFER_TYPE_STR &&

@@ -23,10 +23,24 @@ struct enc {
 	size_t nfds, sent;
 };
 
+/*
+ * Checksum and write n bytes. A large value goes in chunks, so that the
+ * peer checksums one chunk while this side checksums the next.
+ */
 static int emit(struct enc *e, const void *p, size_t n)
 {
-	e->crc = cx_crc32c(e->crc, p, n);
-	return cx_io_write(e->io, p, n);
+	const uint8_t *b = p;
+	int rc = 0;
+
+	while (rc == 0 && n) {
+		size_t k = n < CX_CRC_CHUNK ? n : CX_CRC_CHUNK;
+
+		e->crc = cx_crc32c(e->crc, b, k);
+		rc = cx_io_write(e->io, b, k);
+		b += k;
+		n -= k;
+	}
+	return rc;
 }
 
 static int emit_frame(struct enc *e, int type, unsigned flags, uint64_t len)

@@ -50,6 +50,9 @@ enum {
 #define CX_HELLO_LEN 16
 #define CX_FEATURES 0u		/* feature bits this version offers */
 
+/* Large values are checksummed and sent in chunks of this size. */
+#define CX_CRC_CHUNK (256 * 1024)
+
 /* CX_F_ACK payload: i32 status, u16 phase, u16 reason_len, reason */
 #define CX_ACK_LEN 8
 #define CX_REASON_MAX 1024
