@@ -209,9 +209,25 @@ static int on_fds(struct dec *d, const struct cx_frame *f)
 	return 0;
 }
 
+/* Where a record's bytes come from: a small record already read whole,
+ * or the stream itself (large values go straight to their buffer). */
+struct rsrc {
+	const uint8_t *p;
+};
+
+static int rtake(struct dec *d, struct rsrc *r, void *dst, size_t n)
+{
+	if (!r->p)
+		return take(d, dst, n);
+	memcpy(dst, r->p, n);
+	r->p += n;
+	return 0;
+}
+
 static int on_record(struct dec *d, const struct cx_frame *f)
 {
-	uint8_t h[CX_REC_HDR], v[CX_RAM_LEN];
+	uint8_t h[CX_REC_HDR], v[CX_RAM_LEN], small[512];
+	struct rsrc r = { NULL };
 	char name[CPRXFER_NAME_MAX + 1];
 	struct cx_entry *x;
 	uint64_t vlen;
@@ -222,7 +238,14 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 	if (f->len < CX_REC_HDR + 1)
 		return cx_err(-EBADMSG, "record frame of %llu bytes is too "
 			      "short", (unsigned long long)f->len);
-	rc = take(d, h, sizeof(h));
+	/* A small record is read and checksummed in one go. */
+	if (f->len <= sizeof(small)) {
+		rc = take(d, small, (size_t)f->len);
+		if (rc < 0)
+			return rc;
+		r.p = small;
+	}
+	rc = rtake(d, &r, h, sizeof(h));
 	if (rc < 0)
 		return rc;
 	type = h[0];
@@ -231,7 +254,7 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 			      "fit its %llu-byte frame",
 			      (unsigned long long)d->records, h[2],
 			      (unsigned long long)f->len);
-	rc = take(d, name, h[2]);
+	rc = rtake(d, &r, name, h[2]);
 	if (rc < 0)
 		return rc;
 	name[h[2]] = 0;
@@ -255,7 +278,7 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 			return cx_err(-EBADMSG, "record '%s': value of %llu "
 				      "bytes for type %u", name,
 				      (unsigned long long)vlen, type);
-		rc = take(d, v, (size_t)vlen);
+		rc = rtake(d, &r, v, (size_t)vlen);
 		break;
 	case CPRXFER_TYPE_BLOB:
 	case CPRXFER_TYPE_STR:
@@ -265,7 +288,7 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 				      "%llu bytes", name,
 				      (unsigned long long)vlen);
 		prefault(buf, (size_t)vlen);
-		rc = take(d, buf, (size_t)vlen);
+		rc = rtake(d, &r, buf, (size_t)vlen);
 		((char *)buf)[vlen] = 0;
 		if (rc == 0 && type == CPRXFER_TYPE_STR &&
 		    memchr(buf, 0, (size_t)vlen))
@@ -276,14 +299,14 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 		if (vlen < CX_RAM_LEN || vlen - CX_RAM_LEN >= PATH_MAX)
 			return cx_err(-EBADMSG, "record '%s': RAM value of %llu "
 				      "bytes", name, (unsigned long long)vlen);
-		rc = take(d, v, CX_RAM_LEN);
+		rc = rtake(d, &r, v, CX_RAM_LEN);
 		if (rc < 0)
 			return rc;
 		if (vlen > CX_RAM_LEN) {
 			buf = malloc((size_t)vlen - CX_RAM_LEN + 1);
 			if (!buf)
 				return cx_err(-ENOMEM, "out of memory");
-			rc = take(d, buf, (size_t)vlen - CX_RAM_LEN);
+			rc = rtake(d, &r, buf, (size_t)vlen - CX_RAM_LEN);
 			((char *)buf)[vlen - CX_RAM_LEN] = 0;
 			if (rc == 0 && strlen(buf) != vlen - CX_RAM_LEN)
 				rc = cx_err(-EBADMSG, "record '%s': path "
@@ -305,6 +328,10 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 				      "not understood by this version and "
 				      "is marked critical", name, type);
 		/* A later version's optional record: skip it. */
+		if (r.p) {
+			r.p += vlen;
+			return 0;
+		}
 		return skip(d, vlen);
 	}
 	if (rc < 0)

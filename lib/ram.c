@@ -301,7 +301,7 @@ static int check_out(const char *what, size_t size, unsigned flags,
 static int finish(const char *what, int fd, size_t size, unsigned flags,
 		  struct cprxfer_ram *out)
 {
-	void *addr;
+	void *addr = NULL;
 	int rc;
 
 	rc = map_shared(what, fd, size, &addr);

@@ -95,6 +95,25 @@ static int rehash(cprxfer_state *st, size_t tabcap)
 	return 0;
 }
 
+static char *name_alloc(cprxfer_state *st, size_t n)
+{
+	struct cx_chunk *c = st->names;
+
+	if (!c || c->cap - c->used < n) {
+		size_t cap = 16384 - sizeof(*c);
+
+		c = malloc(sizeof(*c) + cap);
+		if (!c)
+			return NULL;
+		c->used = 0;
+		c->cap = cap;
+		c->next = st->names;
+		st->names = c;
+	}
+	c->used += n;
+	return c->data + c->used - n;
+}
+
 int cx_state_reserve(cprxfer_state *st, size_t n)
 {
 	size_t want = st->n + n, cap, tabcap;
@@ -143,7 +162,7 @@ int cx_state_append(cprxfer_state *st, const char *name, size_t len,
 			      (int)len, name);
 	e = &st->e[st->n];
 	memset(e, 0, sizeof(*e));
-	e->name = malloc(len + 1);
+	e->name = name_alloc(st, len + 1);
 	if (!e->name)
 		return cx_err(-ENOMEM, "record '%.*s': out of memory",
 			      (int)len, name);
@@ -173,7 +192,6 @@ static void entry_clear(struct cx_entry *e)
 		free(e->v.ram.path);
 		break;
 	}
-	free(e->name);
 }
 
 void cx_state_pop(cprxfer_state *st)
@@ -248,6 +266,12 @@ CX_EXPORT void cprxfer_state_free(cprxfer_state *st)
 		return;
 	for (i = 0; i < st->n; i++)
 		entry_clear(&st->e[i]);
+	while (st->names) {
+		struct cx_chunk *c = st->names;
+
+		st->names = c->next;
+		free(c);
+	}
 	free(st->e);
 	free(st->tab);
 	free(st);

@@ -10,7 +10,7 @@
 #include <cprxfer/cprxfer.h>
 
 struct cx_entry {
-	char *name;		/* NUL-terminated, owned */
+	char *name;		/* NUL-terminated, in st->names */
 	uint8_t type;		/* CPRXFER_TYPE_* */
 	uint8_t name_len;
 	bool owns_fd;		/* close the fd on free */
@@ -31,7 +31,15 @@ struct cx_entry {
 	} v;
 };
 
+/* Names live in chunks freed with the state: no allocation per name. */
+struct cx_chunk {
+	struct cx_chunk *next;
+	size_t used, cap;
+	char data[];
+};
+
 struct cprxfer_state {
+	struct cx_chunk *names;
 	struct cx_entry *e;
 	size_t n, cap;
 	uint64_t *tab;		/* hash << 32 | (entry index + 1); 0: empty */
