@@ -134,12 +134,14 @@ static int adopt_inline(struct dec *d, uint32_t n)
 
 	for (i = 0; i < n; i++) {
 		int fd, flags;
+		uint32_t keep;
 
 		rc = take(d, q, 4);
 		if (rc < 0)
 			return rc;
-		fd = (int)cx_get32(q);
-		flags = fd < 0 ? -1 : fcntl(fd, F_GETFD);
+		keep = cx_get32(q) & CX_FD_KEEP_OPEN;
+		fd = (int)(cx_get32(q) & ~CX_FD_KEEP_OPEN);
+		flags = fcntl(fd, F_GETFD);
 		if (flags < 0)
 			return cx_err(-EBADMSG, "fd %d named by the stream is "
 				      "not open", fd);
@@ -158,12 +160,17 @@ static int adopt_inline(struct dec *d, uint32_t n)
 			fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 			if (fd < 0)
 				return cx_err(-errno, "dup of fd %d: %s",
-					      (int)cx_get32(q), strerror(errno));
+					      (int)(cx_get32(q) &
+						    ~CX_FD_KEEP_OPEN),
+					      strerror(errno));
+			flags = FD_CLOEXEC;
 		} else {
 			d->seen[fd] = 1;
-			if (!(flags & FD_CLOEXEC))
-				fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
 		}
+		/* Close-on-exec back as it was before cprxfer_exec(). */
+		if (!keep != !!(flags & FD_CLOEXEC))
+			fcntl(fd, F_SETFD, keep ? flags & ~FD_CLOEXEC :
+			      flags | FD_CLOEXEC);
 		/* Queue it like a received fd; the queue owns it now. */
 		rc = cx_io_queue_fd(d->io, fd);
 		if (rc < 0)

@@ -162,9 +162,13 @@ static int emit_fds(struct enc *e)
 		rc = emit(e, p, sizeof(p));
 	if (e->mode == CX_MODE_EXEC) {
 		for (i = 0; rc == 0 && i < n; i++) {
+			int fd = e->fds[e->sent + i];
 			uint8_t q[4];
 
-			cx_put32(q, (uint32_t)e->fds[e->sent + i]);
+			/* The new image gives the fd back its own flag. */
+			cx_put32(q, (uint32_t)fd |
+				 (fcntl(fd, F_GETFD) & FD_CLOEXEC ? 0 :
+				  CX_FD_KEEP_OPEN));
 			rc = emit(e, q, sizeof(q));
 		}
 	} else if (rc == 0) {

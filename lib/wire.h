@@ -36,6 +36,8 @@ enum {
 #define CX_FDS_HDR 8
 #define CX_FDS_INLINE 0x0001	/* frame flag: numbers inline (exec mode) */
 #define CX_FDS_BATCH 253	/* SCM_MAX_FD */
+#define CX_FD_KEEP_OPEN 0x80000000u	/* inline number: fd was not
+					 * close-on-exec before the exec */
 
 /* CX_F_BEGIN payload: u64 records, u64 fds, u64 bytes (all frames) */
 #define CX_BEGIN_LEN 24

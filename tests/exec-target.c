@@ -120,6 +120,10 @@ static int check(cprxfer_state *st)
 		return report(10, "socket fd lost\n");
 	if (!cloexec(out) || !cloexec(fd2) || !cloexec(sock))
 		return report(11, "close-on-exec not set back\n");
+	/* An fd that was not close-on-exec before the exec stays so. */
+	if (cprxfer_get_fd(st, "stdin", &fd2) < 0 || fd2 != 0 || cloexec(0))
+		return report(11, "stdin's flags changed\n");
+	cprxfer_get_fd(st, "out.again", &fd2);
 
 	if (cprxfer_ram_get(st, "ram", CPRXFER_RAM_POPULATE_RESIDENT,
 			    &g) < 0)

@@ -71,6 +71,8 @@ static int exec_other(void *arg)
 	    cprxfer_put_fd(st, "out", o->out) < 0 ||
 	    cprxfer_put_fd(st, "out.again", o->out) < 0 ||
 	    cprxfer_put_fd(st, "sock", o->sock) < 0 ||
+	    /* stdin, as inherited: not close-on-exec, and must stay so */
+	    cprxfer_put_fd(st, "stdin", 0) < 0 ||
 	    cprxfer_ram_put(st, "ram", &o->ram) < 0 ||
 	    cprxfer_put_u64(st, "seed", SEED) < 0 ||
 	    cprxfer_put_blob(st, "pfns", o->pfns, sizeof(o->pfns)) < 0)
