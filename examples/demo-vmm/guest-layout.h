@@ -27,7 +27,7 @@
 
 #define GUEST_MAX_CPUS		16
 #define GUEST_MIN_MEM		0x1000000	/* 16 MiB */
-#define GUEST_MAX_MEM		0x1000000000	/* 64 GiB: 64 PD pages */
+#define GUEST_MAX_MEM		0x1000000000	/* 64 GiB, 64 PD pages */
 
 #define GUEST_PARAM_ADDR	0x1000
 #define GUEST_MAILBOX_ADDR	0x2000
@@ -66,6 +66,7 @@
 #define P_MEM_SIZE		24	/* bytes of RAM, from GPA 0 */
 #define P_NCPUS			32
 #define P_PRINT_MS		40	/* tick line period per vCPU */
+#define P_GAP_REC		48	/* record gaps >= this many cycles */
 #define GUEST_PARAM_MAGIC	0x4d52415050564d44	/* "DVMPPARM" */
 #define GUEST_PARAM_VERSION	1
 
@@ -87,7 +88,8 @@
 #define MB_CMD_TOUCH_READ	1	/* read a byte of every 4 KiB page */
 #define MB_CMD_TOUCH_WRITE	2	/* lock or $0 into every page */
 #define MB_CMD_BENCH_PIO	3	/* ARG port reads of the UART SCR */
-#define MB_CMD_BENCH_SYSCALL	4	/* ARG null ring 3 -> 0 -> 3 calls */
+#define MB_CMD_BENCH_SYSCALL	4	/* ARG null syscalls (ring 3->0->3) */
+#define MB_CMD_FAULT		5	/* test: hlt in ring 3, a #GP */
 
 /* Per-vCPU page, written by that vCPU, read by the VMM. */
 #define PC_STATE		0	/* PC_STATE_* */
@@ -95,14 +97,24 @@
 #define PC_CHECKSUM		16	/* sum of the checksum region */
 #define PC_TICKS		24	/* tick lines printed */
 #define PC_GAP_MAX		32	/* largest gap, TSC cycles */
-#define PC_GAP_MAX_US		40	/* same in us, updated per tick */
+#define PC_GAP_MAX_US		40	/* same in us, set per tick */
 #define PC_LAST_TSC		48	/* TSC at the last iteration */
 #define PC_CPU			56	/* vCPU index */
 #define PC_ERROR		64	/* PC_ERR_* or exception vector */
 #define PC_BOOT_TSC		72
 #define PC_INTERVAL		80	/* tick period in TSC cycles */
+#define PC_GAP_IDX		88	/* gaps recorded so far */
 #define PC_UBUF			256	/* ring 3 line buffer */
 #define PC_KBUF			1024	/* ring 0 line buffer */
+
+/*
+ * Ring of the last GUEST_GAP_RING gaps of at least P_GAP_REC cycles:
+ * entry (PC_GAP_IDX % GUEST_GAP_RING) is (TSC before, TSC after), so a
+ * VMM that knows PC_LAST_TSC at the stop finds the exact pause the
+ * guest saw across a handoff.
+ */
+#define PC_GAPS			2048
+#define GUEST_GAP_RING		16
 
 #define PC_STATE_RUNNING	1
 #define PC_STATE_ERROR		2	/* ring 3 invariant broken */

@@ -59,7 +59,7 @@ kentry:
 	add	$GUEST_USTACK_ADDR, %rax
 	pushq	$GUEST_USER_DS
 	push	%rax
-	pushq	$0x2			/* rflags: IF = 0, no interrupts */
+	pushq	$0x2			/* rflags: IF = 0 */
 	pushq	$GUEST_USER_CS
 	lea	user_main(%rip), %rax
 	push	%rax
@@ -79,7 +79,7 @@ idt_fill:
 	and	$0xffff, %esi
 	shl	$48, %rsi
 	or	%rsi, %rdx
-	mov	$0x8e, %esi		/* present, DPL 0, interrupt gate */
+	mov	$0x8e, %esi		/* present DPL0 intr gate */
 	shl	$40, %rsi
 	or	%rsi, %rdx
 	mov	%rdx, (%rdi)
@@ -155,9 +155,12 @@ console_write:
 /* ---- exceptions and the syscall gate -------------------------------- */
 	.balign 16
 isr_stubs:
-	.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+	.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15, \
+		16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
 	.balign 16
-	.if (\v == 8) || ((\v >= 10) && (\v <= 14)) || (\v == 17) || (\v == 21) || (\v == 29) || (\v == 30)
+	/* vectors that push an error code */
+	.if (\v == 8) || ((\v >= 10) && (\v <= 14)) || (\v == 17) || \
+		(\v == 21) || (\v == 29) || (\v == 30)
 	pushq	$\v
 	.else
 	pushq	$0
@@ -239,7 +242,7 @@ isr_return:
 fault:
 	mov	%rsp, %rax
 	or	$((1 << GUEST_KSTACK_SHIFT) - 1), %rax
-	mov	-7(%rax), %r15		/* cpu index at the stack top */
+	mov	-7(%rax), %r15		/* cpu index at stack top */
 	mov	%r15, %r14
 	shl	$GUEST_PERCPU_SHIFT, %r14
 	add	$GUEST_PERCPU_ADDR, %r14
@@ -377,6 +380,7 @@ user_main:
 	movq	$0, PC_GAP_MAX(%r15)
 	movq	$0, PC_GAP_MAX_US(%r15)
 	movq	$0, PC_ERROR(%r15)
+	movq	$0, PC_GAP_IDX(%r15)
 	mov	GUEST_PARAM_ADDR + P_TSC_KHZ, %rax
 	mov	GUEST_PARAM_ADDR + P_PRINT_MS, %rcx
 	mul	%rcx
@@ -404,7 +408,15 @@ user_loop:
 	cmp	PC_GAP_MAX(%r15), %rcx
 	jbe	1f
 	mov	%rcx, PC_GAP_MAX(%r15)
-1:	mov	%rax, %rbp
+1:	cmp	GUEST_PARAM_ADDR + P_GAP_REC, %rcx
+	jb	2f
+	mov	PC_GAP_IDX(%r15), %rdx
+	and	$(GUEST_GAP_RING - 1), %edx
+	shl	$4, %edx
+	mov	%rbp, PC_GAPS(%r15,%rdx)
+	mov	%rax, PC_GAPS + 8(%r15,%rdx)
+	incq	PC_GAP_IDX(%r15)
+2:	mov	%rax, %rbp
 	mov	%rax, PC_LAST_TSC(%r15)
 	cmp	PC_COUNTER(%r15), %r13
 	jne	err_counter
@@ -489,6 +501,10 @@ do_mailbox:
 	je	mb_pio
 	cmp	$MB_CMD_BENCH_SYSCALL, %rax
 	je	mb_syscall
+	cmp	$MB_CMD_FAULT, %rax
+	jne	1f
+	hlt				/* privileged: #GP, the cpu halts */
+1:
 	movq	$1, GUEST_MAILBOX_ADDR + MB_STATUS
 	jmp	mb_done
 mb_touch:
@@ -613,9 +629,29 @@ user_error:
 	ud2
 	jmp	.
 
+/*
+ * Warm-up routine, run by the VMM on a spare vCPU of a NEW VM while the
+ * old VM still runs the guest: in ring 3, through the guest's own page
+ * tables, read one byte of every 4 KiB page, so that KVM builds the
+ * shadow page tables the real vCPUs will find after the restore.  It
+ * writes nothing (the guest is live); it ends with ud2, which the VMM
+ * turns into an exit by giving this vCPU an empty IDT.
+ */
+	.globl	demo_vmm_guest_warm
+demo_vmm_guest_warm:
+	mov	GUEST_PARAM_ADDR + P_MEM_SIZE, %rcx
+	xor	%esi, %esi
+1:	movzbl	(%rsi), %eax
+	add	$4096, %rsi
+	cmp	%rcx, %rsi
+	jb	1b
+	ud2
+	jmp	demo_vmm_guest_warm
+
 /* ---- strings --------------------------------------------------------- */
 s_banner:
-	.ascii	"demo-vmm guest: long mode, ring 0 up, workload in ring 3\n"
+	.ascii	"demo-vmm guest: long mode, ring 0 up, "
+	.ascii	"workload in ring 3\n"
 s_banner_end:
 s_hex:	.ascii	"0123456789abcdef"
 s_cpu:	.asciz	"cpu"
