@@ -63,6 +63,8 @@ int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 		goto fail;
 	}
 	cx_opts_copy(&ch->o, o);
+	/* fds a peer attaches to handshake or ack frames count too. */
+	ch->io.max_fds = cx_opts_max_fds(&ch->o);
 	ch->peer_pid = cred.pid;
 	ch->peer_uid = cred.uid;
 	*out = ch;

@@ -3,38 +3,46 @@
  * cprxfer_seccomp_allow(): the syscalls libcprxfer makes, per handoff
  * mode, as ALLOW rules in the caller's libseccomp filter.
  *
- * The lists below are the library's own needs, measured with strace on
- * the test suite and kept in step with the code (docs/security.md and
- * docs/ref/cprxfer_seccomp_allow.md repeat them). They include the libc
- * calls the library's own work makes: malloc's brk/mmap/munmap/mremap
- * for buffers sized by a stream, and clock_gettime, which the vDSO
- * normally serves without a syscall. They do not include what the
- * caller's program needs for itself (exit_group, signals, its own I/O).
+ * The lists are the library's own calls, read from its code and checked
+ * with strace on tests/test-seccomp.c (docs/security.md repeats them).
+ * They include the libc calls the library's own work makes (malloc's
+ * brk/mmap/munmap/mremap for buffers sized by a stream; clock_gettime,
+ * which the vDSO normally serves) and, in parentheses, the name the same
+ * call has with another glibc or on another architecture; names that do
+ * not exist on the filter's architecture are skipped. They do not
+ * include what the caller's program needs for itself (exit_group,
+ * rt_sigreturn, its own I/O, the dynamic loader after an exec).
  *
- * Every mode (the shared core):
- *   read, write, close, fcntl, fstat, newfstatat, lseek, getpid, geteuid,
- *   getrlimit, prlimit64, clock_gettime, brk, mmap, munmap, mremap,
- *   madvise
+ * Every mode (the stream codec, fd flags, limits, memory, and the RAM
+ * helpers, whose regions every mode carries):
+ *   read, write, close, fcntl, lseek, fstat (newfstatat), getpid,
+ *   geteuid, prlimit64 (getrlimit), clock_gettime, brk, mmap, munmap,
+ *   mremap, madvise, mincore, memfd_create, ftruncate, fstatfs,
+ *   readlink, openat (/proc/meminfo, /proc/self/smaps, RAM files)
  *
- * CPRXFER_MODE_TRANSFER (cprxfer_listen/accept/connect/channel_open,
- * save/load/ack/wait_ack, the RAM helpers):
- *   socket (AF_UNIX + SOCK_STREAM only), socketpair (AF_UNIX only),
- *   bind, listen, accept4, connect, getsockopt, setsockopt, getsockname,
- *   shutdown, sendmsg, recvmsg, poll, ppoll, inotify_init1,
- *   inotify_add_watch, inotify_rm_watch, rename, renameat, renameat2,
- *   unlink, unlinkat, memfd_create, ftruncate, fstatfs, statfs, openat,
- *   mincore, dup, dup3
+ * CPRXFER_MODE_TRANSFER (listen, accept, connect, channel_open, save,
+ * load, ack, wait_ack):
+ *   socket (AF_UNIX, SOCK_STREAM only), bind, listen, accept4, connect,
+ *   getsockopt, setsockopt, getsockname, shutdown, sendmsg, recvmsg,
+ *   poll (ppoll), inotify_init1, inotify_add_watch, inotify_rm_watch,
+ *   lstat, stat (newfstatat), chmod (fchmodat), rename (renameat),
+ *   renameat2, unlink (unlinkat)
  *
  * CPRXFER_MODE_EXEC (cprxfer_exec, cprxfer_load_exec):
- *   memfd_create, execve, execveat, dup, dup3, pread64
+ *   execve, pread64, and for the helper that unmaps the old image after
+ *   the exec: pipe2, prctl (PR_GET_CHILD_SUBREAPER only), clone (the two
+ *   flag sets lib/exec.c uses only), wait4, futex, kill (SIGKILL only),
+ *   close_range, rt_sigprocmask, exit
  *
- * CPRXFER_MODE_FILE (cprxfer_save_file, cprxfer_load_file,
- * cprxfer_ram_open_file):
- *   openat, fsync, fdatasync, rename, renameat, renameat2, unlink,
- *   unlinkat, ftruncate, fstatfs, statfs, getrandom, pread64
+ * CPRXFER_MODE_FILE (cprxfer_save_file, cprxfer_load_file):
+ *   fsync, rename (renameat, renameat2), unlink (unlinkat), pread64,
+ *   getrandom (mkostemp's names, with newer glibc)
  */
 #include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <stddef.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 
 #include <cprxfer/seccomp.h>
@@ -50,64 +58,73 @@ static const struct {
 	const char *name;
 	unsigned modes;
 } plain[] = {
-	/* the shared core: buffered I/O, fd flags, limits, memory */
+	/* every mode: the stream codec over a socket, memfd or file */
 	{ "read", ALL },
 	{ "write", ALL },
 	{ "close", ALL },
-	{ "fcntl", ALL },		/* FD_CLOEXEC, F_DUPFD_CLOEXEC, seals */
-	{ "fstat", ALL },
-	{ "newfstatat", ALL },		/* glibc's fstat/stat */
+	{ "fcntl", ALL },		/* CLOEXEC, F_DUPFD_CLOEXEC, seals */
 	{ "lseek", ALL },
-	{ "getpid", ALL },		/* HELLO, exec-mode handover */
-	{ "geteuid", ALL },		/* peer policy */
-	{ "getrlimit", ALL },		/* the default fd limit */
-	{ "prlimit64", ALL },		/* glibc's getrlimit */
+	{ "fstat", ALL },
+	{ "newfstatat", ALL },		/* glibc's fstat, stat, lstat */
+	{ "fstatat64", ALL },		/* the same on 32-bit */
+	{ "getpid", ALL },		/* HELLO; exec-mode checks */
+	{ "geteuid", ALL },		/* the peer policy */
+	{ "prlimit64", ALL },		/* the default fd limit */
+	{ "getrlimit", ALL },
 	{ "clock_gettime", ALL },	/* deadlines (vDSO fallback) */
 	{ "brk", ALL },			/* malloc */
-	{ "mmap", ALL },		/* malloc, RAM regions */
+	{ "mmap", ALL },		/* malloc; RAM regions */
 	{ "munmap", ALL },
 	{ "mremap", ALL },		/* realloc of large buffers */
-	{ "madvise", ALL },		/* RAM prefault, THP, free() */
+	/* every mode: the RAM helpers (lib/ram.c) */
+	{ "madvise", ALL },		/* prefault, huge pages */
+	{ "mincore", ALL },		/* POPULATE_RESIDENT */
+	{ "memfd_create", ALL },	/* RAM; the exec-mode stream */
+	{ "ftruncate", ALL },		/* RAM sizing */
+	{ "fstatfs", ALL },		/* hugetlbfs detection */
+	{ "readlink", ALL },		/* names behind /proc/self/fd */
+	{ "openat", ALL },		/* RAM files, /proc/meminfo; state
+					 * files */
 
-	/* transfer: sockets, rendezvous, fd passing, RAM */
+	/* transfer: sockets, rendezvous, fd passing */
 	{ "bind", T },
 	{ "listen", T },
 	{ "accept4", T },
 	{ "connect", T },
 	{ "getsockopt", T },		/* SO_TYPE, SO_PEERCRED, SO_ERROR */
-	{ "setsockopt", T },
-	{ "getsockname", T },
-	{ "shutdown", T },
-	{ "sendmsg", T },		/* SCM_RIGHTS */
+	{ "setsockopt", T },		/* SO_SNDTIMEO */
+	{ "getsockname", T },		/* is it AF_UNIX? */
+	{ "shutdown", T },		/* after a refused load */
+	{ "sendmsg", T },		/* frames, SCM_RIGHTS */
 	{ "recvmsg", T },
 	{ "poll", T },			/* every wait, bounded */
 	{ "ppoll", T },
 	{ "inotify_init1", T },		/* connect waits for the path */
 	{ "inotify_add_watch", T },
 	{ "inotify_rm_watch", T },
-	{ "rename", T | F },		/* listen: into place; file: commit */
+	{ "lstat", T },			/* the stale-socket checks */
+	{ "stat", T },
+	{ "chmod", T },			/* listen: the socket's mode */
+	{ "fchmodat", T },
+	{ "renameat2", T | F },		/* listen: into place */
+	{ "rename", T | F },		/* file: the atomic replace */
 	{ "renameat", T | F },
-	{ "renameat2", T | F },
-	{ "unlink", T | F },		/* stale socket; temp file */
+	{ "unlink", T | F },		/* stale socket; temporary file */
 	{ "unlinkat", T | F },
-	{ "memfd_create", T | X },	/* RAM; exec-mode stream */
-	{ "ftruncate", T | F },		/* RAM sizing */
-	{ "fstatfs", T | F },		/* hugetlbfs detection */
-	{ "statfs", T | F },
-	{ "openat", T | F },		/* ram_open_file; state files */
-	{ "mincore", T },		/* POPULATE_RESIDENT */
-	{ "dup", T | X },
-	{ "dup3", T | X },
 
 	/* exec in place */
 	{ "execve", X },
-	{ "execveat", X },
-	{ "pread64", X | F },
+	{ "pread64", X | F },		/* the stream magic; the CRC */
+	{ "pipe2", X },			/* the exec wakes the helper */
+	{ "wait4", X },			/* reap the intermediate */
+	{ "futex", X },			/* wait for the helper's exit */
+	{ "close_range", X },		/* the helper drops every fd */
+	{ "rt_sigprocmask", X },	/* the helper blocks signals */
+	{ "exit", X },			/* the helper's own exit */
 
 	/* file mode */
-	{ "fsync", F },
-	{ "fdatasync", F },
-	{ "getrandom", F },		/* temporary file names */
+	{ "fsync", F },			/* the file, its directory */
+	{ "getrandom", F },		/* mkostemp's names, newer glibc */
 };
 
 static int add(scmp_filter_ctx ctx, const char *name, unsigned cnt,
@@ -125,6 +142,36 @@ static int add(scmp_filter_ctx ctx, const char *name, unsigned cnt,
 	return 0;
 }
 
+/*
+ * Exec mode's teardown helper (lib/exec.c): only the calls it makes,
+ * with the arguments it makes them with.
+ */
+static int add_exec_args(scmp_filter_ctx ctx)
+{
+	const struct scmp_arg_cmp reaper[] = {
+		SCMP_A0(SCMP_CMP_EQ, PR_GET_CHILD_SUBREAPER),
+	};
+	const struct scmp_arg_cmp spawn[] = {
+		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | CLONE_VFORK | SIGCHLD),
+	};
+	const struct scmp_arg_cmp helper[] = {
+		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | CLONE_CHILD_CLEARTID | SIGCHLD),
+	};
+	const struct scmp_arg_cmp sigkill[] = {
+		SCMP_A1(SCMP_CMP_EQ, SIGKILL),
+	};
+	int rc;
+
+	rc = add(ctx, "prctl", 1, reaper);
+	if (rc == 0)
+		rc = add(ctx, "clone", 1, spawn);
+	if (rc == 0)
+		rc = add(ctx, "clone", 1, helper);
+	if (rc == 0)
+		rc = add(ctx, "kill", 1, sigkill);
+	return rc;
+}
+
 CX_EXPORT int cprxfer_seccomp_allow(scmp_filter_ctx ctx, unsigned modes)
 {
 	const unsigned known = T | X | F;
@@ -134,9 +181,6 @@ CX_EXPORT int cprxfer_seccomp_allow(scmp_filter_ctx ctx, unsigned modes)
 		SCMP_A1(SCMP_CMP_MASKED_EQ,
 			~(uint64_t)(SOCK_CLOEXEC | SOCK_NONBLOCK) & 0xffffffff,
 			SOCK_STREAM),
-	};
-	const struct scmp_arg_cmp unix_only[] = {
-		SCMP_A0(SCMP_CMP_EQ, AF_UNIX),
 	};
 	uint32_t def = 0;
 	size_t i;
@@ -162,10 +206,12 @@ CX_EXPORT int cprxfer_seccomp_allow(scmp_filter_ctx ctx, unsigned modes)
 		if (rc < 0)
 			return rc;
 	}
-	if (modes & T) {
-		rc = add(ctx, "socket", 2, unix_stream);
-		if (rc == 0)
-			rc = add(ctx, "socketpair", 1, unix_only);
+	if (modes & X) {
+		rc = add_exec_args(ctx);
+		if (rc < 0)
+			return rc;
 	}
+	if (modes & T)
+		rc = add(ctx, "socket", 2, unix_stream);
 	return rc;
 }
