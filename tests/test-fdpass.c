@@ -129,7 +129,7 @@ static cprxfer_state *build(int nfds, int *fds)
 static int run(int nfds, int rlimit, int *ack)
 {
 	struct ctx c = { .nfds = nfds, .rlimit = rlimit };
-	int *fds = calloc(NFDS, sizeof(int));
+	int *fds;
 	cprxfer_channel *ch;
 	cprxfer_state *st;
 	int sv[2], rc, n;
@@ -141,6 +141,9 @@ static int run(int nfds, int rlimit, int *ack)
 	c.sock = sv[1];
 	pid = tu_fork(receiver, &c);
 	close(sv[1]);
+	/* Allocated after the fork: the child owns no copy of it. */
+	fds = calloc(NFDS, sizeof(int));
+	assert_non_null(fds);
 	st = build(nfds, fds);
 	assert_int_equal(cprxfer_channel_open(sv[0], &ch), 0);
 	t0 = tu_now_ms();
@@ -183,6 +186,13 @@ static void test_small(void **unused)
 static void test_fd_table_full(void **unused)
 {
 	int ack;
+
+	/* valgrind emulates RLIMIT_NOFILE: the kernel's limit never drops. */
+	if (getenv("CPRXFER_UNDER_VALGRIND")) {
+		print_message("skipped under valgrind: it emulates "
+			      "setrlimit(RLIMIT_NOFILE)\n");
+		skip();
+	}
 
 	assert_int_equal(run(600, 300, &ack), 20);
 	/* The sender hears why, as the peer's own errno. */
