@@ -26,6 +26,7 @@ static const struct {
 	{ "touch", CONTROL_TOUCH, 2 },
 	{ "quit", CONTROL_QUIT, 0 },
 	{ "help", CONTROL_HELP, 0 },
+	{ "selftest-forbidden", CONTROL_SELFTEST, 0 },
 };
 
 static int is_space(char c)

@@ -30,6 +30,7 @@ enum control_kind {
 	CONTROL_TOUCH,
 	CONTROL_QUIT,
 	CONTROL_HELP,
+	CONTROL_SELFTEST,	/* hidden, tests: selftest-forbidden */
 };
 
 struct control_cmd {

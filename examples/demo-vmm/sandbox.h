@@ -13,4 +13,11 @@ struct vmm;
 
 int sandbox_install(struct vmm *v, struct vmm_err *err);
 
+/*
+ * Hidden control command selftest-forbidden: try calls the sandbox
+ * forbids and describe the outcome ("ok seccomp=2 socket_inet=EPERM
+ * unshare=EPERM" under the filter) in buf.
+ */
+void sandbox_selftest(char *buf, size_t len);
+
 #endif
