@@ -549,6 +549,38 @@ static void test_hostile_records(void **unused)
 	free(body.p);
 }
 
+/* 100,000 records load in linear time: lookups never go quadratic. */
+static void test_100000_records(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new(), *got;
+	struct buf b;
+	struct feed f;
+	char name[32];
+	int64_t t0, ms;
+	uint64_t v;
+	int i;
+
+	for (i = 0; i < 100000; i++) {
+		snprintf(name, sizeof(name), "entry.%d", i);
+		assert_int_equal(cprxfer_put_u64(st, name, (uint64_t)i), 0);
+	}
+	b = encode(st);
+	f = (struct feed){ .p = b.p, .len = b.len };
+	t0 = tu_now_ms();
+	assert_int_equal(feed_load(&f, NULL, &got), 0);
+	ms = tu_now_ms() - t0;
+	print_message("100000 records (%zu bytes) loaded in %lld ms\n",
+		      b.len, (long long)ms);
+	assert_int_equal(cprxfer_state_count(got), 100000);
+	assert_int_equal(cprxfer_get_u64(got, "entry.99999", &v), 0);
+	assert_int_equal(v, 99999);
+	/* Generous bound: a quadratic loader would take minutes. */
+	assert_true(ms < 5000);
+	cprxfer_state_free(got);
+	cprxfer_state_free(st);
+	free(b.p);
+}
+
 /* A failed load tells the sender why before giving up. */
 static void test_nak(void **unused)
 {
@@ -586,6 +618,7 @@ int main(void)
 		tu_test(test_fd_mismatch),
 		tu_test(test_limits),
 		tu_test(test_hostile_records),
+		tu_test(test_100000_records),
 		tu_test(test_nak),
 	};
 
