@@ -37,6 +37,8 @@ struct demo {
 	char dir[64], ctl[128], in[128], file[128], ram[128];
 	bool file_ram;
 	pid_t cur;			/* the VMM holding the guest */
+	enum vmm_warm warm;		/* of the next VMM started */
+	bool touch;			/* measure the warm-up */
 	char st[REPLY_MAX];		/* last status reply */
 	double steady_ms, after_ms;
 };
@@ -89,7 +91,7 @@ static int spawn(struct demo *dm, const char *const *args, bool ready,
 	argv[n++] = "--cpus";
 	argv[n++] = cpus;
 	argv[n++] = "--warm";
-	argv[n++] = warm_arg(dm->o->warm);
+	argv[n++] = warm_arg(dm->warm);
 	if (dm->o->tag) {
 		argv[n++] = "--tag";
 		argv[n++] = dm->o->tag;
@@ -223,7 +225,7 @@ static int check_and_print(struct demo *dm, const char *mode,
 			   pid_t from, struct vmm_err *err)
 {
 	const char *s = dm->st;
-	char key[16];
+	char key[32];
 
 	printf("\n=== handoff %u/%u: %s mode, pid %d -> pid %d ===\n", k,
 	       nmodes, mode, (int)from, (int)kv(s, "pid", -1));
@@ -237,11 +239,26 @@ static int check_and_print(struct demo *dm, const char *mode,
 	if (strcmp(mode, "transfer"))
 		printf("               (the new image's main() ran %.0f us after the state was saved)\n",
 		       kv(s, "main_us", -1));
-	printf("  guest pause  %6.0f us  (as the guest measured it:",
-	       kv(s, "gap_us", -1));
+	printf("  guest pause  %6.0f us  (as the guest measured it; of it, "
+	       "before the stop / after KVM_RUN:", kv(s, "gap_us", -1));
 	for (unsigned int i = 0; i < dm->o->cpus; i++) {
+		double g, pre, post;
+
 		snprintf(key, sizeof(key), "gap%u", i);
-		printf(" cpu%u %.0f us", i, kv(s, key, -1));
+		g = kv(s, key, -1);
+		snprintf(key, sizeof(key), "gappre%u", i);
+		pre = kv(s, key, -1);
+		snprintf(key, sizeof(key), "gappost%u", i);
+		post = kv(s, key, -1);
+		if (g < 0)
+			printf("%s cpu%u n/a (%s)", i ? ";" : "", i,
+			       g == -2 ? "not recorded: it stopped while "
+					 "printing its tick line, which the "
+					 "guest does not time" :
+					 "no iteration since the handoff");
+		else
+			printf("%s cpu%u %.0f us (%.0f / %.0f)", i ? ";" : "",
+			       i, g, pre, post);
 	}
 	printf(")\n  counters    ");
 	for (unsigned int i = 0; i < dm->o->cpus; i++) {
@@ -266,35 +283,40 @@ static int check_and_print(struct demo *dm, const char *mode,
 				mode, s);
 	if (kv(s, "pfn_same", -1) != kv(s, "pfn_total", -2))
 		return vmm_errf(err, -EIO, "%s: RAM moved: %s", mode, s);
-	if (dm->d->warm_given)
+	if (dm->touch)
 		printf("  warm-up      guest touched all its RAM in %.1f ms after the handoff, %.1f ms in steady state before (--warm %s)\n",
-		       dm->after_ms, dm->steady_ms, warm_arg(dm->o->warm));
+		       dm->after_ms, dm->steady_ms, warm_arg(dm->warm));
 	fflush(stdout);
 	return 0;
 }
 
-static int write_json(struct demo *dm, const char *mode, struct vmm_err *err)
+/* One JSON object per line, one line per handoff. */
+static int write_json(struct demo *dm, const char *mode, bool first,
+		      struct vmm_err *err)
 {
 	const char *s = dm->st;
-	FILE *f = fopen(dm->d->json, "we");
+	FILE *f = fopen(dm->d->json, first ? "we" : "ae");
 
 	if (!f)
 		return vmm_errno(err, "open %s", dm->d->json);
 	fprintf(f, "{\"mode\": \"%s\", \"ram_mib\": %" PRIu64
 		", \"cpus\": %u, \"warm\": \"%s\", \"blackout_us\": %.0f"
-		", \"guest_gap_us\": %.0f, \"stop_us\": %.0f, \"save_us\": %.0f"
+		", \"guest_gap_us\": %.0f, \"guest_gap_pre_us\": %.0f"
+		", \"guest_gap_post_us\": %.0f"
+		", \"stop_us\": %.0f, \"save_us\": %.0f"
 		", \"send_us\": %.0f, \"restore_us\": %.0f, \"run_us\": %.0f"
 		", \"prepare_us\": %.0f, \"state_bytes\": %.0f"
 		", \"ram_bytes_copied\": 0, \"pfn_same\": %.0f"
 		", \"pfn_total\": %.0f",
-		mode, dm->o->mem >> 20, dm->o->cpus, warm_arg(dm->o->warm),
+		mode, dm->o->mem >> 20, dm->o->cpus, warm_arg(dm->warm),
 		kv(s, "blackout_us", -1), kv(s, "gap_us", -1),
+		kv(s, "gap_pre_us", -1), kv(s, "gap_post_us", -1),
 		kv(s, "stop_us", -1), kv(s, "save_us", -1),
 		kv(s, "send_us", -1), kv(s, "restore_us", -1),
 		kv(s, "run_us", -1), kv(s, "prepare_us", -1),
 		kv(s, "state_bytes", -1), kv(s, "pfn_same", -1),
 		kv(s, "pfn_total", -1));
-	if (dm->d->warm_given)
+	if (dm->touch)
 		fprintf(f, ", \"warmup_after_ms\": %.1f, \"warmup_steady_ms\": %.1f",
 			dm->after_ms, dm->steady_ms);
 	fprintf(f, "}\n");
@@ -309,7 +331,11 @@ int demo_run(const struct vmm_opts *o, const struct demo_opts *d,
 	static const char *const all[] = { "transfer", "exec", "file" };
 	const char *const *modes = d->mode ? &d->mode : all;
 	unsigned int nmodes = d->mode ? 1 : 3;
-	struct demo dm = { .o = o, .d = d, .cur = -1 };
+	unsigned int repeat = d->repeat ? d->repeat : 1;
+	struct demo dm = {
+		.o = o, .d = d, .cur = -1, .warm = o->warm,
+		.touch = d->warm_given && !d->no_touch,
+	};
 	char reply[REPLY_MAX];
 	uint64_t t0 = vmm_now_ns();
 	pid_t from;
@@ -341,38 +367,59 @@ int demo_run(const struct vmm_opts *o, const struct demo_opts *d,
 	       dm.file_ram ? dm.ram : "");
 	for (unsigned int i = 0; i < nmodes; i++)
 		printf("%s%s", i ? ", " : "", modes[i]);
+	if (repeat > 1)
+		printf(", %u times", repeat);
 	printf(".\n\n");
 	{
-		const char *args[] = { "--control", dm.ctl,
-				       dm.file_ram ? "--mem-path" : NULL,
-				       dm.ram, NULL };
+		/*
+		 * Measuring the warm-up: the first VMM boots its guest with
+		 * the RAM already mapped and warm (--boot-warm), so that the
+		 * steady-state pass does not first wait for a cold one.
+		 */
+		const char *args[6] = { "--control", dm.ctl };
+		int n = 2;
 
+		if (dm.touch)
+			args[n++] = "--boot-warm";
+		if (dm.file_ram) {
+			args[n++] = "--mem-path";
+			args[n++] = dm.ram;
+		}
+		args[n] = NULL;
 		r = spawn(&dm, args, true, &dm.cur, err);
 	}
 	if (r < 0)
 		goto fail;
 	msleep(d->json ? 400 : 1100);
-	if (d->warm_given) {
-		double first;
+	for (unsigned int n = 0; n < nmodes * repeat; n++) {
+		unsigned int k = n / repeat;
 
-		r = touch(&dm, &first, err);
-		if (r >= 0)
-			r = touch(&dm, &dm.steady_ms, err);
-		if (r < 0)
-			goto fail;
-	}
-	for (unsigned int k = 0; k < nmodes; k++) {
+		/*
+		 * Steady state: a pass after one that touched every page in
+		 * this VM (the boot's, or the last handoff's "after").
+		 */
+		if (d->nwarm)
+			dm.warm = d->warm[n % d->nwarm];
+		if (dm.touch) {
+			double first;
+
+			r = n ? 0 : touch(&dm, &first, err);
+			if (r >= 0)
+				r = touch(&dm, &dm.steady_ms, err);
+			if (r < 0)
+				goto fail;
+		}
 		from = dm.cur;
 		r = handoff_one(&dm, modes[k], err);
-		if (r >= 0 && d->warm_given)
+		if (r >= 0 && dm.touch)
 			r = touch(&dm, &dm.after_ms, err);
 		if (r >= 0)
 			r = settle(&dm, err);
 		if (r >= 0)
-			r = check_and_print(&dm, modes[k], k + 1, nmodes, from,
-					    err);
+			r = check_and_print(&dm, modes[k], n + 1,
+					    nmodes * repeat, from, err);
 		if (r >= 0 && d->json)
-			r = write_json(&dm, modes[k], err);
+			r = write_json(&dm, modes[k], n == 0, err);
 		if (r < 0)
 			goto fail;
 		msleep(d->json ? 100 : 700);
@@ -399,7 +446,8 @@ int demo_run(const struct vmm_opts *o, const struct demo_opts *d,
 	if (r < 0)
 		goto fail;
 	printf("\ndemo-vmm --handoff: PASS: the guest carried on through %u handoff%s in %.1f s, no error, no byte of RAM copied\n",
-	       nmodes, nmodes > 1 ? "s" : "", (vmm_now_ns() - t0) / 1e9);
+	       nmodes * repeat, nmodes * repeat > 1 ? "s" : "",
+	       (vmm_now_ns() - t0) / 1e9);
 	r = 0;
 	goto out;
 fail:

@@ -114,7 +114,7 @@
  * guest saw across a handoff.
  */
 #define PC_GAPS			2048
-#define GUEST_GAP_RING		16
+#define GUEST_GAP_RING		128	/* to the end of the page */
 
 #define PC_STATE_RUNNING	1
 #define PC_STATE_ERROR		2	/* ring 3 invariant broken */

@@ -200,7 +200,7 @@ int guest_mailbox(void *mem, uint64_t cmd, uint64_t arg, int timeout_ms,
 }
 
 int guest_find_gap(const void *mem, unsigned int cpu, uint64_t stop_tsc,
-		   uint64_t *cycles)
+		   uint64_t *start, uint64_t *cycles)
 {
 	uint64_t pc = GUEST_PERCPU_ADDR + ((uint64_t)cpu << GUEST_PERCPU_SHIFT);
 	uint64_t n = get64(mem, pc + PC_GAP_IDX), i, a, b, best = ~0ull;
@@ -222,6 +222,7 @@ int guest_find_gap(const void *mem, unsigned int cpu, uint64_t stop_tsc,
 		if (a >= stop_tsc && a - stop_tsc <= skew && b >= a &&
 		    a < best) {
 			best = a;
+			*start = a;
 			*cycles = b - a;
 		}
 	}

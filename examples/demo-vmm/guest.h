@@ -66,14 +66,14 @@ int guest_mailbox(void *mem, uint64_t cmd, uint64_t arg, int timeout_ms,
 /*
  * The pause vCPU cpu saw across a handoff: the recorded gap that starts
  * at stop_tsc (its PC_LAST_TSC while it was stopped) or within 200 us
- * after it.  *cycles is set
+ * after it.  *start (the gap's first TSC) and *cycles are set
  * and 0 returned if found; -EAGAIN if the vCPU has not run an iteration
  * since; -ENOENT if the gap was not recorded (shorter than the
  * threshold, or the vCPU was stopped while printing, which the guest
  * does not count).
  */
 int guest_find_gap(const void *mem, unsigned int cpu, uint64_t stop_tsc,
-		   uint64_t *cycles);
+		   uint64_t *start, uint64_t *cycles);
 
 /*
  * Registers for a spare vCPU to run the guest's read-only warm-up

@@ -21,6 +21,12 @@
 /* Prepare maps and warms all RAM while the guest runs: minutes at most. */
 #define PREPARE_ACK_TIMEOUT_MS	300000
 #define FENCE_TIMEOUT_MS	5000
+/*
+ * A VM built inside the blackout (exec, file) gets a memslot for its
+ * first 64 MiB only (the guest's code, tables, stacks and checksum
+ * regions), the rest once the guest runs: see vm_set_memory_lazy().
+ */
+#define LAZY_RAM_LOW		(64ull << 20)
 
 /* ---- state <-> blobs --------------------------------------------------- */
 
@@ -356,6 +362,7 @@ int handoff_transfer_out(struct vmm *v, const char *path,
 	}
 
 	/* Blackout. */
+	machine_ram_high_wait(&v->m);
 	vmm_thread_boost(true);
 	t_stop = vmm_now_ns();
 	res->stopped = true;
@@ -436,15 +443,14 @@ static int take_fds(struct vmm *v, cprxfer_state *st, struct vmm_err *err)
 	return 0;
 }
 
-/* Map the RAM, build the machine (vCPUs not started). */
-static int build_from(struct vmm *v, cprxfer_state *st, unsigned int flags,
-		      struct vmm_err *err)
+/* Version and layout of an incoming state, and its RAM mapped. */
+static int map_ram(struct vmm *v, cprxfer_state *st, unsigned int flags,
+		   unsigned int *ncpus, struct vmm_err *err)
 {
-	unsigned int ncpus;
 	uint64_t mem;
 	int r;
 
-	r = get_layout(st, &mem, &ncpus, err);
+	r = get_layout(st, &mem, ncpus, err);
 	if (r < 0)
 		return r;
 	r = cprxfer_ram_get(st, "ram", flags, &v->ram);
@@ -453,8 +459,29 @@ static int build_from(struct vmm *v, cprxfer_state *st, unsigned int flags,
 	if (v->ram.size != mem)
 		return vmm_errf(err, -EBADMSG, "RAM %zu bytes, layout says %llu",
 				v->ram.size, (unsigned long long)mem);
-	return machine_build(&v->m, v->ram.addr, v->ram.size, ncpus,
-			     v->console_fd, err);
+	return 0;
+}
+
+/*
+ * Map the RAM, build the machine (vCPUs not started), with only
+ * [0, low) as a memslot (see vm_set_memory_lazy).
+ */
+static int build_from(struct vmm *v, cprxfer_state *st, unsigned int flags,
+		      uint64_t low, struct vmm_err *err)
+{
+	unsigned int ncpus;
+	int r;
+
+	r = map_ram(v, st, flags, &ncpus, err);
+	if (r >= 0)
+		r = machine_build_vm(&v->m, err);
+	if (r >= 0)
+		r = machine_build_rest(&v->m, v->ram.addr, v->ram.size, low,
+				       ncpus, err);
+	if (r >= 0)
+		r = machine_build_serial(&v->m, v->console_fd, err);
+	v->m.handoff = true;
+	return r;
 }
 
 static int prepare_in(struct vmm *v, cprxfer_state *prep,
@@ -468,7 +495,7 @@ static int prepare_in(struct vmm *v, cprxfer_state *prep,
 	r = take_fds(v, prep, err);
 	if (r < 0)
 		return r;
-	r = build_from(v, prep, ram_flags(v), err);
+	r = build_from(v, prep, ram_flags(v), UINT64_MAX, err);
 	if (r < 0)
 		return r;
 	for (unsigned int i = 0; i < v->m.ncpus; i++) {
@@ -679,7 +706,8 @@ int handoff_exec_out(struct vmm *v, int client, struct handoff_result *res,
 	if (r < 0)
 		goto out;
 
-	/* The boost (nice) survives the exec: the new image drops it. */
+	/* The boost survives the exec: the new image drops it. */
+	machine_ram_high_wait(&v->m);
 	vmm_thread_boost(true);
 	t_stop = vmm_now_ns();
 	res->stopped = true;
@@ -708,27 +736,108 @@ out:
 	return r;
 }
 
+/*
+ * Builds the VM while the exec-in path loads the state: KVM_CREATE_VM
+ * and the capability queries at once, then, once the RAM is mapped
+ * (builder_go), its memslot, the irqchip and the vCPUs.
+ */
+struct builder {
+	struct machine *m;
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool go, cancel;
+	void *mem;
+	uint64_t size;
+	unsigned int ncpus;
+	int r;
+	struct vmm_err err;
+};
+
+static void *builder_main(void *arg)
+{
+	struct builder *b = arg;
+	bool go;
+
+	vmm_thread_boost(true);	/* not inherited: SCHED_RESET_ON_FORK */
+	b->r = machine_build_vm(b->m, &b->err);
+	pthread_mutex_lock(&b->lock);
+	while (!b->go && !b->cancel)
+		pthread_cond_wait(&b->cond, &b->lock);
+	go = b->go;
+	pthread_mutex_unlock(&b->lock);
+	if (b->r >= 0 && !go)
+		b->r = -ECANCELED;
+	if (b->r >= 0)
+		b->r = machine_build_rest(b->m, b->mem, b->size, LAZY_RAM_LOW,
+					  b->ncpus, &b->err);
+	return NULL;
+}
+
+static void builder_go(struct builder *b, void *mem, uint64_t size,
+		       unsigned int ncpus)
+{
+	pthread_mutex_lock(&b->lock);
+	b->mem = mem;
+	b->size = size;
+	b->ncpus = ncpus;
+	b->go = true;
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Join the builder; true if v->m holds the VM, RAM slot and vCPUs. */
+static bool builder_join(struct builder *b)
+{
+	if (!b->started)
+		return false;
+	pthread_mutex_lock(&b->lock);
+	b->cancel = !b->go;
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+	pthread_join(b->thread, NULL);
+	b->started = false;
+	if (b->r >= 0)
+		return true;
+	machine_destroy(b->m);	/* and build again, reporting why */
+	return false;
+}
+
 int handoff_exec_in(struct vmm *v, int *client, struct vmm_err *err)
 {
+	struct builder b = {
+		.m = &v->m,
+		.lock = PTHREAD_MUTEX_INITIALIZER,
+		.cond = PTHREAD_COND_INITIALIZER,
+	};
 	cprxfer_state *st = NULL;
 	cprxfer_opts *o = NULL;
 	struct frozen f = { 0 };
 	unsigned int ncpus;
-	uint64_t mem, t_loaded;
+	uint64_t t_loaded;
+	bool have_vm;
 	int r, reaper = -1;
 
 	*client = -1;
+	/* First of all, the VM (0.5 ms): while we load the state. */
+	b.started = pthread_create(&b.thread, NULL, builder_main, &b) == 0;
 	r = vmm_cprxfer_opts(v, &o, err);
-	if (r < 0)
+	if (r < 0) {
+		builder_join(&b);
 		return r;
+	}
 	r = cprxfer_load_exec_opts(o, &st);
 	cprxfer_opts_free(o);
-	if (r < 0)
+	if (r < 0) {
+		builder_join(&b);
 		return cx_fail(err, r, "exec state");
+	}
 	t_loaded = vmm_now_ns();
-	r = get_layout(st, &mem, &ncpus, err);
+	r = map_ram(v, st, 0, &ncpus, err);
 	if (r < 0)
 		goto out;
+	builder_go(&b, v->ram.addr, v->ram.size, ncpus);
 	reaper = cprxfer_take_fd(st, "exec.reaper");
 	r = cprxfer_take_fd(st, "control.client");
 	*client = r >= 0 ? r : -1;
@@ -739,29 +848,44 @@ int handoff_exec_in(struct vmm *v, int *client, struct vmm_err *err)
 	/*
 	 * No populate here: it would grow the blackout with RAM.  With
 	 * --warm populate, main populates in the background once the
-	 * guest runs.
+	 * guest runs.  Nor the whole memslot, for the same reason.
 	 */
+	have_vm = builder_join(&b);
+	if (r >= 0 && !have_vm) {
+		r = machine_build_vm(&v->m, err);
+		if (r >= 0)
+			r = machine_build_rest(&v->m, v->ram.addr, v->ram.size,
+					       LAZY_RAM_LOW, ncpus, err);
+	}
 	if (r >= 0)
-		r = build_from(v, st, 0, err);
+		r = machine_build_serial(&v->m, v->console_fd, err);
+	v->m.handoff = true;
 	if (r < 0)
 		goto out;
 	report_begin(v, st, st, "exec");
 	v->rep.t_main = v->t_main;
 	v->rep.t_received = t_loaded;
-	r = get_frozen(st, v->m.ncpus, &f, err);
+	/* Threads first, parked: they start while we restore. */
+	r = machine_start(&v->m, true, err);
+	if (r >= 0)
+		r = get_frozen(st, v->m.ncpus, &f, err);
 	if (r >= 0)
 		r = machine_restore(&v->m, &f, err);
 	if (r < 0)
 		goto out;
 	v->rep.t_restored = vmm_now_ns();
-	r = machine_start(&v->m, false, err);
+	r = machine_resume(&v->m, err);
 	if (r >= 0)
 		r = machine_wait_running(&v->m, 5000, &v->rep.t_running, err);
+	/* The guest runs: the rest of its RAM's memslot, off the blackout. */
+	if (r >= 0)
+		r = machine_ram_high_async(&v->m, err);
 	if (r < 0)
 		goto out;
 	report_frozen_bytes(v, &f);
 	v->handoffs++;
 out:
+	builder_join(&b);	/* if an error left it running */
 	vmm_thread_boost(false);
 	if (reaper >= 0)
 		close(reaper);	/* the old VM goes, in the reaper */
@@ -793,6 +917,7 @@ int handoff_save_file(struct vmm *v, const char *file,
 	r = put_common(v, st, false, err);
 	if (r < 0)
 		goto out;
+	machine_ram_high_wait(&v->m);
 	t_stop = vmm_now_ns();
 	res->stopped = true;
 	r = machine_stop(&v->m, err);
@@ -832,13 +957,16 @@ int handoff_restore_file(struct vmm *v, struct vmm_err *err)
 	cprxfer_opts_free(o);
 	if (r < 0)
 		return cx_fail(err, r, "load");
-	r = build_from(v, st, 0, err);
+	vmm_thread_boost(true);
+	r = build_from(v, st, 0, LAZY_RAM_LOW, err);
 	if (r < 0)
 		goto out;
 	report_begin(v, st, st, "file");
 	v->rep.t_main = v->t_main;
 	v->rep.t_received = vmm_now_ns();
-	r = get_frozen(st, v->m.ncpus, &f, err);
+	r = machine_start(&v->m, true, err);
+	if (r >= 0)
+		r = get_frozen(st, v->m.ncpus, &f, err);
 	if (r >= 0)
 		r = machine_restore(&v->m, &f, err);
 	if (r < 0)
@@ -849,14 +977,18 @@ int handoff_restore_file(struct vmm *v, struct vmm_err *err)
 		goto out;
 	}
 	v->rep.t_restored = vmm_now_ns();
-	r = machine_start(&v->m, false, err);
+	r = machine_resume(&v->m, err);
 	if (r >= 0)
 		r = machine_wait_running(&v->m, 5000, &v->rep.t_running, err);
+	/* The guest runs: the rest of its RAM's memslot, off the blackout. */
+	if (r >= 0)
+		r = machine_ram_high_async(&v->m, err);
 	if (r < 0)
 		goto out;
 	report_frozen_bytes(v, &f);
 	v->handoffs++;
 out:
+	vmm_thread_boost(false);
 	frozen_free(&f);
 	cprxfer_state_free(st);
 	return r;

@@ -101,6 +101,8 @@ static int machine_build(struct machine *m, void *mem, uint64_t size,
 	if (r < 0)
 		return r;
 	r = vm_set_memory(m->vm, mem, size, err);
+	if (r >= 0)
+		r = vm_create_irqchip(m->vm, err);	/* after the slot */
 	if (r < 0)
 		return r;
 	for (i = 0; i < ncpus; i++) {

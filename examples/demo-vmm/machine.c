@@ -2,6 +2,7 @@
  * machine.c - a guest machine as a whole (see machine.h).
  */
 #include <errno.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -15,31 +16,77 @@ void frozen_free(struct frozen *f)
 	f->ncpus = 0;
 }
 
-int machine_build(struct machine *m, void *mem, uint64_t size,
-		  unsigned int ncpus, int console_fd, struct vmm_err *err)
+int machine_build_vm(struct machine *m, struct vmm_err *err)
+{
+	memset(m, 0, sizeof(*m));
+	return vm_create(&m->vm, err);
+}
+
+int machine_build_rest(struct machine *m, void *mem, uint64_t size,
+		       uint64_t low, unsigned int ncpus, struct vmm_err *err)
 {
 	int r;
 
-	memset(m, 0, sizeof(*m));
 	if (!ncpus || ncpus > GUEST_MAX_CPUS)
 		return vmm_errf(err, -EINVAL, "%u vCPUs: 1..%d", ncpus,
 				GUEST_MAX_CPUS);
-	r = serial_create(GUEST_COM1, console_fd, &m->serial, err);
-	if (r < 0)
-		return r;
-	r = vm_create(&m->vm, err);
-	if (r < 0)
-		return r;
-	r = vm_set_memory(m->vm, mem, size, err);
-	if (r < 0)
-		return r;
-	for (unsigned int i = 0; i < ncpus; i++) {
+	/* The memslot before the irqchip: see vm_create_irqchip(). */
+	r = vm_set_memory_lazy(m->vm, mem, size, low, err);
+	if (r >= 0)
+		r = vm_create_irqchip(m->vm, err);
+	for (unsigned int i = 0; i < ncpus && r >= 0; i++) {
 		r = vcpu_create(m->vm, i, &m->vcpu[i], err);
-		if (r < 0)
-			return r;
-		m->ncpus++;
+		if (r >= 0)
+			m->ncpus++;
 	}
+	return r < 0 ? r : 0;
+}
+
+int machine_build_serial(struct machine *m, int console_fd,
+			 struct vmm_err *err)
+{
+	return serial_create(GUEST_COM1, console_fd, &m->serial, err);
+}
+
+static void *high_main(void *arg)
+{
+	struct machine *m = arg;
+	struct vmm_err e = { 0 };
+
+	setpriority(PRIO_PROCESS, 0, 19);
+	vm_set_memory_high(m->vm, &e);	/* a failure fails the vCPUs */
+	return NULL;
+}
+
+int machine_ram_high_async(struct machine *m, struct vmm_err *err)
+{
+	int r;
+
+	if (__atomic_load_n(&m->vm->high_ready, __ATOMIC_ACQUIRE))
+		return 0;
+	r = pthread_create(&m->high_thread, NULL, high_main, m);
+	if (r)
+		return vm_set_memory_high(m->vm, err);
+	m->high_started = true;
 	return 0;
+}
+
+void machine_ram_high_wait(struct machine *m)
+{
+	if (!m->high_started)
+		return;
+	pthread_join(m->high_thread, NULL);
+	m->high_started = false;
+}
+
+int machine_build(struct machine *m, void *mem, uint64_t size,
+		  unsigned int ncpus, int console_fd, struct vmm_err *err)
+{
+	int r = machine_build_vm(m, err);
+
+	if (r >= 0)
+		r = machine_build_rest(m, mem, size, size, ncpus, err);
+	return r < 0 ? r : machine_build_serial(m, console_fd, err);
 }
 
 int machine_boot(struct machine *m, unsigned int print_ms,
@@ -74,6 +121,7 @@ int machine_start(struct machine *m, bool parked, struct vmm_err *err)
 	int r;
 
 	for (unsigned int i = 0; i < m->ncpus; i++) {
+		m->vcpu[i]->handoff = m->handoff;
 		r = vcpu_start(m->vcpu[i], &ops, parked, err);
 		if (r < 0)
 			return r;
@@ -152,19 +200,41 @@ int machine_wait_running(struct machine *m, int timeout_ms, uint64_t *ns,
 {
 	uint64_t deadline = vmm_now_ns() + (uint64_t)timeout_ms * 1000000;
 	uint64_t latest = 0, t;
+	unsigned int left = m->ncpus;
+	int r = 0;
 
-	for (unsigned int i = 0; i < m->ncpus; i++) {
-		while (!(t = __atomic_load_n(&m->vcpu[i]->first_run_ns,
-					     __ATOMIC_ACQUIRE))) {
-			if (vcpu_state(m->vcpu[i], err) == VCPU_FAILED)
-				return -EIO;
-			if (vmm_now_ns() > deadline)
-				return vmm_errf(err, -ETIMEDOUT,
-						"vcpu%u did not start", i);
-			nanosleep(&(struct timespec){ 0, 10000 }, NULL);
+	/*
+	 * At a real-time priority above the vCPU threads' (the caller is
+	 * boosted): each new vCPU is demoted as soon as it runs.
+	 */
+	vmm_thread_boost(true);
+	while (left && !r) {
+		for (unsigned int i = 0; i < m->ncpus; i++) {
+			struct vcpu *v = m->vcpu[i];
+
+			if (v->demoted)
+				continue;
+			if (vcpu_demote(v)) {
+				t = __atomic_load_n(&v->first_run_ns,
+						    __ATOMIC_ACQUIRE);
+				if (t > latest)
+					latest = t;
+				left--;
+			} else if (vcpu_state(v, err) == VCPU_FAILED) {
+				r = -EIO;
+			}
 		}
-		if (t > latest)
-			latest = t;
+		if (!left || r)
+			break;
+		if (vmm_now_ns() > deadline)
+			r = vmm_errf(err, -ETIMEDOUT, "a vCPU did not start");
+		else
+			nanosleep(&(struct timespec){ 0, 10000 }, NULL);
+	}
+	if (r < 0) {
+		for (unsigned int i = 0; i < m->ncpus; i++)
+			vcpu_unboost(m->vcpu[i]);
+		return r;
 	}
 	*ns = latest;
 	return 0;
@@ -178,6 +248,7 @@ int machine_warm(struct machine *m, struct vmm_err *err)
 	uint32_t reason;
 	int r;
 
+	machine_ram_high_wait(m);	/* the spare vCPU reads all RAM */
 	if (!m->spare) {
 		r = vcpu_create(m->vm, m->ncpus, &m->spare, err);
 		if (r < 0)
@@ -204,8 +275,15 @@ int machine_warm(struct machine *m, struct vmm_err *err)
 	return 0;
 }
 
+void machine_unboost(struct machine *m)
+{
+	for (unsigned int i = 0; i < m->ncpus; i++)
+		vcpu_unboost(m->vcpu[i]);
+}
+
 void machine_destroy(struct machine *m)
 {
+	machine_ram_high_wait(m);
 	for (unsigned int i = 0; i < m->ncpus; i++)
 		vcpu_destroy(m->vcpu[i]);
 	vcpu_destroy(m->spare);

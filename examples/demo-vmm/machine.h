@@ -22,6 +22,16 @@ struct machine {
 	unsigned int ncpus;
 	struct serial *serial;
 	struct vcpu *spare;		/* warm-up vCPU, never restored */
+	/*
+	 * Set by a handoff before machine_start: the vCPUs run at nice
+	 * -15 from their first KVM_RUN until machine_unboost(), so that
+	 * the guest's first iterations after the blackout are not left
+	 * waiting behind other loads.
+	 */
+	bool handoff;
+	/* machine_ram_high_async() */
+	pthread_t high_thread;
+	bool high_started;
 };
 
 /*
@@ -43,6 +53,30 @@ void frozen_free(struct frozen *f);
  */
 int machine_build(struct machine *m, void *mem, uint64_t size,
 		  unsigned int ncpus, int console_fd, struct vmm_err *err);
+
+/*
+ * The same in steps, so that an exec handoff can start on the VM in a
+ * thread while it loads the state: machine_build_vm() (the VM alone),
+ * machine_build_rest() (the RAM, with only [0, low) as a memslot until
+ * vm_set_memory_high(), see vm_set_memory_lazy(); the irqchip; the
+ * vCPUs), machine_build_serial() (the UART).  On failure m is left for
+ * machine_destroy.
+ */
+int machine_build_vm(struct machine *m, struct vmm_err *err);
+int machine_build_rest(struct machine *m, void *mem, uint64_t size,
+		       uint64_t low, unsigned int ncpus, struct vmm_err *err);
+int machine_build_serial(struct machine *m, int console_fd,
+			 struct vmm_err *err);
+
+/*
+ * The rest of the RAM's memslot (vm_set_memory_high) in a thread at
+ * nice 19, once the guest runs: it costs the host ~0.6 ms of CPU per
+ * GiB, which the guest's own vCPUs should not wait for.  A vCPU that
+ * touches that RAM first waits for it (vm_mmio_ram).  _wait joins it
+ * (machine_warm and machine_destroy do; a handoff does before its stop).
+ */
+int machine_ram_high_async(struct machine *m, struct vmm_err *err);
+void machine_ram_high_wait(struct machine *m);
 
 /* Fresh boot: load the guest into RAM, default CPUID, boot registers. */
 int machine_boot(struct machine *m, unsigned int print_ms,
@@ -84,5 +118,8 @@ int machine_warm(struct machine *m, struct vmm_err *err);
 
 /* vCPUs (threads joined), VM, serial.  Zeroes m. */
 void machine_destroy(struct machine *m);
+
+/* Back to normal priority after a handoff (see handoff above). */
+void machine_unboost(struct machine *m);
 
 #endif

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <x86intrin.h>
 
 #include "demo.h"
 #include "handoff.h"
@@ -41,6 +42,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: demo-vmm --handoff [--mode transfer|exec|file] [--json FILE]\n"
 		"                          [--mem SIZE] [--cpus N] [--warm STRATEGY]\n"
+		"                          [--repeat N] [--no-touch]\n"
 		"       demo-vmm [--mem SIZE] [--cpus N] [--mem-path FILE] [--control PATH]\n"
 		"       demo-vmm --incoming PATH [--control PATH] [--warm STRATEGY]\n"
 		"       demo-vmm --restore FILE [--control PATH]\n"
@@ -99,7 +101,8 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 	enum { O_MEM = 256, O_CPUS, O_MEM_PATH, O_CONTROL, O_INCOMING,
 	       O_RESTORE, O_HANDOFF, O_MODE, O_JSON, O_WARM, O_TAG,
 	       O_SANDBOX, O_CTL, O_EXEC_RESTORE, O_INJECT, O_TIMEOUT,
-	       O_QUIET, O_READY_FD, O_HELP };
+	       O_QUIET, O_READY_FD, O_REPEAT, O_BOOT_WARM, O_NO_TOUCH,
+	       O_HELP };
 	static const struct option longopts[] = {
 		{ "mem", required_argument, NULL, O_MEM },
 		{ "cpus", required_argument, NULL, O_CPUS },
@@ -119,6 +122,9 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "quiet", no_argument, NULL, O_QUIET },
 		{ "ready-fd", required_argument, NULL, O_READY_FD },
+		{ "repeat", required_argument, NULL, O_REPEAT },
+		{ "boot-warm", no_argument, NULL, O_BOOT_WARM },
+		{ "no-touch", no_argument, NULL, O_NO_TOUCH },
 		{ "help", no_argument, NULL, O_HELP },
 		{ 0 }
 	};
@@ -159,12 +165,28 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 			m->demo.mode = optarg;
 			break;
 		case O_JSON: m->demo.json = optarg; break;
-		case O_WARM:
-			if (parse_warm(optarg, &o->warm) < 0)
+		case O_WARM: {
+			/* --handoff: a list, one strategy per handoff in turn */
+			char buf[64], *tok, *save = NULL;
+
+			snprintf(buf, sizeof(buf), "%s", optarg);
+			m->demo.nwarm = 0;
+			for (tok = strtok_r(buf, ",", &save); tok;
+			     tok = strtok_r(NULL, ",", &save)) {
+				if (m->demo.nwarm == 4 ||
+				    parse_warm(tok, &o->warm) < 0)
+					return vmm_errf(err, -EINVAL,
+							"--warm none|populate|helper|best[,...]");
+				m->demo.warm[m->demo.nwarm++] = o->warm;
+			}
+			if (!m->demo.nwarm)
 				return vmm_errf(err, -EINVAL,
-						"--warm none|populate|helper|best");
+						"--warm none|populate|helper|best[,...]");
+			o->warm = m->demo.warm[0];
 			m->demo.warm_given = true;
 			break;
+		}
+		case O_NO_TOUCH: m->demo.no_touch = true; break;
 		case O_TAG: o->tag = optarg; break;
 		case O_SANDBOX: o->sandbox = true; break;
 		case O_CTL: m->ctl = optarg; break;
@@ -173,6 +195,13 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 		case O_TIMEOUT: o->timeout_ms = atoi(optarg); break;
 		case O_QUIET: o->quiet = true; break;
 		case O_READY_FD: m->ready_fd = atoi(optarg); break;
+		case O_REPEAT:
+			m->demo.repeat = strtoul(optarg, NULL, 10);
+			if (m->demo.repeat < 1 || m->demo.repeat > 100)
+				return vmm_errf(err, -EINVAL,
+						"--repeat %s: 1..100", optarg);
+			break;
+		case O_BOOT_WARM: o->boot_warm = true; break;
 		case O_HELP:
 			usage(stdout);
 			exit(0);
@@ -219,6 +248,9 @@ static int ctl_main(const char *path, int argc, char **argv)
 
 /* ---- the running VMM ------------------------------------------------------ */
 
+#define GAP_NOT_RECORDED \
+	"not recorded: stopped while printing its tick line, which the guest does not time"
+
 struct populate_job {
 	struct vmm *v;
 	pthread_t thread;
@@ -244,17 +276,23 @@ static int boot_fresh(struct vmm *v, struct vmm_err *err)
 {
 	int r;
 
+	/* --boot-warm: RAM mapped and the VM's mappings built at boot. */
+	unsigned int flags = v->o.boot_warm ? CPRXFER_RAM_POPULATE : 0;
+
 	if (v->o.mem_path)
-		r = cprxfer_ram_open_file(v->o.mem_path, v->o.mem, 0,
+		r = cprxfer_ram_open_file(v->o.mem_path, v->o.mem, flags,
 					  &v->ram);
 	else
-		r = cprxfer_ram_create("demo-vmm-guest", v->o.mem, 0, &v->ram);
+		r = cprxfer_ram_create("demo-vmm-guest", v->o.mem, flags,
+				       &v->ram);
 	if (r < 0)
 		return vmm_errf(err, r, "guest RAM: %s", cprxfer_errmsg());
 	r = machine_build(&v->m, v->ram.addr, v->ram.size, v->o.cpus,
 			  v->console_fd, err);
 	if (r >= 0)
 		r = machine_boot(&v->m, VMM_PRINT_MS, err);
+	if (r >= 0 && v->o.boot_warm)
+		r = machine_warm(&v->m, err);
 	if (r >= 0)
 		r = machine_start(&v->m, false, err);
 	return r;
@@ -279,21 +317,38 @@ static int64_t us_between(uint64_t a, uint64_t b)
 	return a && b ? (int64_t)(b - a) / 1000 : -1;
 }
 
-static int64_t max_gap(const struct vmm *v)
+/* The vCPU that saw the longest pause, or -1. */
+static int max_gap_cpu(const struct vmm *v)
 {
-	int64_t g = -1;
+	int c = -1;
 
 	for (unsigned int i = 0; i < v->m.ncpus; i++)
-		if (v->rep.gap_us[i] > g)
-			g = v->rep.gap_us[i];
-	return g;
+		if (v->rep.gap_us[i] >= 0 &&
+		    (c < 0 || v->rep.gap_us[i] > v->rep.gap_us[c]))
+			c = (int)i;
+	return c;
+}
+
+static int64_t max_gap(const struct vmm *v)
+{
+	int c = max_gap_cpu(v);
+
+	return c < 0 ? -1 : v->rep.gap_us[c];
+}
+
+/* TSC at CLOCK_MONOTONIC t (ns, in the past): the guest's TSC is ours. */
+static uint64_t tsc_at(uint64_t t, uint64_t khz)
+{
+	uint64_t tsc = __rdtsc(), now = vmm_now_ns();
+
+	return tsc - (now - t) * khz / 1000000;
 }
 
 /* Find the pause each vCPU saw; true once every vCPU is accounted. */
 static bool update_gaps(struct vmm *v)
 {
 	struct handoff_report *rep = &v->rep;
-	uint64_t khz = guest_tsc_khz(v->ram.addr), cyc;
+	uint64_t khz = guest_tsc_khz(v->ram.addr), cyc, start;
 	bool done = true;
 	int r;
 
@@ -302,10 +357,20 @@ static bool update_gaps(struct vmm *v)
 	for (unsigned int i = 0; i < v->m.ncpus; i++) {
 		if (rep->gap_us[i] >= 0 || rep->gap_us[i] == -2)
 			continue;
-		r = guest_find_gap(v->ram.addr, i, rep->stop_tsc[i], &cyc);
-		if (r == 0)
+		r = guest_find_gap(v->ram.addr, i, rep->stop_tsc[i], &start,
+				   &cyc);
+		if (r == 0) {
 			rep->gap_us[i] = cyc * 1000 / khz;
-		else if (r == -ENOENT)
+			rep->gap_pre_us[i] =
+				((int64_t)tsc_at(rep->t_stop, khz) -
+				 (int64_t)start) * 1000 / (int64_t)khz;
+			/* After this vCPU's own first KVM_RUN. */
+			rep->gap_post_us[i] =
+				((int64_t)(start + cyc) -
+				 (int64_t)tsc_at(v->m.vcpu[i]->first_run_ns,
+						 khz)) *
+				1000 / (int64_t)khz;
+		} else if (r == -ENOENT)
 			rep->gap_us[i] = -2;	/* not recorded */
 		else
 			done = false;
@@ -351,7 +416,9 @@ static size_t format_status(struct vmm *v, char *buf, size_t len)
 		      " send_us=%" PRId64 " restore_us=%" PRId64
 		      " run_us=%" PRId64 " prepare_us=%" PRIu64
 		      " main_us=%" PRId64
-		      " gap_us=%" PRId64 " gap_done=%d pfn_same=%u pfn_total=%u"
+		      " gap_us=%" PRId64 " gap_pre_us=%" PRId64
+		      " gap_post_us=%" PRId64
+		      " gap_done=%d pfn_same=%u pfn_total=%u"
 		      " state_bytes=%" PRIu64 " ram_copied=0",
 		      rep->mode, (int)rep->from_pid,
 		      us_between(rep->t_stop, rep->t_running),
@@ -362,13 +429,19 @@ static size_t format_status(struct vmm *v, char *buf, size_t len)
 		      us_between(rep->t_restored, rep->t_running),
 		      rep->prepare_ns / 1000,
 		      us_between(rep->t_saved, rep->t_main), max_gap(v),
+		      max_gap_cpu(v) < 0 ? (int64_t)-1 :
+					   rep->gap_pre_us[max_gap_cpu(v)],
+		      max_gap_cpu(v) < 0 ? (int64_t)-1 :
+					   rep->gap_post_us[max_gap_cpu(v)],
 		      rep->gap_done,
 		      rep->pfn_same, rep->pfn_total, rep->state_bytes);
 	for (unsigned int i = 0; i < v->m.ncpus && n < len; i++)
 		n += snprintf(buf + n, len - n,
-			      " gap%u=%" PRId64 " stopc%u=%" PRIu64
+			      " gap%u=%" PRId64 " gappre%u=%" PRId64
+			      " gappost%u=%" PRId64 " stopc%u=%" PRIu64
 			      " stsc%u=%" PRIu64, i,
-			      rep->gap_us[i], i, rep->counter_at_stop[i],
+			      rep->gap_us[i], i, rep->gap_pre_us[i], i,
+			      rep->gap_post_us[i], i, rep->counter_at_stop[i],
 			      i, rep->stop_tsc[i]);
 	return n;
 }
@@ -376,21 +449,30 @@ static size_t format_status(struct vmm *v, char *buf, size_t len)
 static void print_report(struct vmm *v)
 {
 	const struct handoff_report *rep = &v->rep;
-	char gaps[256];
+	char gaps[512];
 	size_t n = 0;
 
 	gaps[0] = 0;
-	for (unsigned int i = 0; i < v->m.ncpus && n < sizeof(gaps); i++)
-		n += snprintf(gaps + n, sizeof(gaps) - n, "%scpu%u %s%" PRId64,
-			      i ? ", " : "", i,
-			      rep->gap_us[i] == -2 ? "< 20 us or n/a " : "",
-			      rep->gap_us[i] < 0 ? (int64_t)0 :
-						   rep->gap_us[i]);
+	for (unsigned int i = 0; i < v->m.ncpus && n < sizeof(gaps); i++) {
+		if (rep->gap_us[i] < 0)
+			n += snprintf(gaps + n, sizeof(gaps) - n,
+				      "%scpu%u n/a (%s)", i ? ", " : "", i,
+				      rep->gap_us[i] == -2 ?
+					      GAP_NOT_RECORDED :
+					      "no iteration since");
+		else
+			n += snprintf(gaps + n, sizeof(gaps) - n,
+				      "%scpu%u %" PRId64 " (%" PRId64
+				      " before the stop, %" PRId64
+				      " after KVM_RUN)", i ? ", " : "", i,
+				      rep->gap_us[i], rep->gap_pre_us[i],
+				      rep->gap_post_us[i]);
+	}
 	update_pfns(v);
 	printf("[demo-vmm %d] guest received (%s, from pid %d): blackout %" PRId64
 	       " us (stop %" PRId64 " + save %" PRId64 " + send %" PRId64
 	       " + restore %" PRId64 " + run %" PRId64
-	       "); the guest saw a pause of %s us; RAM %" PRIu64
+	       "); the guest saw a pause of: %s us; RAM %" PRIu64
 	       " MiB in place (%u/%u sampled pages on the same frames), %" PRIu64
 	       " bytes of state, 0 bytes of RAM copied\n",
 	       (int)getpid(), rep->mode, (int)rep->from_pid,
@@ -453,6 +535,7 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 		if (v->have_report && !v->rep.gap_done &&
 		    (update_gaps(v) || vmm_now_ns() - since > 3000000000ull)) {
 			v->rep.gap_done = true;
+			machine_unboost(&v->m);
 			if (!mo->vmm.quiet)
 				print_report(v);
 		}
@@ -477,6 +560,14 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 		switch (cmd.kind) {
 		case CONTROL_STATUS:
 			format_status(v, line, sizeof(line));
+			control_reply(v->ctl, client, "%s", line);
+			break;
+		case CONTROL_SELFTEST:	/* hidden: is the sandbox real? */
+#ifdef DEMO_VMM_HAVE_SANDBOX
+			sandbox_selftest(line, sizeof(line));
+#else
+			snprintf(line, sizeof(line), "error: no sandbox");
+#endif
 			control_reply(v->ctl, client, "%s", line);
 			break;
 		case CONTROL_HELP:
@@ -559,6 +650,7 @@ static int vmm_main(struct main_opts *mo, uint64_t t_main)
 
 	memset(&v, 0, sizeof(v));
 	v.o = mo->vmm;
+	v.o.sandbox |= getenv("DEMO_VMM_SANDBOX") != NULL;
 	v.console_fd = STDOUT_FILENO;
 	v.t_main = t_main;
 	v.ram.fd = -1;
@@ -633,6 +725,9 @@ int main(int argc, char **argv)
 	if (mo.ctl)
 		return ctl_main(mo.ctl, argc - optind, argv + optind);
 	if (mo.handoff) {
+		/* --sandbox: every VMM the demo starts (vmm_main below). */
+		if (mo.vmm.sandbox)
+			setenv("DEMO_VMM_SANDBOX", "1", 1);
 		r = demo_run(&mo.vmm, &mo.demo, &err);
 		if (r == 1)
 			fprintf(stderr, "demo-vmm: FAIL: %s\n", err.msg);

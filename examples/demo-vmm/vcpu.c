@@ -3,6 +3,7 @@
  * state save/restore (see vcpu.h).
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
@@ -18,6 +19,13 @@
 #define CPUID_MAX_ENTRIES	256
 
 enum { VCPU_REQ_RUN, VCPU_REQ_STOP, VCPU_REQ_QUIT };
+
+#define VCPU_BOOST_NICE		(-15)
+/* The handoff's main thread preempts the vCPU threads it boosts. */
+#define MAIN_BOOST_RT_PRIO	10
+#define VCPU_BOOST_RT_PRIO	5
+
+static void boost_tid(int tid, bool on, int prio, int nice);
 
 /* The kvm_run of the vCPU this thread runs, for the kick handler. */
 static __thread struct kvm_run *tls_run;
@@ -288,12 +296,22 @@ static int handle_exit(struct vcpu *v, struct vmm_err *err)
 	char hex[200];
 	unsigned int i, n;
 	size_t off;
+	int r;
 
 	switch (run->exit_reason) {
 	case KVM_EXIT_IO:
 		return handle_io(v, err);
 	case KVM_EXIT_MMIO:
 		v->exits_mmio++;
+		r = vm_mmio_ram(v->vm, run->mmio.phys_addr, run->mmio.is_write,
+				run->mmio.data, run->mmio.len);
+		if (r < 0)
+			return vmm_errf(err, r,
+					"vcpu%u: RAM at 0x%llx: its memslot failed",
+					v->id,
+					(unsigned long long)run->mmio.phys_addr);
+		if (r > 0)
+			return 0;
 		if (v->ops.mmio)
 			return v->ops.mmio(v->ops.opaque,
 					   run->mmio.phys_addr,
@@ -391,7 +409,8 @@ static int vcpu_park(struct vcpu *v)
 	}
 	v->state = VCPU_RUNNING;
 	pthread_mutex_unlock(&v->lock);
-	vmm_thread_boost(false);
+	if (!v->never_ran)
+		vmm_thread_boost(false);	/* else just before KVM_RUN */
 	/* Any kick for the stop just served was delivered before parking. */
 	__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 	return 0;
@@ -406,8 +425,8 @@ static void *vcpu_thread(void *arg)
 
 	tls_run = v->run;
 	__atomic_store_n(&v->tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
-	if (v->req != VCPU_REQ_RUN)
-		vmm_thread_boost(true);	/* started parked: a handoff */
+	/* Boosted until the first KVM_RUN: a new vCPU is the blackout's end. */
+	boost_tid(0, true, VCPU_BOOST_RT_PRIO, 0);
 	sigemptyset(&set);
 	sigaddset(&set, VCPU_KICK_SIGNAL);
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
@@ -420,6 +439,15 @@ static void *vcpu_thread(void *arg)
 		}
 		if (v->never_ran) {
 			v->never_ran = false;
+			/*
+			 * A handoff enters KVM_RUN still boosted, at once;
+			 * machine_wait_running(), at a higher priority,
+			 * demotes it as soon as it sees first_run_ns (tens
+			 * of us): dropping the real-time priority here
+			 * would let any waiting task take the CPU first.
+			 */
+			if (!v->handoff)
+				boost_tid(0, false, 0, 0);
 			__atomic_store_n(&v->first_run_ns, vmm_now_ns(),
 					 __ATOMIC_RELEASE);
 		}
@@ -444,6 +472,7 @@ static void *vcpu_thread(void *arg)
 int vcpu_start(struct vcpu *v, const struct vcpu_ops *ops, bool parked,
 	       struct vmm_err *err)
 {
+	pthread_attr_t attr;
 	int r;
 
 	if (v->thread_started)
@@ -453,7 +482,26 @@ int vcpu_start(struct vcpu *v, const struct vcpu_ops *ops, bool parked,
 	v->req = parked ? VCPU_REQ_STOP : VCPU_REQ_RUN;
 	v->state = parked ? VCPU_STOPPED : VCPU_RUNNING;
 	v->never_ran = true;
-	r = pthread_create(&v->thread, NULL, vcpu_thread, v);
+	/*
+	 * Boosted from its first instruction (see vcpu_boost): a thread
+	 * born at normal priority on a busy host waits a time slice.
+	 */
+	r = EPERM;
+	if (pthread_attr_init(&attr) == 0) {
+		struct sched_param sp = {
+			.sched_priority = VCPU_BOOST_RT_PRIO,
+		};
+
+		v->demoted = false;
+		if (!pthread_attr_setinheritsched(&attr,
+						  PTHREAD_EXPLICIT_SCHED) &&
+		    !pthread_attr_setschedpolicy(&attr, SCHED_FIFO) &&
+		    !pthread_attr_setschedparam(&attr, &sp))
+			r = pthread_create(&v->thread, &attr, vcpu_thread, v);
+		pthread_attr_destroy(&attr);
+	}
+	if (r)
+		r = pthread_create(&v->thread, NULL, vcpu_thread, v);
 	if (r) {
 		v->state = VCPU_NEW;
 		return vmm_errf(err, -r, "vcpu%u: pthread_create: %s", v->id,
@@ -463,11 +511,32 @@ int vcpu_start(struct vcpu *v, const struct vcpu_ops *ops, bool parked,
 	return 0;
 }
 
-#define VCPU_BOOST_NICE	(-15)
+/*
+ * The blackout's threads preempt whatever else the machine runs: a
+ * real-time priority when allowed (root), else nice -15.  Only threads
+ * that block (parked vCPUs, the handoff's main thread waiting on a
+ * socket) are boosted, never one in KVM_RUN.  SCHED_RESET_ON_FORK: a
+ * thread or process they create (a vCPU thread, libcprxfer's exec
+ * helper tearing down the old address space) starts unboosted.
+ */
+static void boost_tid(int tid, bool on, int prio, int nice)
+{
+	struct sched_param sp = { .sched_priority = prio };
+
+	if (!on) {
+		sp.sched_priority = 0;
+		sched_setscheduler(tid, SCHED_OTHER, &sp);
+		setpriority(PRIO_PROCESS, tid, nice);
+		return;
+	}
+	if (sched_setscheduler(tid, SCHED_FIFO | SCHED_RESET_ON_FORK,
+			       &sp) < 0)
+		setpriority(PRIO_PROCESS, tid, VCPU_BOOST_NICE);
+}
 
 void vmm_thread_boost(bool on)
 {
-	setpriority(PRIO_PROCESS, 0, on ? VCPU_BOOST_NICE : 0);
+	boost_tid(0, on, MAIN_BOOST_RT_PRIO, 0);
 }
 
 void vcpu_boost(struct vcpu *v)
@@ -475,7 +544,27 @@ void vcpu_boost(struct vcpu *v)
 	int tid = __atomic_load_n(&v->tid, __ATOMIC_ACQUIRE);
 
 	if (tid > 0)
-		setpriority(PRIO_PROCESS, tid, VCPU_BOOST_NICE);
+		boost_tid(tid, true, VCPU_BOOST_RT_PRIO, 0);
+}
+
+void vcpu_unboost(struct vcpu *v)
+{
+	int tid = __atomic_load_n(&v->tid, __ATOMIC_ACQUIRE);
+
+	if (tid > 0)
+		boost_tid(tid, false, 0, 0);
+}
+
+bool vcpu_demote(struct vcpu *v)
+{
+	int tid = __atomic_load_n(&v->tid, __ATOMIC_ACQUIRE);
+
+	if (v->demoted || tid <= 0 ||
+	    !__atomic_load_n(&v->first_run_ns, __ATOMIC_ACQUIRE))
+		return false;
+	boost_tid(tid, false, 0, VCPU_BOOST_NICE);
+	v->demoted = true;
+	return true;
 }
 
 void vcpu_stop_request(struct vcpu *v)

@@ -56,6 +56,8 @@ struct vcpu {
 	int tid;			/* of the thread, for vcpu_boost */
 	bool thread_started;
 	bool never_ran;			/* no KVM_RUN yet */
+	bool handoff;			/* first KVM_RUN boosted, see */
+	bool demoted;			/* vcpu_demote() */
 	struct vcpu_ops ops;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -139,13 +141,24 @@ void vcpu_stop_request(struct vcpu *vcpu);
 int vcpu_stop_wait(struct vcpu *vcpu, int timeout_ms, struct vmm_err *err);
 
 /*
- * Scheduling boost for the blackout: a boosted vCPU thread (nice -15,
- * where the process may) gets the CPU at once when it is kicked or
- * woken on a busy host; it drops the boost itself when it re-enters
- * the guest after a park, so a running guest never keeps it.  A thread
- * started parked is boosted from the start.  Best effort.
+ * Scheduling boost for the blackout: a boosted vCPU thread (SCHED_FIFO
+ * where the process may, else nice -15) gets the CPU at once when it
+ * is kicked or woken on a busy host; it drops the boost itself before
+ * it enters the guest (to nice -15 for a handoff's first run, see
+ * struct machine, else to normal), so no thread is ever in KVM_RUN at
+ * a real-time priority.  A new vCPU thread is boosted from the start.
+ * SCHED_RESET_ON_FORK: what a boosted thread creates starts unboosted.
+ * Best effort.
  */
 void vcpu_boost(struct vcpu *vcpu);
+/* Normal priority (from another thread). */
+void vcpu_unboost(struct vcpu *vcpu);
+/*
+ * A handoff's vCPU enters its first KVM_RUN still at a real-time
+ * priority (see struct machine): once first_run_ns is set, drop it to
+ * nice -15 (machine_unboost() later ends that).  True if done now.
+ */
+bool vcpu_demote(struct vcpu *vcpu);
 /* The same for the calling thread (on) or back to normal (off). */
 void vmm_thread_boost(bool on);
 

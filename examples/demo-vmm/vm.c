@@ -77,6 +77,9 @@ int vm_create(struct vm **out, struct vmm_err *err)
 	if (!vm)
 		return vmm_errf(err, -ENOMEM, "vm: no memory");
 	vm->vm_fd = -1;
+	vm->high_ready = 1;
+	pthread_mutex_init(&vm->high_lock, NULL);
+	pthread_cond_init(&vm->high_cond, NULL);
 	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (vm->kvm_fd < 0) {
 		r = vmm_errno(err, "open /dev/kvm");
@@ -119,10 +122,6 @@ int vm_create(struct vm **out, struct vmm_err *err)
 		r = vmm_errno(err, "KVM_CREATE_VM");
 		goto fail;
 	}
-	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
-		r = vmm_errno(err, "KVM_CREATE_IRQCHIP");
-		goto fail;
-	}
 	/* VM-wide KVM_GET_TSC_KHZ is newer; vcpu_create falls back. */
 	r = ioctl(vm->vm_fd, KVM_GET_TSC_KHZ, 0);
 	vm->tsc_khz = r > 0 ? r : 0;
@@ -133,25 +132,93 @@ fail:
 	return r;
 }
 
-int vm_set_memory(struct vm *vm, void *mem, uint64_t size,
-		  struct vmm_err *err)
+int vm_create_irqchip(struct vm *vm, struct vmm_err *err)
+{
+	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
+		return vmm_errno(err, "KVM_CREATE_IRQCHIP");
+	return 0;
+}
+
+static int set_slot(struct vm *vm, uint32_t slot, uint8_t *mem,
+		    uint64_t gpa, uint64_t size, struct vmm_err *err)
 {
 	struct kvm_userspace_memory_region region = {
-		.slot = 0,
-		.guest_phys_addr = 0,
+		.slot = slot,
+		.guest_phys_addr = gpa,
 		.memory_size = size,
-		.userspace_addr = (uintptr_t)mem,
+		.userspace_addr = (uintptr_t)(mem + gpa),
 	};
+
+	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+		return vmm_errno(err, "KVM_SET_USER_MEMORY_REGION slot %u, %llu MiB",
+				 slot, (unsigned long long)(size >> 20));
+	return 0;
+}
+
+int vm_set_memory_lazy(struct vm *vm, void *mem, uint64_t size,
+		       uint64_t low, struct vmm_err *err)
+{
+	int r;
 
 	if (!mem || !size || size & 0xfff)
 		return vmm_errf(err, -EINVAL, "guest RAM: bad size %llu",
 				(unsigned long long)size);
-	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-		return vmm_errno(err, "KVM_SET_USER_MEMORY_REGION %llu MiB",
-				 (unsigned long long)(size >> 20));
+	if (low > size || low & 0x1fffff)
+		low = size;
+	r = set_slot(vm, 0, mem, 0, low, err);
+	if (r < 0)
+		return r;
 	vm->mem = mem;
 	vm->mem_size = size;
+	vm->mem_low = low;
+	__atomic_store_n(&vm->high_ready, low == size, __ATOMIC_RELEASE);
 	return 0;
+}
+
+int vm_set_memory(struct vm *vm, void *mem, uint64_t size,
+		  struct vmm_err *err)
+{
+	return vm_set_memory_lazy(vm, mem, size, size, err);
+}
+
+int vm_set_memory_high(struct vm *vm, struct vmm_err *err)
+{
+	int r = 0;
+
+	if (__atomic_load_n(&vm->high_ready, __ATOMIC_ACQUIRE))
+		return 0;
+	r = set_slot(vm, 1, vm->mem, vm->mem_low, vm->mem_size - vm->mem_low,
+		     err);
+	pthread_mutex_lock(&vm->high_lock);
+	__atomic_store_n(&vm->high_ready, r < 0 ? -1 : 1, __ATOMIC_RELEASE);
+	pthread_cond_broadcast(&vm->high_cond);
+	pthread_mutex_unlock(&vm->high_lock);
+	return r;
+}
+
+int vm_mmio_ram(struct vm *vm, uint64_t gpa, bool is_write, uint8_t *data,
+		uint32_t len)
+{
+	int ready;
+
+	if (gpa < vm->mem_low || gpa >= vm->mem_size ||
+	    len > vm->mem_size - gpa)
+		return 0;
+	pthread_mutex_lock(&vm->high_lock);
+	while (!(ready = __atomic_load_n(&vm->high_ready, __ATOMIC_ACQUIRE)))
+		pthread_cond_wait(&vm->high_cond, &vm->high_lock);
+	pthread_mutex_unlock(&vm->high_lock);
+	if (ready < 0)
+		return -EFAULT;
+	/*
+	 * KVM decoded the instruction and waits for its data: do this one
+	 * access on RAM; the next ones find the memslot.
+	 */
+	if (is_write)
+		memcpy((uint8_t *)vm->mem + gpa, data, len);
+	else
+		memcpy(data, (uint8_t *)vm->mem + gpa, len);
+	return 1;
 }
 
 static const struct {
@@ -239,5 +306,7 @@ void vm_destroy(struct vm *vm)
 		close(vm->kvm_fd);
 	free(vm->cpuid);
 	free(vm->msrs);
+	pthread_cond_destroy(&vm->high_cond);
+	pthread_mutex_destroy(&vm->high_lock);
 	free(vm);
 }

@@ -40,6 +40,7 @@ struct vmm_opts {
 	const char *inject;		/* hidden, tests: "die-in-final" */
 	int timeout_ms;			/* handoff rounds */
 	bool quiet;			/* no report lines (the demo prints) */
+	bool boot_warm;			/* hidden: boot with RAM warm */
 };
 
 /* A handoff as the VMM that received the guest saw it. */
@@ -55,6 +56,12 @@ struct handoff_report {
 	uint64_t stop_tsc[GUEST_MAX_CPUS];
 	uint64_t counter_at_stop[GUEST_MAX_CPUS];
 	int64_t gap_us[GUEST_MAX_CPUS];	/* -1: not (yet) known */
+	/*
+	 * Where each vCPU's gap lies against the blackout, from the TSC
+	 * (the guest's TSC is the host's): its last iteration that long
+	 * before t_stop, its first that long after t_running.
+	 */
+	int64_t gap_pre_us[GUEST_MAX_CPUS], gap_post_us[GUEST_MAX_CPUS];
 	bool gap_done;
 	unsigned int pfn_same, pfn_total;
 	uint64_t old_pfn[VMM_PFN_SAMPLES];

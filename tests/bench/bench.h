@@ -11,6 +11,8 @@ struct stat3 {
 };
 
 #define REP_MAX 16
+#define BENCH_NPARTS 7
+extern const char *const bench_parts[BENCH_NPARTS];
 
 struct report {
 	struct {
@@ -24,6 +26,8 @@ struct report {
 		size_t ram_mib;
 		const char *mode;
 		struct stat3 blackout_us, gap_us;
+		/* medians: stop, save, send, restore, run; gap pre, post */
+		double part[BENCH_NPARTS];
 	} blackout[REP_MAX];
 	int nblackout;
 	struct {
@@ -52,7 +56,8 @@ void report_fd(struct report *r, int nfds, struct stat3 lib,
 void report_blob(struct report *r, struct stat3 lib, struct stat3 raw);
 void report_copy(struct report *r, size_t mib, struct stat3 ms);
 void report_blackout(struct report *r, size_t mib, const char *mode,
-		     struct stat3 blackout_us, struct stat3 gap_us);
+		     struct stat3 blackout_us, struct stat3 gap_us,
+		     const double *part);
 void report_warmup(struct report *r, size_t mib, const char *strategy,
 		   struct stat3 after_ms, struct stat3 steady_ms);
 void report_print(const struct report *r, FILE *f);

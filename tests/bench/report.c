@@ -30,11 +30,20 @@ void report_copy(struct report *r, size_t mib, struct stat3 ms)
 	r->copy[r->ncopy++].ms = ms;
 }
 
+/* demo-vmm's JSON keys for the blackout's parts and the gap's. */
+const char *const bench_parts[BENCH_NPARTS] = {
+	"stop_us", "save_us", "send_us", "restore_us", "run_us",
+	"guest_gap_pre_us", "guest_gap_post_us",
+};
+
 void report_blackout(struct report *r, size_t mib, const char *mode,
-		     struct stat3 blackout_us, struct stat3 gap_us)
+		     struct stat3 blackout_us, struct stat3 gap_us,
+		     const double *part)
 {
 	if (r->nblackout == REP_MAX)
 		return;
+	memcpy(r->blackout[r->nblackout].part, part,
+	       sizeof(r->blackout[0].part));
 	r->blackout[r->nblackout].ram_mib = mib;
 	r->blackout[r->nblackout].mode = mode;
 	r->blackout[r->nblackout].blackout_us = blackout_us;
@@ -110,6 +119,20 @@ void report_print(const struct report *r, FILE *f)
 				r->blackout[i].mode,
 				S3(r->blackout[i].blackout_us),
 				S3(r->blackout[i].gap_us));
+		fprintf(f, "   where it goes (us, medians): stop vCPUs, save "
+			"state, send (transfer) or exec+load (exec), restore "
+			"(exec: + build VM), wake to KVM_RUN;\n   and of the "
+			"guest's gap, before the stop / after its vCPU's "
+			"KVM_RUN\n%8s %9s %6s %6s %6s %7s %6s %8s %8s\n",
+			"RAM MiB", "mode", "stop", "save", "send", "restore",
+			"run", "gap-pre", "gap-post");
+		for (i = 0; i < r->nblackout; i++)
+			fprintf(f, "%8zu %9s %6.0f %6.0f %6.0f %7.0f %6.0f "
+				"%8.0f %8.0f\n", r->blackout[i].ram_mib,
+				r->blackout[i].mode, r->blackout[i].part[0],
+				r->blackout[i].part[1], r->blackout[i].part[2],
+				r->blackout[i].part[3], r->blackout[i].part[4],
+				r->blackout[i].part[5], r->blackout[i].part[6]);
 	}
 	if (r->ncopy) {
 		fprintf(f, "\n4. copy-migration baseline (ms to send RAM byte "
@@ -212,7 +235,11 @@ int report_json(const struct report *r, const char *path)
 			i ? "," : "", r->blackout[i].ram_mib,
 			r->blackout[i].mode);
 		js3(f, "blackout_us", r->blackout[i].blackout_us, ", ");
-		js3(f, "guest_gap_us", r->blackout[i].gap_us, "}");
+		js3(f, "guest_gap_us", r->blackout[i].gap_us, "");
+		for (int k = 0; k < BENCH_NPARTS; k++)
+			fprintf(f, ", \"%s_med\": %.0f", bench_parts[k],
+				r->blackout[i].part[k]);
+		fprintf(f, "}");
 	}
 	fprintf(f, "\n  ],\n  \"copy\": [");
 	for (i = 0; i < r->ncopy; i++) {
