@@ -74,8 +74,7 @@ fail:
 	return rc;
 }
 
-int cx_send_ack(cprxfer_channel *ch, int phase, int status,
-		const char *reason)
+int cx_send_ack(cprxfer_channel *ch, int phase, int status, const char *reason)
 {
 	uint8_t p[CX_HDR + CX_ACK_LEN];
 	size_t rlen = reason ? strnlen(reason, CX_REASON_MAX) : 0;
@@ -115,8 +114,10 @@ static int recv_ack(cprxfer_channel *ch, const char *what)
 		return rc;
 	if (f.type != CX_F_ACK || f.len < CX_ACK_LEN ||
 	    f.len > CX_ACK_LEN + CX_REASON_MAX)
-		return cx_err(-EPROTO, "%s: expected an ACK frame, got %s of "
-			      "%llu bytes", what, cx_frame_name(f.type),
+		return cx_err(-EPROTO,
+			      "%s: expected an ACK frame, got %s of "
+			      "%llu bytes",
+			      what, cx_frame_name(f.type),
 			      (unsigned long long)f.len);
 	rc = cx_io_read(&ch->io, p, sizeof(p));
 	if (rc < 0)
@@ -135,9 +136,9 @@ static int recv_ack(cprxfer_channel *ch, const char *what)
 			      status);
 	if (status < 0)
 		return cx_err(status, "peer refused%s: %s",
-			      cx_get16(p + 4) == CX_ACK_LOAD ?
-			      " the stream" : "", rlen ? reason :
-			      "(no reason given)");
+			      cx_get16(p + 4) == CX_ACK_LOAD ? " the stream"
+							     : "",
+			      rlen ? reason : "(no reason given)");
 	return 0;
 }
 
@@ -146,8 +147,10 @@ static int check(cprxfer_channel *ch, const char *what)
 	if (!ch)
 		return cx_err(-EINVAL, "%s: NULL channel", what);
 	if (ch->broken)
-		return cx_err(-EPIPE, "%s: channel unusable after an earlier "
-			      "failure (error %d)", what, ch->broken);
+		return cx_err(-EPIPE,
+			      "%s: channel unusable after an earlier "
+			      "failure (error %d)",
+			      what, ch->broken);
 	return 0;
 }
 
@@ -190,12 +193,11 @@ CX_EXPORT void cprxfer_channel_close(cprxfer_channel *ch)
 	free(ch);
 }
 
-CX_EXPORT int cprxfer_channel_set_timeout(cprxfer_channel *ch,
-					  int timeout_ms)
+CX_EXPORT int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms)
 {
 	if (!ch)
 		return cx_err(-EINVAL, "cprxfer_channel_set_timeout: NULL "
-			      "channel");
+				       "channel");
 	ch->o.timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
 	return 0;
 }
@@ -238,7 +240,7 @@ CX_EXPORT int cprxfer_save(cprxfer_channel *ch, const cprxfer_state *st)
 		rc = recv_ack(ch, "cprxfer_save");
 		if (rc == 0)
 			rc = cx_err(-EPROTO, "cprxfer_save: peer acked a "
-				    "stream it had not read");
+					     "stream it had not read");
 	}
 	ch->broken = rc;
 	return cx_err_prefix(rc, "cprxfer_save");
@@ -281,9 +283,11 @@ CX_EXPORT int cprxfer_ack(cprxfer_channel *ch, int status, const char *reason)
 		return rc;
 	if (status > 0 || status < -4095 || status == -ETIMEDOUT ||
 	    status == -ECONNRESET)
-		return cx_err(-EINVAL, "cprxfer_ack: status %d is not 0 or a "
+		return cx_err(-EINVAL,
+			      "cprxfer_ack: status %d is not 0 or a "
 			      "refusal errno (-ETIMEDOUT and -ECONNRESET are "
-			      "reserved)", status);
+			      "reserved)",
+			      status);
 	cx_io_deadline(&ch->io, ch->o.timeout_ms);
 	rc = cx_send_ack(ch, CX_ACK_USER, status, reason);
 	if (rc < 0) {
@@ -308,7 +312,7 @@ CX_EXPORT int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms)
 		rc = recv_ack(ch, "cprxfer_wait_ack");
 	if (rc == -ECONNRESET)
 		return cx_err(rc, "cprxfer_wait_ack: peer closed or died "
-			      "before acknowledging");
+				  "before acknowledging");
 	if (rc == -EPROTO || rc == -EPROTONOSUPPORT) {
 		ch->broken = rc;
 		return cx_err_prefix(rc, "cprxfer_wait_ack");

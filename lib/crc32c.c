@@ -9,6 +9,7 @@
 
 #include "crc32c.h"
 
+/* clang-format off */
 static const uint32_t crc32c_table[256] = {
 	0x00000000, 0xf26b8303, 0xe13b70f7, 0x1350f3f4,
 	0xc79a971f, 0x35f1141c, 0x26a1e7e8, 0xd4ca64eb,
@@ -75,6 +76,7 @@ static const uint32_t crc32c_table[256] = {
 	0x79b737ba, 0x8bdcb4b9, 0x988c474d, 0x6ae7c44e,
 	0xbe2da0a5, 0x4c4623a6, 0x5f16d052, 0xad7d5351,
 };
+/* clang-format on */
 
 static uint32_t crc32c_sw(uint32_t crc, const uint8_t *p, size_t n)
 {
@@ -84,10 +86,11 @@ static uint32_t crc32c_sw(uint32_t crc, const uint8_t *p, size_t n)
 }
 
 #if defined(__x86_64__)
-#define CRC_LONG 8192
+#define CRC_LONG  8192
 #define CRC_SHORT 256
 
 /* Appending 8192 zero bytes to a raw CRC register. */
+/* clang-format off */
 static const uint32_t zeros_long[4][256] = {
 	{
 		0x00000000, 0xe040e0ac, 0xc56db7a9, 0x252d5705,
@@ -354,8 +357,10 @@ static const uint32_t zeros_long[4][256] = {
 		0xd38aa1c4, 0x9a8e53e5, 0x41834586, 0x0887b7a7,
 	},
 };
+/* clang-format on */
 
 /* Appending 256 zero bytes to a raw CRC register. */
+/* clang-format off */
 static const uint32_t zeros_short[4][256] = {
 	{
 		0x00000000, 0xdcb17aa4, 0xbc8e83b9, 0x603ff91d,
@@ -622,6 +627,7 @@ static const uint32_t zeros_short[4][256] = {
 		0x82e30778, 0xa758f2a3, 0xc994ecce, 0xec2f1915,
 	},
 };
+/* clang-format on */
 
 /* Shift a raw CRC register over a run of zeros, by table. */
 static uint32_t crc_shift(const uint32_t z[4][256], uint32_t crc)
@@ -635,9 +641,9 @@ static uint32_t crc_shift(const uint32_t z[4][256], uint32_t crc)
  * instruction's latency; the tables above then join them:
  * crc(A B) = shift(crc(A), |B|) ^ crc(B), for the raw register.
  */
-__attribute__((target("sse4.2")))
-static uint32_t crc_blocks(uint64_t c0, const uint8_t **pp, size_t *np,
-			   size_t blk, const uint32_t z[4][256])
+__attribute__((target("sse4.2"))) static uint32_t crc_blocks(
+	uint64_t c0, const uint8_t **pp, size_t *np, size_t blk,
+	const uint32_t z[4][256])
 {
 	const uint8_t *p = *pp;
 	size_t n = *np;
@@ -665,8 +671,9 @@ static uint32_t crc_blocks(uint64_t c0, const uint8_t **pp, size_t *np,
 	return (uint32_t)c0;
 }
 
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p, size_t n)
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc,
+							    const uint8_t *p,
+							    size_t n)
 {
 	uint64_t c = crc;
 

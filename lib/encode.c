@@ -19,7 +19,7 @@ struct enc {
 	enum cx_mode mode;
 	uint32_t crc;
 	const cprxfer_state *st;
-	int *fds;		/* every fd of the state, in record order */
+	int *fds; /* every fd of the state, in record order */
 	size_t nfds, sent;
 };
 
@@ -90,13 +90,17 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 		if (fd < 0)
 			continue;
 		if (e->mode == CX_MODE_FILE && x->type == CPRXFER_TYPE_FD)
-			return cx_err(-EOPNOTSUPP, "record '%s': an fd cannot "
+			return cx_err(-EOPNOTSUPP,
+				      "record '%s': an fd cannot "
 				      "be saved to a file (it would not "
-				      "survive a reboot)", x->name);
+				      "survive a reboot)",
+				      x->name);
 		if (e->mode == CX_MODE_FILE && !x->v.ram.path)
-			return cx_err(-EOPNOTSUPP, "record '%s': RAM on a "
+			return cx_err(-EOPNOTSUPP,
+				      "record '%s': RAM on a "
 				      "memfd cannot be saved to a file; use "
-				      "cprxfer_ram_open_file", x->name);
+				      "cprxfer_ram_open_file",
+				      x->name);
 		/* On a socket, sendmsg() checks the fds for us (see
 		 * emit_fds); exec mode has no such check. */
 		if (e->mode == CX_MODE_EXEC && fcntl(fd, F_GETFD) < 0)
@@ -108,8 +112,10 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 	if (nfds) {
 		e->fds = malloc(nfds * sizeof(int));
 		if (!e->fds)
-			return cx_err(-ENOMEM, "save: out of memory for %zu "
-				      "fds", nfds);
+			return cx_err(-ENOMEM,
+				      "save: out of memory for %zu "
+				      "fds",
+				      nfds);
 		for (i = 0; i < st->n; i++) {
 			int fd = cx_entry_fd(&st->e[i]);
 
@@ -138,8 +144,10 @@ static int bad_fd(const struct enc *e, size_t first, size_t n)
 
 		for (k = first; fd >= 0 && k < first + n; k++)
 			if (e->fds[k] == fd && fcntl(fd, F_GETFD) < 0)
-				return cx_err(-EBADF, "record '%s': fd %d is "
-					      "not open", x->name, fd);
+				return cx_err(-EBADF,
+					      "record '%s': fd %d is "
+					      "not open",
+					      x->name, fd);
 	}
 	return cx_err(-EBADF, "sendmsg: an fd of the batch is not open");
 }
@@ -166,9 +174,10 @@ static int emit_fds(struct enc *e)
 			uint8_t q[4];
 
 			/* The new image gives the fd back its own flag. */
-			cx_put32(q, (uint32_t)fd |
-				 (fcntl(fd, F_GETFD) & FD_CLOEXEC ? 0 :
-				  CX_FD_KEEP_OPEN));
+			cx_put32(q,
+				 (uint32_t)fd | (fcntl(fd, F_GETFD) & FD_CLOEXEC
+							 ? 0
+							 : CX_FD_KEEP_OPEN));
 			rc = emit(e, q, sizeof(q));
 		}
 	} else if (rc == 0) {
@@ -187,8 +196,7 @@ static int emit_record(struct enc *e, const struct cx_entry *x, size_t *fdi)
 	const void *val = v;
 	int rc;
 
-	if (cx_entry_fd(x) >= 0 && e->mode != CX_MODE_FILE &&
-	    *fdi == e->sent) {
+	if (cx_entry_fd(x) >= 0 && e->mode != CX_MODE_FILE && *fdi == e->sent) {
 		rc = emit_fds(e);
 		if (rc < 0)
 			return rc;

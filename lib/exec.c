@@ -39,8 +39,8 @@
 #include "stream.h"
 #include "wire.h"
 
-#define CX_EXEC_ENV "CPRXFER_EXEC_FD"
-#define CX_EXEC_MEMFD "cprxfer-exec-state"
+#define CX_EXEC_ENV	"CPRXFER_EXEC_FD"
+#define CX_EXEC_MEMFD	"cprxfer-exec-state"
 #define CX_HELPER_STACK (64 * 1024)
 
 extern char **environ;
@@ -53,11 +53,11 @@ extern char **environ;
 /* ---- the teardown helper --------------------------------------------- */
 
 struct helper {
-	int rfd, wfd;		/* the pipe: the helper waits on rfd */
-	int hrfd, hwfd;		/* the same numbers, for the helper only */
-	uint8_t *stack;		/* CX_HELPER_STACK bytes: two halves */
-	pid_t pid;		/* of the helper, or -1 */
-	volatile int tid;	/* cleared by the kernel when it exits */
+	int rfd, wfd;	  /* the pipe: the helper waits on rfd */
+	int hrfd, hwfd;	  /* the same numbers, for the helper only */
+	uint8_t *stack;	  /* CX_HELPER_STACK bytes: two halves */
+	pid_t pid;	  /* of the helper, or -1 */
+	volatile int tid; /* cleared by the kernel when it exits */
 };
 
 /*
@@ -96,8 +96,8 @@ static int spawn_main(void *arg)
 	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, _NSIG / 8);
 	h->tid = 1;
 	h->pid = clone(helper_main, h->stack + CX_HELPER_STACK / 2,
-		       CLONE_VM | CLONE_CHILD_CLEARTID | SIGCHLD, h, NULL,
-		       NULL, &h->tid);
+		       CLONE_VM | CLONE_CHILD_CLEARTID | SIGCHLD, h, NULL, NULL,
+		       &h->tid);
 	if (h->pid < 0)
 		h->tid = 0;
 	return 0;
@@ -192,7 +192,7 @@ static void helper_stop(struct helper *h)
 
 struct fdflag {
 	int fd;
-	int flags;	/* as found: restored if the exec fails */
+	int flags; /* as found: restored if the exec fails */
 };
 
 /* Encode st into a new sealed memfd. */
@@ -211,8 +211,9 @@ static int encode_memfd(const cprxfer_state *st, int *out)
 	cx_io_fini(&io);
 	if (rc < 0)
 		goto fail;
-	if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK |
-		  F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+	if (fcntl(fd, F_ADD_SEALS,
+		  F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) <
+	    0) {
 		rc = cx_err(-errno, "sealing the state memfd: %s",
 			    strerror(errno));
 		goto fail;
@@ -225,8 +226,8 @@ fail:
 }
 
 /* The fds to pass: every fd the state names, once, and the memfd. */
-static int collect_fds(const cprxfer_state *st, int memfd,
-		       struct fdflag **out, size_t *n)
+static int collect_fds(const cprxfer_state *st, int memfd, struct fdflag **out,
+		       size_t *n)
 {
 	struct fdflag *v;
 	size_t i, j, k = 0;
@@ -313,8 +314,10 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 	for (i = 0; i < nfds; i++) {
 		if ((fds[i].flags & FD_CLOEXEC) &&
 		    fcntl(fds[i].fd, F_SETFD, fds[i].flags & ~FD_CLOEXEC) < 0) {
-			rc = cx_err(-errno, "clearing close-on-exec on fd %d: "
-				    "%s", fds[i].fd, strerror(errno));
+			rc = cx_err(-errno,
+				    "clearing close-on-exec on fd %d: "
+				    "%s",
+				    fds[i].fd, strerror(errno));
 			restore_flags(fds, i);
 			goto out;
 		}
@@ -345,8 +348,7 @@ static int check_memfd(int fd)
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	n = readlink(link, target, sizeof(target) - 1);
 	if (n < 0)
-		return cx_err(-errno, "readlink %s: %s", link,
-			      strerror(errno));
+		return cx_err(-errno, "readlink %s: %s", link, strerror(errno));
 	target[n] = 0;
 	if (strncmp(target, "/memfd:" CX_EXEC_MEMFD " ",
 		    sizeof("/memfd:" CX_EXEC_MEMFD)))
@@ -361,8 +363,7 @@ static int check_memfd(int fd)
 	return 0;
 }
 
-CX_EXPORT int cprxfer_load_exec_opts(const cprxfer_opts *o,
-				     cprxfer_state **out)
+CX_EXPORT int cprxfer_load_exec_opts(const cprxfer_opts *o, cprxfer_state **out)
 {
 	struct cprxfer_opts opts;
 	const char *s;
@@ -376,22 +377,28 @@ CX_EXPORT int cprxfer_load_exec_opts(const cprxfer_opts *o,
 	s = getenv(CX_EXEC_ENV);
 	if (!s)
 		return cx_err(-ENOENT, "cprxfer_load_exec: no " CX_EXEC_ENV
-			      " in the environment: not started by "
-			      "cprxfer_exec (or already loaded)");
+				       " in the environment: not started by "
+				       "cprxfer_exec (or already loaded)");
 	errno = 0;
 	v = strtol(s, &end, 10);
 	fd = (int)v;
 	/* Whatever it holds, it is not for our children. */
 	unsetenv(CX_EXEC_ENV);
 	if (errno || end == s || *end || v < 0 || v > INT_MAX)
-		return cx_err(-EBADMSG, "cprxfer_load_exec: " CX_EXEC_ENV
-			      " is not an fd number");
+		return cx_err(-EBADMSG, "cprxfer_load_exec: " CX_EXEC_ENV " is "
+					"not "
+					"an "
+					"fd "
+					"numb"
+					"er");
 	fl = fcntl(fd, F_GETFD);
 	if (fl < 0)
-		return cx_err(-EBADF, "cprxfer_load_exec: " CX_EXEC_ENV "=%d: "
-			      "fd is not open", fd);
+		return cx_err(-EBADF,
+			      "cprxfer_load_exec: " CX_EXEC_ENV "=%d: "
+			      "fd is not open",
+			      fd);
 	rc = check_memfd(fd);
-	if (rc < 0)	/* not ours: leave it alone */
+	if (rc < 0) /* not ours: leave it alone */
 		return cx_err_prefix(rc, "cprxfer_load_exec");
 	fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
 	cx_opts_copy(&opts, o);

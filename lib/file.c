@@ -24,8 +24,7 @@
 #include "wire.h"
 
 /* Split path into its directory ("." if none) and base name. */
-static int split(const char *path, char *dir, size_t dirlen,
-		 const char **base)
+static int split(const char *path, char *dir, size_t dirlen, const char **base)
 {
 	const char *slash = strrchr(path, '/');
 
@@ -61,8 +60,7 @@ static int sync_ram(const cprxfer_state *st)
 			continue;
 		if (fsync(e->v.ram.fd) < 0 && errno != EINVAL)
 			return cx_err(-errno, "record '%s': fsync of %s: %s",
-				      e->name, e->v.ram.path,
-				      strerror(errno));
+				      e->name, e->v.ram.path, strerror(errno));
 	}
 	return 0;
 }
@@ -81,15 +79,19 @@ CX_EXPORT int cprxfer_save_file(const cprxfer_state *st, const char *path)
 		return cx_err(rc, "cprxfer_save_file: bad path '%s'", path);
 	if (snprintf(tmp, sizeof(tmp), "%s/.%s.XXXXXX", dir, base) >=
 	    (int)sizeof(tmp))
-		return cx_err(-ENAMETOOLONG, "cprxfer_save_file: path '%s' is "
-			      "too long", path);
+		return cx_err(-ENAMETOOLONG,
+			      "cprxfer_save_file: path '%s' is "
+			      "too long",
+			      path);
 	rc = sync_ram(st);
 	if (rc < 0)
 		return cx_err_prefix(rc, "cprxfer_save_file");
-	fd = mkostemp(tmp, O_CLOEXEC);	/* mode 0600 */
+	fd = mkostemp(tmp, O_CLOEXEC); /* mode 0600 */
 	if (fd < 0)
-		return cx_err(-errno, "cprxfer_save_file: creating a temporary "
-			      "file in %s: %s", dir, strerror(errno));
+		return cx_err(-errno,
+			      "cprxfer_save_file: creating a temporary "
+			      "file in %s: %s",
+			      dir, strerror(errno));
 	rc = cx_io_init(&io, fd, false);
 	if (rc == 0) {
 		rc = cx_encode(&io, st, CX_MODE_FILE);
@@ -136,22 +138,24 @@ static int verify_crc(int fd, const char *path)
 			      (long long)st.st_size);
 	end = st.st_size - 8;
 	while (off < end) {
-		size_t n = end - off < (off_t)sizeof(buf) ?
-			   (size_t)(end - off) : sizeof(buf);
+		size_t n = end - off < (off_t)sizeof(buf) ? (size_t)(end - off)
+							  : sizeof(buf);
 		ssize_t r = pread(fd, buf, n, off);
 
 		if (r <= 0)
 			return cx_err(r < 0 ? -errno : -EBADMSG, "read %s: %s",
-				      path, r < 0 ? strerror(errno) :
-				      "truncated");
+				      path,
+				      r < 0 ? strerror(errno) : "truncated");
 		crc = cx_crc32c(crc, buf, (size_t)r);
 		off += r;
 	}
 	if (pread(fd, tail, 8, end) != 8)
 		return cx_err(-EBADMSG, "%s: truncated", path);
 	if (cx_get32(tail) != crc || cx_get32(tail + 4) != 0)
-		return cx_err(-EBADMSG, "%s: checksum mismatch: the file is "
-			      "corrupted or truncated", path);
+		return cx_err(-EBADMSG,
+			      "%s: checksum mismatch: the file is "
+			      "corrupted or truncated",
+			      path);
 	return 0;
 }
 
@@ -165,8 +169,10 @@ static int check_tail(int fd, const char *path, const struct stat *st)
 
 	if (pread(fd, b, 8, CX_HDR + 16) != 8 ||
 	    cx_get64(b) != (uint64_t)st->st_size)
-		return cx_err(-EBADMSG, "%s: %lld bytes, the stream it holds "
-			      "declares %llu", path, (long long)st->st_size,
+		return cx_err(-EBADMSG,
+			      "%s: %lld bytes, the stream it holds "
+			      "declares %llu",
+			      path, (long long)st->st_size,
 			      (unsigned long long)cx_get64(b));
 	if (pread(fd, b, 4, st->st_size - 4) != 4 || cx_get32(b) != 0)
 		return cx_err(-EBADMSG, "%s: END frame corrupted", path);
@@ -190,8 +196,10 @@ CX_EXPORT int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
 		return cx_err(-errno, "cprxfer_load_file: open %s: %s", path,
 			      strerror(errno));
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		rc = cx_err(-EINVAL, "cprxfer_load_file: %s is not a regular "
-			    "file", path);
+		rc = cx_err(-EINVAL,
+			    "cprxfer_load_file: %s is not a regular "
+			    "file",
+			    path);
 		goto out;
 	}
 	cx_opts_copy(&opts, o);
@@ -215,9 +223,10 @@ CX_EXPORT int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
 		if (rc == 0)
 			rc = cx_err(err, "%s", why);
 		else if (rc == -EBADMSG)
-			rc = cx_err(rc, "%s: checksum mismatch: the file is "
-				    "corrupted (decoding said: %.300s)", path,
-				    why);
+			rc = cx_err(rc,
+				    "%s: checksum mismatch: the file is "
+				    "corrupted (decoding said: %.300s)",
+				    path, why);
 	}
 out:
 	cx_close(fd);

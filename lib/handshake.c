@@ -52,16 +52,19 @@ static int recv_hello(cprxfer_channel *ch, uint32_t *features)
 		return rc;
 	if (f.type != CX_F_HELLO || f.len < CX_HELLO_LEN ||
 	    f.len > CX_HELLO_LEN + CX_TAG_MAX)
-		return cx_err(-EPROTO, "expected a HELLO frame, got %s of "
-			      "%llu bytes", cx_frame_name(f.type),
-			      (unsigned long long)f.len);
+		return cx_err(-EPROTO,
+			      "expected a HELLO frame, got %s of "
+			      "%llu bytes",
+			      cx_frame_name(f.type), (unsigned long long)f.len);
 	rc = cx_io_read(&ch->io, p, sizeof(p));
 	if (rc < 0)
 		return rc;
 	tlen = cx_get16(p + 12);
 	if (CX_HELLO_LEN + tlen != f.len)
-		return cx_err(-EPROTO, "HELLO: tag length %zu does not match "
-			      "the frame", tlen);
+		return cx_err(-EPROTO,
+			      "HELLO: tag length %zu does not match "
+			      "the frame",
+			      tlen);
 	rc = cx_io_read(&ch->io, ch->peer_tag, tlen);
 	if (rc < 0)
 		return rc;
@@ -80,7 +83,8 @@ static int judge(const cprxfer_channel *ch, uint32_t features)
 	bool ok;
 
 	if (features & CX_FEATURES_REQUIRED & ~CX_FEATURES)
-		return cx_err(-EPROTONOSUPPORT, "peer requires features "
+		return cx_err(-EPROTONOSUPPORT,
+			      "peer requires features "
 			      "0x%08x that this library lacks",
 			      features & CX_FEATURES_REQUIRED & ~CX_FEATURES);
 	ok = ch->peer_uid == me;
@@ -89,12 +93,16 @@ static int judge(const cprxfer_channel *ch, uint32_t features)
 	for (i = 0; !ok && i < ch->o.npids; i++)
 		ok = ch->peer_pid == ch->o.pids[i];
 	if (!ok)
-		return cx_err(-EPERM, "peer pid %d runs as uid %u, not uid %u "
-			      "and not an allowed peer", (int)ch->peer_pid,
-			      (unsigned)ch->peer_uid, (unsigned)me);
+		return cx_err(-EPERM,
+			      "peer pid %d runs as uid %u, not uid %u "
+			      "and not an allowed peer",
+			      (int)ch->peer_pid, (unsigned)ch->peer_uid,
+			      (unsigned)me);
 	if (ch->o.tag[0] && strcmp(ch->o.tag, ch->peer_tag))
-		return cx_err(-EBADE, "peer's application tag '%s' differs "
-			      "from ours '%s'", ch->peer_tag, ch->o.tag);
+		return cx_err(-EBADE,
+			      "peer's application tag '%s' differs "
+			      "from ours '%s'",
+			      ch->peer_tag, ch->o.tag);
 	return 0;
 }
 
@@ -175,8 +183,7 @@ int cx_handshake(cprxfer_channel *ch)
 		if (rc == 0 || v != -ECONNRESET)
 			rc = v;
 	}
-	if (rc < 0 && rc != -EPERM && rc != -EBADE &&
-	    rc != -EPROTONOSUPPORT)
+	if (rc < 0 && rc != -EPERM && rc != -EBADE && rc != -EPROTONOSUPPORT)
 		return cx_err_prefix(rc, "handshake");
 	return rc;
 }

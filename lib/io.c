@@ -19,8 +19,8 @@
 #include "io.h"
 #include "wire.h"
 
-#define CX_RBUF (64 * 1024)
-#define CX_WBUF (64 * 1024)
+#define CX_RBUF	      (64 * 1024)
+#define CX_WBUF	      (64 * 1024)
 #define CX_CMSG_SPACE CMSG_SPACE(CX_FDS_BATCH * sizeof(int))
 
 int64_t cx_now_ns(void)
@@ -69,8 +69,9 @@ void cx_io_fini(struct cx_io *io)
 
 void cx_io_deadline(struct cx_io *io, int timeout_ms)
 {
-	io->deadline = timeout_ms < 0 ? INT64_MAX :
-		cx_now_ns() + (int64_t)timeout_ms * 1000000;
+	io->deadline = timeout_ms < 0
+			       ? INT64_MAX
+			       : cx_now_ns() + (int64_t)timeout_ms * 1000000;
 }
 
 /* poll() for events until the deadline; 0, -ETIMEDOUT or -errno. */
@@ -125,7 +126,8 @@ static int fdq_push(struct cx_io *io, const int *fds, size_t n)
 
 		for (i = 0; i < n; i++)
 			cx_close(fds[i]);
-		return cx_err(-EMFILE, "stream brings more than %llu fds "
+		return cx_err(-EMFILE,
+			      "stream brings more than %llu fds "
 			      "(%llu received, %zu more arrived)",
 			      (unsigned long long)io->max_fds,
 			      (unsigned long long)had, n);
@@ -174,7 +176,8 @@ static int take_cmsgs(struct cx_io *io, struct msghdr *m)
 	}
 	if (rc == 0 && (m->msg_flags & MSG_CTRUNC))
 		rc = cx_err(-EMFILE, "recvmsg: fds truncated (MSG_CTRUNC): "
-			    "the fd table is full or the peer sent too many");
+				     "the fd table is full or the peer sent "
+				     "too many");
 	return rc;
 }
 
@@ -189,8 +192,10 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 	for (;;) {
 		struct iovec iov = { .iov_base = dst, .iov_len = n };
 		struct msghdr m = {
-			.msg_iov = &iov, .msg_iovlen = 1,
-			.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
+			.msg_iov = &iov,
+			.msg_iovlen = 1,
+			.msg_control = u.buf,
+			.msg_controllen = sizeof(u.buf),
 		};
 		ssize_t r;
 		short rev;
@@ -198,8 +203,8 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 
 		hook(io->fd, CX_HOOK_RECV, &iov.iov_len);
 		if (io->sock)
-			r = recvmsg(io->fd, &m, MSG_DONTWAIT |
-				    MSG_CMSG_CLOEXEC);
+			r = recvmsg(io->fd, &m,
+				    MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 		else
 			r = read(io->fd, dst, iov.iov_len);
 		if (r > 0) {
@@ -217,9 +222,9 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 		if (r == 0) {
 			if (!io->sock)
 				return cx_err(-ENODATA, "unexpected end of "
-					      "file");
+							"file");
 			return cx_err(-ECONNRESET, "peer closed the "
-				      "connection");
+						   "connection");
 		}
 		if (errno == EINTR)
 			continue;
@@ -345,7 +350,8 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 		if (errno == EINTR)
 			continue;
 		if (errno == EPIPE || errno == ECONNRESET)
-			return cx_err(-ECONNRESET, "peer closed the connection");
+			return cx_err(-ECONNRESET, "peer closed the "
+						   "connection");
 		if (errno != EAGAIN)
 			return cx_err(-errno, "%s: %s",
 				      io->sock ? "sendmsg" : "write",

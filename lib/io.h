@@ -13,20 +13,20 @@
 
 struct cx_io {
 	int fd;
-	bool sock;		/* recvmsg/sendmsg with fds; else read/write */
-	int64_t deadline;	/* CLOCK_MONOTONIC ns; INT64_MAX: none */
+	bool sock;	  /* recvmsg/sendmsg with fds; else read/write */
+	int64_t deadline; /* CLOCK_MONOTONIC ns; INT64_MAX: none */
 
 	uint8_t *rbuf;
 	size_t rcap, rpos, rlen;
 
-	int *fdq;		/* fds received and not yet claimed */
+	int *fdq; /* fds received and not yet claimed */
 	size_t fdq_len, fdq_cap, fdq_pos;
-	uint64_t max_fds;	/* fds one stream may bring */
-	uint64_t fds_in;	/* fds received since cx_io_reset_fds */
+	uint64_t max_fds; /* fds one stream may bring */
+	uint64_t fds_in;  /* fds received since cx_io_reset_fds */
 
 	uint8_t *wbuf;
 	size_t wcap, wlen;
-	uint64_t out_bytes;	/* bytes that left through write/sendmsg */
+	uint64_t out_bytes; /* bytes that left through write/sendmsg */
 
 	/* A peer's ACK frame seen while writing: set by the writer. */
 	bool peer_spoke;
@@ -77,7 +77,12 @@ int cx_io_flush(struct cx_io *io, const int *fds, size_t nfds);
  * at an exact byte, and with CX_HOOK_SENT / CX_HOOK_RECVD after each
  * transfer with the bytes moved.
  */
-enum { CX_HOOK_SEND, CX_HOOK_SENT, CX_HOOK_RECV, CX_HOOK_RECVD };
+enum {
+	CX_HOOK_SEND,
+	CX_HOOK_SENT,
+	CX_HOOK_RECV,
+	CX_HOOK_RECVD
+};
 extern void (*cx_io_fault_hook)(int fd, int op, size_t *len);
 
 #endif

@@ -52,8 +52,7 @@ CX_EXPORT void cprxfer_opts_free(cprxfer_opts *o)
 	free(o);
 }
 
-CX_EXPORT int cprxfer_opts_set_limit(cprxfer_opts *o, int which,
-				     uint64_t value)
+CX_EXPORT int cprxfer_opts_set_limit(cprxfer_opts *o, int which, uint64_t value)
 {
 	if (!o)
 		return cx_err(-EINVAL, "cprxfer_opts_set_limit: NULL options");
@@ -80,7 +79,8 @@ CX_EXPORT int cprxfer_opts_set_limit(cprxfer_opts *o, int which,
 CX_EXPORT int cprxfer_opts_set_timeout(cprxfer_opts *o, int timeout_ms)
 {
 	if (!o)
-		return cx_err(-EINVAL, "cprxfer_opts_set_timeout: NULL options");
+		return cx_err(-EINVAL, "cprxfer_opts_set_timeout: NULL "
+				       "options");
 	o->timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
 	return 0;
 }
@@ -94,7 +94,8 @@ CX_EXPORT int cprxfer_opts_set_tag(cprxfer_opts *o, const char *tag)
 	n = strlen(tag);
 	if (n > CX_TAG_MAX)
 		return cx_err(-ENAMETOOLONG,
-			      "cprxfer_opts_set_tag: tag of %zu bytes exceeds %d",
+			      "cprxfer_opts_set_tag: tag of %zu bytes exceeds "
+			      "%d",
 			      n, CX_TAG_MAX);
 	memcpy(o->tag, tag, n + 1);
 	return 0;
@@ -105,7 +106,8 @@ CX_EXPORT int cprxfer_opts_allow_uid(cprxfer_opts *o, uid_t uid)
 	if (!o)
 		return cx_err(-EINVAL, "cprxfer_opts_allow_uid: NULL options");
 	if (o->nuids == CX_ALLOW_MAX)
-		return cx_err(-ENOSPC, "cprxfer_opts_allow_uid: at most %d uids",
+		return cx_err(-ENOSPC,
+			      "cprxfer_opts_allow_uid: at most %d uids",
 			      CX_ALLOW_MAX);
 	o->uids[o->nuids++] = uid;
 	return 0;
@@ -116,7 +118,8 @@ CX_EXPORT int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid)
 	if (!o || pid <= 0)
 		return cx_err(-EINVAL, "cprxfer_opts_allow_pid: bad argument");
 	if (o->npids == CX_ALLOW_MAX)
-		return cx_err(-ENOSPC, "cprxfer_opts_allow_pid: at most %d pids",
+		return cx_err(-ENOSPC,
+			      "cprxfer_opts_allow_pid: at most %d pids",
 			      CX_ALLOW_MAX);
 	o->pids[o->npids++] = pid;
 	return 0;

@@ -9,14 +9,14 @@
 #include <cprxfer/cprxfer.h>
 
 #define CX_ALLOW_MAX 16
-#define CX_TAG_MAX 255
+#define CX_TAG_MAX   255
 
 struct cprxfer_opts {
 	int timeout_ms;
 	uint64_t max_record;
 	uint64_t max_stream;
 	uint64_t max_records;
-	uint64_t max_fds;	/* 0: the soft RLIMIT_NOFILE at load time */
+	uint64_t max_fds; /* 0: the soft RLIMIT_NOFILE at load time */
 	char tag[CX_TAG_MAX + 1];
 	uid_t uids[CX_ALLOW_MAX];
 	unsigned nuids;

@@ -28,16 +28,21 @@
 #define HUGETLBFS_MAGIC 0x958458f6
 #endif
 
-#define CX_RAM_FLAGS (CPRXFER_RAM_HUGEPAGE | CPRXFER_RAM_POPULATE | \
-		      CPRXFER_RAM_POPULATE_RESIDENT)
+#define CX_RAM_FLAGS                                   \
+	(CPRXFER_RAM_HUGEPAGE | CPRXFER_RAM_POPULATE | \
+	 CPRXFER_RAM_POPULATE_RESIDENT)
 #define CX_HUGE_ALIGN (2ul << 20)
 
 /* Flags of a RAM record on the wire (informational). */
-#define CX_RAM_F_HUGETLB 0x1u	/* hugetlbfs pages */
-#define CX_RAM_F_FILE 0x2u	/* a named file, reopened by path */
+#define CX_RAM_F_HUGETLB 0x1u /* hugetlbfs pages */
+#define CX_RAM_F_FILE	 0x2u /* a named file, reopened by path */
 
 /* What an fd backing a region is. */
-enum { KIND_MEMFD = 1, KIND_FILE, KIND_DAX };
+enum {
+	KIND_MEMFD = 1,
+	KIND_FILE,
+	KIND_DAX
+};
 
 static size_t page_size(void)
 {
@@ -73,9 +78,10 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 		return cx_err(-errno, "%s: fstat of fd %d: %s", what, fd,
 			      strerror(errno));
 	if (!S_ISREG(st->st_mode) && !S_ISCHR(st->st_mode))
-		return cx_err(-EINVAL, "%s: fd %d is %s, not a memfd or a "
-			      "regular file", what, fd,
-			      fd_type_name(st->st_mode));
+		return cx_err(-EINVAL,
+			      "%s: fd %d is %s, not a memfd or a "
+			      "regular file",
+			      what, fd, fd_type_name(st->st_mode));
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	n = readlink(link, path, pathlen - 1);
 	if (n < 0)
@@ -84,9 +90,10 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 	path[n] = 0;
 	if (S_ISCHR(st->st_mode)) {
 		if (strncmp(path, "/dev/dax", 8))
-			return cx_err(-EINVAL, "%s: fd %d is a character "
-				      "device (%s), not a dax device", what,
-				      fd, path);
+			return cx_err(-EINVAL,
+				      "%s: fd %d is a character "
+				      "device (%s), not a dax device",
+				      what, fd, path);
 		*kind = KIND_DAX;
 		return 0;
 	}
@@ -97,7 +104,7 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 	}
 	*kind = KIND_FILE;
 	if (st->st_nlink == 0 || path[0] != '/')
-		path[0] = 0;	/* unlinked: only the fd can carry it */
+		path[0] = 0; /* unlinked: only the fd can carry it */
 	return 0;
 }
 
@@ -106,8 +113,8 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
  * sealed against shrinking, a regular file or a dax device, of exactly
  * that size.
  */
-static int fd_check(const char *what, const char *name, int fd,
-		    uint64_t size, char *path, size_t pathlen, int *kind)
+static int fd_check(const char *what, const char *name, int fd, uint64_t size,
+		    char *path, size_t pathlen, int *kind)
 {
 	struct stat st;
 	int rc, seals;
@@ -116,18 +123,20 @@ static int fd_check(const char *what, const char *name, int fd,
 	if (rc < 0)
 		return cx_err_prefix(rc, "record '%s'", name);
 	if (*kind != KIND_DAX && (uint64_t)st.st_size != size)
-		return cx_err(-EBADMSG, "record '%s': %s: fd %d is %llu bytes, "
-			      "the region is %llu", name, what, fd,
-			      (unsigned long long)st.st_size,
+		return cx_err(-EBADMSG,
+			      "record '%s': %s: fd %d is %llu bytes, "
+			      "the region is %llu",
+			      name, what, fd, (unsigned long long)st.st_size,
 			      (unsigned long long)size);
 	if (*kind != KIND_MEMFD)
 		return 0;
 	seals = fcntl(fd, F_GET_SEALS);
 	if (seals < 0 || !(seals & F_SEAL_SHRINK))
-		return cx_err(-EBADFD, "record '%s': %s: memfd %d is not "
+		return cx_err(-EBADFD,
+			      "record '%s': %s: memfd %d is not "
 			      "sealed against shrinking (F_SEAL_SHRINK): a "
-			      "mapping of it could fault with SIGBUS", name,
-			      what, fd);
+			      "mapping of it could fault with SIGBUS",
+			      name, what, fd);
 	return 0;
 }
 
@@ -148,24 +157,25 @@ static int map_shared(const char *what, int fd, size_t size, void **out)
 	size_t span;
 
 	if (size < CX_HUGE_ALIGN) {
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
-			 0);
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 		if (p == MAP_FAILED)
-			return cx_err(-errno, "%s: mmap of %zu bytes: %s",
-				      what, size, strerror(errno));
+			return cx_err(-errno, "%s: mmap of %zu bytes: %s", what,
+				      size, strerror(errno));
 		*out = p;
 		return 0;
 	}
 	span = size + CX_HUGE_ALIGN;
-	res = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS |
-		   MAP_NORESERVE, -1, 0);
+	res = mmap(NULL, span, PROT_NONE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (res == MAP_FAILED)
-		return cx_err(-errno, "%s: reserving %zu bytes of address "
-			      "space: %s", what, span, strerror(errno));
+		return cx_err(-errno,
+			      "%s: reserving %zu bytes of address "
+			      "space: %s",
+			      what, span, strerror(errno));
 	aligned = (uint8_t *)(((uintptr_t)res + CX_HUGE_ALIGN - 1) &
 			      ~(uintptr_t)(CX_HUGE_ALIGN - 1));
-	p = mmap(aligned, size, PROT_READ | PROT_WRITE, MAP_SHARED |
-		 MAP_FIXED, fd, 0);
+	p = mmap(aligned, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+		 fd, 0);
 	if (p == MAP_FAILED) {
 		int err = errno;
 
@@ -218,7 +228,7 @@ static int populate_range(uint8_t *p, size_t n)
  */
 static int populate_resident(uint8_t *addr, size_t size)
 {
-	const size_t chunk = 65536;	/* pages per mincore() call */
+	const size_t chunk = 65536; /* pages per mincore() call */
 	size_t pg = page_size(), npages = (size + pg - 1) / pg, i, j;
 	unsigned char *vec;
 	int rc = 0;
@@ -280,8 +290,7 @@ static bool hugetlb_fits(size_t size)
 			kb = v;
 	}
 	fclose(f);
-	return kb && size % (kb << 10) == 0 &&
-	       free_pages * (kb << 10) >= size;
+	return kb && size % (kb << 10) == 0 && free_pages * (kb << 10) >= size;
 }
 
 static int check_out(const char *what, size_t size, unsigned flags,
@@ -322,8 +331,8 @@ fail:
 	return rc;
 }
 
-CX_EXPORT int cprxfer_ram_create(const char *name, size_t size,
-				 unsigned flags, struct cprxfer_ram *out)
+CX_EXPORT int cprxfer_ram_create(const char *name, size_t size, unsigned flags,
+				 struct cprxfer_ram *out)
 {
 	const char *what = "cprxfer_ram_create";
 	unsigned mfd = MFD_CLOEXEC | MFD_ALLOW_SEALING;
@@ -346,8 +355,8 @@ CX_EXPORT int cprxfer_ram_create(const char *name, size_t size,
 			    size, strerror(errno));
 		goto fail;
 	}
-	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
-		  F_SEAL_SEAL) < 0) {
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) <
+	    0) {
 		rc = cx_err(-errno, "%s: sealing the memfd: %s", what,
 			    strerror(errno));
 		goto fail;
@@ -382,9 +391,11 @@ CX_EXPORT int cprxfer_ram_open_file(const char *path, size_t size,
 	if (S_ISREG(st.st_mode)) {
 		if ((uint64_t)st.st_size > size) {
 			/* Shrinking would throw away what it holds. */
-			rc = cx_err(-EINVAL, "%s: %s is %llu bytes, more than "
-				    "the %zu asked for", what, path,
-				    (unsigned long long)st.st_size, size);
+			rc = cx_err(-EINVAL,
+				    "%s: %s is %llu bytes, more than "
+				    "the %zu asked for",
+				    what, path, (unsigned long long)st.st_size,
+				    size);
 			goto fail;
 		}
 		if ((uint64_t)st.st_size < size &&
@@ -394,9 +405,10 @@ CX_EXPORT int cprxfer_ram_open_file(const char *path, size_t size,
 			goto fail;
 		}
 	} else if (!S_ISCHR(st.st_mode) || strncmp(path, "/dev/dax", 8)) {
-		rc = cx_err(-EINVAL, "%s: %s is %s, not a regular file or a "
-			    "dax device", what, path,
-			    fd_type_name(st.st_mode));
+		rc = cx_err(-EINVAL,
+			    "%s: %s is %s, not a regular file or a "
+			    "dax device",
+			    what, path, fd_type_name(st.st_mode));
 		goto fail;
 	}
 	return finish(what, fd, size, flags, out);
@@ -467,8 +479,10 @@ CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 	if (!e)
 		return cx_err(-ENOENT, "%s: no record '%s'", what, name);
 	if (e->type != CPRXFER_TYPE_RAM)
-		return cx_err(-ENOMSG, "%s: record '%s' is of type %d, not "
-			      "RAM", what, name, e->type);
+		return cx_err(-ENOMSG,
+			      "%s: record '%s' is of type %d, not "
+			      "RAM",
+			      what, name, e->type);
 	size = e->v.ram.size;
 	if (!size || size > SIZE_MAX)
 		return cx_err(-EBADMSG, "%s: record '%s': size %llu", what,
@@ -476,9 +490,10 @@ CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 	if (e->v.ram.fd >= 0) {
 		fd = fcntl(e->v.ram.fd, F_DUPFD_CLOEXEC, 0);
 		if (fd < 0)
-			return cx_err(-errno, "%s: record '%s': dup of fd "
-				      "%d: %s", what, name, e->v.ram.fd,
-				      strerror(errno));
+			return cx_err(-errno,
+				      "%s: record '%s': dup of fd "
+				      "%d: %s",
+				      what, name, e->v.ram.fd, strerror(errno));
 	} else if (e->v.ram.path) {
 		fd = open(e->v.ram.path, O_RDWR | O_CLOEXEC);
 		if (fd < 0)
@@ -486,8 +501,10 @@ CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 				      what, name, e->v.ram.path,
 				      strerror(errno));
 	} else {
-		return cx_err(-EBADF, "%s: record '%s' has neither an fd nor "
-			      "a path", what, name);
+		return cx_err(-EBADF,
+			      "%s: record '%s' has neither an fd nor "
+			      "a path",
+			      what, name);
 	}
 	rc = fd_check(what, name, fd, size, path, sizeof(path), &kind);
 	if (rc < 0) {
@@ -500,8 +517,7 @@ CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 	return 0;
 }
 
-CX_EXPORT int cprxfer_ram_populate(const struct cprxfer_ram *r,
-				   unsigned flags)
+CX_EXPORT int cprxfer_ram_populate(const struct cprxfer_ram *r, unsigned flags)
 {
 	const char *what = "cprxfer_ram_populate";
 	int rc;
@@ -526,8 +542,10 @@ static int thp_eligible(const void *addr)
 
 	f = fopen("/proc/self/smaps", "re");
 	if (!f)
-		return cx_err(-errno, "cprxfer_ram_backing: /proc/self/smaps: "
-			      "%s", strerror(errno));
+		return cx_err(-errno,
+			      "cprxfer_ram_backing: /proc/self/smaps: "
+			      "%s",
+			      strerror(errno));
 	while (fgets(line, sizeof(line), f)) {
 		/* A vma starts "lo-hi perms ..."; no field name does. */
 		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
@@ -543,8 +561,10 @@ static int thp_eligible(const void *addr)
 	}
 	fclose(f);
 	if (rc < 0 && !in)
-		return cx_err(-EINVAL, "cprxfer_ram_backing: %p is not "
-			      "mapped", addr);
+		return cx_err(-EINVAL,
+			      "cprxfer_ram_backing: %p is not "
+			      "mapped",
+			      addr);
 	return rc < 0 ? 0 : rc;
 }
 
@@ -561,7 +581,7 @@ CX_EXPORT int cprxfer_ram_backing(const struct cprxfer_ram *r)
 		return CPRXFER_BACKING_HUGETLB;
 	if (!r->addr)
 		return cx_err(-EINVAL, "cprxfer_ram_backing: region not "
-			      "mapped");
+				       "mapped");
 	rc = thp_eligible(r->addr);
 	if (rc < 0)
 		return rc;
@@ -571,7 +591,7 @@ CX_EXPORT int cprxfer_ram_backing(const struct cprxfer_ram *r)
 CX_EXPORT void cprxfer_ram_release(struct cprxfer_ram *r)
 {
 	if (!r || (!r->addr && !r->size))
-		return;	/* NULL, zeroed or already released */
+		return; /* NULL, zeroed or already released */
 	if (r->addr && r->size)
 		munmap(r->addr, r->size);
 	cx_close(r->fd);

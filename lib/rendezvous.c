@@ -35,7 +35,7 @@
 struct cprxfer_listener {
 	int fd;
 	char *path;
-	dev_t dev;		/* the socket inode we put at path */
+	dev_t dev; /* the socket inode we put at path */
 	ino_t ino;
 	struct cprxfer_opts o;
 };
@@ -56,12 +56,11 @@ static int ms_left(int64_t deadline)
 
 static int64_t deadline_of(int timeout_ms)
 {
-	return timeout_ms < 0 ? INT64_MAX :
-		cx_now_ns() + (int64_t)timeout_ms * 1000000;
+	return timeout_ms < 0 ? INT64_MAX
+			      : cx_now_ns() + (int64_t)timeout_ms * 1000000;
 }
 
-static int fill_addr(struct sockaddr_un *sa, const char *path,
-		     const char *what)
+static int fill_addr(struct sockaddr_un *sa, const char *path, const char *what)
 {
 	size_t n = strlen(path);
 
@@ -70,9 +69,10 @@ static int fill_addr(struct sockaddr_un *sa, const char *path,
 	if (n == 0)
 		return cx_err(-EINVAL, "%s: empty path", what);
 	if (n >= sizeof(sa->sun_path))
-		return cx_err(-ENAMETOOLONG, "%s: path '%s' is %zu bytes, a "
-			      "unix socket path holds at most %zu", what,
-			      path, n, sizeof(sa->sun_path) - 1);
+		return cx_err(-ENAMETOOLONG,
+			      "%s: path '%s' is %zu bytes, a "
+			      "unix socket path holds at most %zu",
+			      what, path, n, sizeof(sa->sun_path) - 1);
 	memcpy(sa->sun_path, path, n + 1);
 	return 0;
 }
@@ -106,12 +106,14 @@ static int probe_live(const char *path)
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
 		rc = 1;
 	else if (errno == EAGAIN)
-		rc = 1;		/* backlog full: very much alive */
+		rc = 1; /* backlog full: very much alive */
 	else if (errno == ECONNREFUSED || errno == ENOENT)
 		rc = 0;
 	else
-		rc = cx_err(-errno, "cprxfer_listen: probing the socket at "
-			    "'%s': %s", path, strerror(errno));
+		rc = cx_err(-errno,
+			    "cprxfer_listen: probing the socket at "
+			    "'%s': %s",
+			    path, strerror(errno));
 	cx_close(fd);
 	return rc;
 }
@@ -148,13 +150,16 @@ static int check_path(const char *path)
 			      strerror(errno));
 	}
 	if (!S_ISSOCK(st.st_mode))
-		return cx_err(-EEXIST, "cprxfer_listen: '%s' exists and is %s; "
-			      "refusing to replace it", path,
-			      kind_of(st.st_mode));
+		return cx_err(-EEXIST,
+			      "cprxfer_listen: '%s' exists and is %s; "
+			      "refusing to replace it",
+			      path, kind_of(st.st_mode));
 	rc = probe_live(path);
 	if (rc == 1)
-		return cx_err(-EADDRINUSE, "cprxfer_listen: another process "
-			      "is listening on '%s'", path);
+		return cx_err(-EADDRINUSE,
+			      "cprxfer_listen: another process "
+			      "is listening on '%s'",
+			      path);
 	return rc < 0 ? rc : 1;
 }
 
@@ -174,8 +179,9 @@ static int bind_temp(int fd, const char *path, char *tmp, size_t tmpsz,
 		int i;
 
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		r = (unsigned long)ts.tv_nsec ^ ((unsigned long)getpid() << 20)
-			^ (unsigned long)tries * 0x9e3779b9ul;
+		r = (unsigned long)ts.tv_nsec ^
+		    ((unsigned long)getpid() << 20) ^
+		    (unsigned long)tries * 0x9e3779b9ul;
 		for (i = 0; i < 8; i++, r >>= 4)
 			sfx[i] = hex[r & 15];
 		sfx[8] = 0;
@@ -185,9 +191,11 @@ static int bind_temp(int fd, const char *path, char *tmp, size_t tmpsz,
 		else
 			rc = snprintf(tmp, tmpsz, ".cx-%s.tmp", sfx);
 		if (rc < 0 || (size_t)rc >= tmpsz)
-			return cx_err(-ENAMETOOLONG, "cprxfer_listen: no room "
+			return cx_err(-ENAMETOOLONG,
+				      "cprxfer_listen: no room "
 				      "for a temporary name next to '%s' in "
-				      "a unix socket path", path);
+				      "a unix socket path",
+				      path);
 		rc = fill_addr(&sa, tmp, "cprxfer_listen");
 		if (rc < 0)
 			return rc;
@@ -198,8 +206,10 @@ static int bind_temp(int fd, const char *path, char *tmp, size_t tmpsz,
 				      tmp, strerror(errno));
 	}
 	if (tries == 8)
-		return cx_err(-EADDRINUSE, "cprxfer_listen: no free temporary "
-			      "name next to '%s'", path);
+		return cx_err(-EADDRINUSE,
+			      "cprxfer_listen: no free temporary "
+			      "name next to '%s'",
+			      path);
 	/* The umask applied at bind: set the mode we promise. */
 	if (chmod(tmp, 0600) < 0 || lstat(tmp, st) < 0) {
 		rc = cx_err(-errno, "cprxfer_listen: chmod '%s': %s", tmp,
@@ -286,8 +296,10 @@ CX_EXPORT int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 	if (lstat(path, &now) < 0 || now.st_dev != st.st_dev ||
 	    now.st_ino != st.st_ino) {
 		/* Someone swapped our temporary name: do not trust it. */
-		rc = cx_err(-EADDRINUSE, "cprxfer_listen: '%s' was replaced "
-			    "while it was being created", path);
+		rc = cx_err(-EADDRINUSE,
+			    "cprxfer_listen: '%s' was replaced "
+			    "while it was being created",
+			    path);
 		goto fail_fd;
 	}
 	l->fd = fd;
@@ -391,11 +403,14 @@ CX_EXPORT int cprxfer_accept(cprxfer_listener *l, int timeout_ms,
 		cprxfer_channel_close(ch);
 	}
 	if (refused)
-		return cx_err(refused, "cprxfer_accept: no acceptable peer "
+		return cx_err(refused,
+			      "cprxfer_accept: no acceptable peer "
 			      "within %d ms; last one dropped: %s",
 			      timeout_ms, last);
-	return cx_err(-ETIMEDOUT, "cprxfer_accept: no peer connected to '%s' "
-		      "within %d ms", l->path, timeout_ms);
+	return cx_err(-ETIMEDOUT,
+		      "cprxfer_accept: no peer connected to '%s' "
+		      "within %d ms",
+		      l->path, timeout_ms);
 }
 
 /* ---- connect ---------------------------------------------------------- */
@@ -409,25 +424,27 @@ CX_EXPORT int cprxfer_accept(cprxfer_listener *l, int timeout_ms,
 struct waiter {
 	int ifd;
 	int wd;
-	bool ancestor;			/* watching above the path's dir */
-	bool self_gone;			/* the watched dir went away */
+	bool ancestor;	/* watching above the path's dir */
+	bool self_gone; /* the watched dir went away */
 	char dir[PATH_MAX];
-	char name[NAME_MAX + 1];	/* the entry that matters in dir */
+	char name[NAME_MAX + 1]; /* the entry that matters in dir */
 };
 
 /* Watch the deepest existing directory on the way to path. */
 static int waiter_arm(struct waiter *w, const char *path)
 {
 	const uint32_t mask = IN_CREATE | IN_MOVED_TO | IN_ATTRIB |
-		IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
+			      IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
 	size_t full = strlen(path), end = full;
 	int rounds = 0;
 
 	if (w->ifd < 0) {
 		w->ifd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
 		if (w->ifd < 0)
-			return cx_err(-errno, "cprxfer_connect: inotify_init1: "
-				      "%s", strerror(errno));
+			return cx_err(-errno,
+				      "cprxfer_connect: inotify_init1: "
+				      "%s",
+				      strerror(errno));
 	}
 	for (;;) {
 		size_t k = end, dl = 0;
@@ -443,14 +460,16 @@ static int waiter_arm(struct waiter *w, const char *path)
 		while (k > 0 && path[k - 1] != '/')
 			k--;
 		if (end - k > NAME_MAX || end - k == 0 || end >= PATH_MAX)
-			return cx_err(-ENAMETOOLONG, "cprxfer_connect: bad "
-				      "component in '%s'", path);
+			return cx_err(-ENAMETOOLONG,
+				      "cprxfer_connect: bad "
+				      "component in '%s'",
+				      path);
 		if (k > 0) {
 			dl = k - 1;
 			while (dl > 0 && path[dl - 1] == '/')
 				dl--;
 			if (dl == 0)
-				dl = 1;		/* the root */
+				dl = 1; /* the root */
 			memcpy(w->dir, path, dl);
 			w->dir[dl] = 0;
 		} else {
@@ -462,9 +481,10 @@ static int waiter_arm(struct waiter *w, const char *path)
 		if (w->wd < 0) {
 			if ((errno != ENOENT && errno != ENOTDIR) || k == 0 ||
 			    (dl == 1 && path[0] == '/'))
-				return cx_err(-errno, "cprxfer_connect: "
-					      "watching '%s': %s", w->dir,
-					      strerror(errno));
+				return cx_err(-errno,
+					      "cprxfer_connect: "
+					      "watching '%s': %s",
+					      w->dir, strerror(errno));
 			/* The directory is missing: watch its parent. */
 			end = dl;
 			continue;
@@ -513,8 +533,10 @@ static int waiter_wait(struct waiter *w, int64_t deadline)
 		if (len < 0 && (errno == EAGAIN || errno == EINTR))
 			continue;
 		if (len < 0)
-			return cx_err(-errno, "cprxfer_connect: reading "
-				      "inotify events: %s", strerror(errno));
+			return cx_err(-errno,
+				      "cprxfer_connect: reading "
+				      "inotify events: %s",
+				      strerror(errno));
 		for (q = u.buf; q < u.buf + len;) {
 			struct inotify_event *e = (struct inotify_event *)q;
 
@@ -537,8 +559,7 @@ static int waiter_wait(struct waiter *w, int64_t deadline)
  * socket is non-blocking; only a full backlog (EAGAIN) is waited for,
  * in a blocking connect bounded by SO_SNDTIMEO.
  */
-static int try_connect(int fd, const struct sockaddr_un *sa,
-		       int64_t deadline)
+static int try_connect(int fd, const struct sockaddr_un *sa, int64_t deadline)
 {
 	const struct sockaddr *a = (const struct sockaddr *)sa;
 	bool blocking = false;
@@ -554,37 +575,43 @@ static int try_connect(int fd, const struct sockaddr_un *sa,
 		if (errno == ECONNREFUSED || errno == ENOENT)
 			return 1;
 		if (errno != EAGAIN && errno != EINPROGRESS)
-			return cx_err(-errno, "cprxfer_connect: connect '%s': "
-				      "%s", sa->sun_path, strerror(errno));
+			return cx_err(-errno,
+				      "cprxfer_connect: connect '%s': "
+				      "%s",
+				      sa->sun_path, strerror(errno));
 		ms = ms_left(deadline);
 		if (blocking || ms == 0)
-			return cx_err(-ETIMEDOUT, "cprxfer_connect: '%s': the "
+			return cx_err(-ETIMEDOUT,
+				      "cprxfer_connect: '%s': the "
 				      "listener's backlog stayed full",
 				      sa->sun_path);
 		if (ms > 0) {
 			tv.tv_sec = ms / 1000;
 			tv.tv_usec = (ms % 1000) * 1000;
 		} else {
-			tv.tv_usec = 0;		/* 0: no limit */
+			tv.tv_usec = 0; /* 0: no limit */
 		}
 		if (fcntl(fd, F_SETFL, 0) < 0 ||
-		    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv,
-			       sizeof(tv)) < 0)
-			return cx_err(-errno, "cprxfer_connect: setting a "
-				      "connect timeout: %s", strerror(errno));
+		    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) <
+			    0)
+			return cx_err(-errno,
+				      "cprxfer_connect: setting a "
+				      "connect timeout: %s",
+				      strerror(errno));
 		blocking = true;
 	}
 }
 
 static int nobody(const char *path, int timeout_ms)
 {
-	return cx_err(-ETIMEDOUT, "cprxfer_connect: nobody listened on '%s' "
-		      "within %d ms", path, timeout_ms);
+	return cx_err(-ETIMEDOUT,
+		      "cprxfer_connect: nobody listened on '%s' "
+		      "within %d ms",
+		      path, timeout_ms);
 }
 
 CX_EXPORT int cprxfer_connect_opts(const char *path, int timeout_ms,
-				   const cprxfer_opts *o,
-				   cprxfer_channel **out)
+				   const cprxfer_opts *o, cprxfer_channel **out)
 {
 	struct waiter w = { .ifd = -1, .wd = -1 };
 	int64_t deadline = deadline_of(timeout_ms);

@@ -49,9 +49,9 @@
 
 #include "error.h"
 
-#define T CPRXFER_MODE_TRANSFER
-#define X CPRXFER_MODE_EXEC
-#define F CPRXFER_MODE_FILE
+#define T   CPRXFER_MODE_TRANSFER
+#define X   CPRXFER_MODE_EXEC
+#define F   CPRXFER_MODE_FILE
 #define ALL (T | X | F)
 
 static const struct {
@@ -62,28 +62,28 @@ static const struct {
 	{ "read", ALL },
 	{ "write", ALL },
 	{ "close", ALL },
-	{ "fcntl", ALL },		/* CLOEXEC, F_DUPFD_CLOEXEC, seals */
+	{ "fcntl", ALL }, /* CLOEXEC, F_DUPFD_CLOEXEC, seals */
 	{ "lseek", ALL },
 	{ "fstat", ALL },
-	{ "newfstatat", ALL },		/* glibc's fstat, stat, lstat */
-	{ "fstatat64", ALL },		/* the same on 32-bit */
-	{ "getpid", ALL },		/* HELLO; exec-mode checks */
-	{ "geteuid", ALL },		/* the peer policy */
-	{ "prlimit64", ALL },		/* the default fd limit */
+	{ "newfstatat", ALL }, /* glibc's fstat, stat, lstat */
+	{ "fstatat64", ALL },  /* the same on 32-bit */
+	{ "getpid", ALL },     /* HELLO; exec-mode checks */
+	{ "geteuid", ALL },    /* the peer policy */
+	{ "prlimit64", ALL },  /* the default fd limit */
 	{ "getrlimit", ALL },
-	{ "clock_gettime", ALL },	/* deadlines (vDSO fallback) */
-	{ "brk", ALL },			/* malloc */
-	{ "mmap", ALL },		/* malloc; RAM regions */
+	{ "clock_gettime", ALL }, /* deadlines (vDSO fallback) */
+	{ "brk", ALL },		  /* malloc */
+	{ "mmap", ALL },	  /* malloc; RAM regions */
 	{ "munmap", ALL },
-	{ "mremap", ALL },		/* realloc of large buffers */
+	{ "mremap", ALL }, /* realloc of large buffers */
 	/* every mode: the RAM helpers (lib/ram.c) */
-	{ "madvise", ALL },		/* prefault, huge pages */
-	{ "mincore", ALL },		/* POPULATE_RESIDENT */
-	{ "memfd_create", ALL },	/* RAM; the exec-mode stream */
-	{ "ftruncate", ALL },		/* RAM sizing */
-	{ "fstatfs", ALL },		/* hugetlbfs detection */
-	{ "readlink", ALL },		/* names behind /proc/self/fd */
-	{ "openat", ALL },		/* RAM files, /proc/meminfo; state
+	{ "madvise", ALL },	 /* prefault, huge pages */
+	{ "mincore", ALL },	 /* POPULATE_RESIDENT */
+	{ "memfd_create", ALL }, /* RAM; the exec-mode stream */
+	{ "ftruncate", ALL },	 /* RAM sizing */
+	{ "fstatfs", ALL },	 /* hugetlbfs detection */
+	{ "readlink", ALL },	 /* names behind /proc/self/fd */
+	{ "openat", ALL },	 /* RAM files, /proc/meminfo; state
 					 * files */
 
 	/* transfer: sockets, rendezvous, fd passing */
@@ -91,40 +91,40 @@ static const struct {
 	{ "listen", T },
 	{ "accept4", T },
 	{ "connect", T },
-	{ "getsockopt", T },		/* SO_TYPE, SO_PEERCRED, SO_ERROR */
-	{ "setsockopt", T },		/* SO_SNDTIMEO */
-	{ "getsockname", T },		/* is it AF_UNIX? */
-	{ "shutdown", T },		/* after a refused load */
-	{ "sendmsg", T },		/* frames, SCM_RIGHTS */
+	{ "getsockopt", T },  /* SO_TYPE, SO_PEERCRED, SO_ERROR */
+	{ "setsockopt", T },  /* SO_SNDTIMEO */
+	{ "getsockname", T }, /* is it AF_UNIX? */
+	{ "shutdown", T },    /* after a refused load */
+	{ "sendmsg", T },     /* frames, SCM_RIGHTS */
 	{ "recvmsg", T },
-	{ "poll", T },			/* every wait, bounded */
+	{ "poll", T }, /* every wait, bounded */
 	{ "ppoll", T },
-	{ "inotify_init1", T },		/* connect waits for the path */
+	{ "inotify_init1", T }, /* connect waits for the path */
 	{ "inotify_add_watch", T },
 	{ "inotify_rm_watch", T },
-	{ "lstat", T },			/* the stale-socket checks */
+	{ "lstat", T }, /* the stale-socket checks */
 	{ "stat", T },
-	{ "chmod", T },			/* listen: the socket's mode */
+	{ "chmod", T }, /* listen: the socket's mode */
 	{ "fchmodat", T },
-	{ "renameat2", T | F },		/* listen: into place */
-	{ "rename", T | F },		/* file: the atomic replace */
+	{ "renameat2", T | F }, /* listen: into place */
+	{ "rename", T | F },	/* file: the atomic replace */
 	{ "renameat", T | F },
-	{ "unlink", T | F },		/* stale socket; temporary file */
+	{ "unlink", T | F }, /* stale socket; temporary file */
 	{ "unlinkat", T | F },
 
 	/* exec in place */
 	{ "execve", X },
-	{ "pread64", X | F },		/* the stream magic; the CRC */
-	{ "pipe2", X },			/* the exec wakes the helper */
-	{ "wait4", X },			/* reap the intermediate */
-	{ "futex", X },			/* wait for the helper's exit */
-	{ "close_range", X },		/* the helper drops every fd */
-	{ "rt_sigprocmask", X },	/* the helper blocks signals */
-	{ "exit", X },			/* the helper's own exit */
+	{ "pread64", X | F },	 /* the stream magic; the CRC */
+	{ "pipe2", X },		 /* the exec wakes the helper */
+	{ "wait4", X },		 /* reap the intermediate */
+	{ "futex", X },		 /* wait for the helper's exit */
+	{ "close_range", X },	 /* the helper drops every fd */
+	{ "rt_sigprocmask", X }, /* the helper blocks signals */
+	{ "exit", X },		 /* the helper's own exit */
 
 	/* file mode */
-	{ "fsync", F },			/* the file, its directory */
-	{ "getrandom", F },		/* mkostemp's names, newer glibc */
+	{ "fsync", F },	    /* the file, its directory */
+	{ "getrandom", F }, /* mkostemp's names, newer glibc */
 };
 
 static int add(scmp_filter_ctx ctx, const char *name, unsigned cnt,
@@ -134,11 +134,13 @@ static int add(scmp_filter_ctx ctx, const char *name, unsigned cnt,
 	int rc;
 
 	if (nr == __NR_SCMP_ERROR)
-		return 0;	/* not a syscall on this architecture */
+		return 0; /* not a syscall on this architecture */
 	rc = seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, cnt, cmp);
 	if (rc < 0)
-		return cx_err(rc, "cprxfer_seccomp_allow: rule for %s: "
-			      "libseccomp error %d", name, rc);
+		return cx_err(rc,
+			      "cprxfer_seccomp_allow: rule for %s: "
+			      "libseccomp error %d",
+			      name, rc);
 	return 0;
 }
 
@@ -189,16 +191,18 @@ CX_EXPORT int cprxfer_seccomp_allow(scmp_filter_ctx ctx, unsigned modes)
 	if (!ctx)
 		return cx_err(-EINVAL, "cprxfer_seccomp_allow: NULL filter");
 	if (!modes || (modes & ~known))
-		return cx_err(-EINVAL, "cprxfer_seccomp_allow: modes 0x%x: "
+		return cx_err(-EINVAL,
+			      "cprxfer_seccomp_allow: modes 0x%x: "
 			      "not a non-empty set of CPRXFER_MODE_* bits",
 			      modes);
 	rc = seccomp_attr_get(ctx, SCMP_FLTATR_ACT_DEFAULT, &def);
 	if (rc < 0)
-		return cx_err(rc, "cprxfer_seccomp_allow: reading the "
+		return cx_err(rc,
+			      "cprxfer_seccomp_allow: reading the "
 			      "filter's default action: libseccomp error %d",
 			      rc);
 	if (def == SCMP_ACT_ALLOW)
-		return 0;	/* everything is allowed already */
+		return 0; /* everything is allowed already */
 	for (i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
 		if (!(plain[i].modes & modes))
 			continue;

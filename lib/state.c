@@ -14,7 +14,7 @@
 
 static uint64_t name_hash(const char *s, size_t n)
 {
-	uint64_t h = 0xcbf29ce484222325ull;	/* FNV-1a */
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
 
 	while (n--) {
 		h ^= (unsigned char)*s++;
@@ -30,9 +30,8 @@ int cx_name_check(const char *what, const char *name, size_t len)
 	if (len == 0)
 		return cx_err(-EINVAL, "%s: empty name", what);
 	if (len > CPRXFER_NAME_MAX)
-		return cx_err(-ENAMETOOLONG,
-			      "%s: name of %zu bytes exceeds %d", what, len,
-			      CPRXFER_NAME_MAX);
+		return cx_err(-ENAMETOOLONG, "%s: name of %zu bytes exceeds %d",
+			      what, len, CPRXFER_NAME_MAX);
 	if (memchr(name, 0, len))
 		return cx_err(-EINVAL, "%s: name contains a NUL byte", what);
 	return 0;
@@ -88,8 +87,8 @@ static int rehash(cprxfer_state *st, size_t tabcap)
 		uint64_t h = name_hash(st->e[i].name, st->e[i].name_len);
 		bool found;
 
-		tab[probe(st, st->e[i].name, st->e[i].name_len, h,
-			  &found)] = slot_make(h, i);
+		tab[probe(st, st->e[i].name, st->e[i].name_len, h, &found)] =
+			slot_make(h, i);
 	}
 	free(old);
 	return 0;
@@ -128,8 +127,10 @@ int cx_state_reserve(cprxfer_state *st, size_t n)
 			cap *= 2;
 		e = realloc(st->e, cap * sizeof(*e));
 		if (!e)
-			return cx_err(-ENOMEM, "state: out of memory for %zu "
-				      "entries", cap);
+			return cx_err(-ENOMEM,
+				      "state: out of memory for %zu "
+				      "entries",
+				      cap);
 		st->e = e;
 		st->cap = cap;
 	}
@@ -141,8 +142,8 @@ int cx_state_reserve(cprxfer_state *st, size_t n)
 	return 0;
 }
 
-int cx_state_append(cprxfer_state *st, const char *name, size_t len,
-		    int type, struct cx_entry **out)
+int cx_state_append(cprxfer_state *st, const char *name, size_t len, int type,
+		    struct cx_entry **out)
 {
 	struct cx_entry *e;
 	bool found;
@@ -164,8 +165,8 @@ int cx_state_append(cprxfer_state *st, const char *name, size_t len,
 	memset(e, 0, sizeof(*e));
 	e->name = name_alloc(st, len + 1);
 	if (!e->name)
-		return cx_err(-ENOMEM, "record '%.*s': out of memory",
-			      (int)len, name);
+		return cx_err(-ENOMEM, "record '%.*s': out of memory", (int)len,
+			      name);
 	memcpy(e->name, name, len);
 	e->name[len] = 0;
 	e->name_len = (uint8_t)len;
@@ -278,8 +279,8 @@ CX_EXPORT void cprxfer_state_free(cprxfer_state *st)
 }
 
 /* Validate (st, name) at the boundary and append an entry of type. */
-static int put(cprxfer_state *st, const char *what, const char *name,
-	       int type, struct cx_entry **out)
+static int put(cprxfer_state *st, const char *what, const char *name, int type,
+	       struct cx_entry **out)
 {
 	int rc;
 
@@ -452,8 +453,7 @@ CX_EXPORT int cprxfer_get_str(const cprxfer_state *st, const char *name,
 	return rc;
 }
 
-CX_EXPORT int cprxfer_get_fd(const cprxfer_state *st, const char *name,
-			     int *fd)
+CX_EXPORT int cprxfer_get_fd(const cprxfer_state *st, const char *name, int *fd)
 {
 	struct cx_entry *e;
 	int rc;
@@ -464,8 +464,10 @@ CX_EXPORT int cprxfer_get_fd(const cprxfer_state *st, const char *name,
 	if (rc < 0)
 		return rc;
 	if (e->v.fd < 0)
-		return cx_err(-EBADF, "cprxfer_get_fd: fd of record '%s' was "
-			      "taken", name);
+		return cx_err(-EBADF,
+			      "cprxfer_get_fd: fd of record '%s' was "
+			      "taken",
+			      name);
 	*fd = e->v.fd;
 	return 0;
 }
@@ -479,14 +481,18 @@ CX_EXPORT int cprxfer_take_fd(cprxfer_state *st, const char *name)
 	if (rc < 0)
 		return rc;
 	if (e->v.fd < 0)
-		return cx_err(-EBADF, "cprxfer_take_fd: fd of record '%s' was "
-			      "already taken", name);
+		return cx_err(-EBADF,
+			      "cprxfer_take_fd: fd of record '%s' was "
+			      "already taken",
+			      name);
 	if (!e->owns_fd) {
 		/* A borrowed fd stays the caller's: hand out a duplicate. */
 		fd = fcntl(e->v.fd, F_DUPFD_CLOEXEC, 0);
 		if (fd < 0)
-			return cx_err(-errno, "cprxfer_take_fd: record '%s': "
-				      "dup: %s", name, strerror(errno));
+			return cx_err(-errno,
+				      "cprxfer_take_fd: record '%s': "
+				      "dup: %s",
+				      name, strerror(errno));
 		return fd;
 	}
 	fd = e->v.fd;
@@ -506,8 +512,10 @@ CX_EXPORT int cprxfer_state_entry(const cprxfer_state *st, size_t i,
 	if (!st)
 		return cx_err(-EINVAL, "cprxfer_state_entry: NULL state");
 	if (i >= st->n)
-		return cx_err(-ERANGE, "cprxfer_state_entry: index %zu past "
-			      "the %zu entries", i, st->n);
+		return cx_err(-ERANGE,
+			      "cprxfer_state_entry: index %zu past "
+			      "the %zu entries",
+			      i, st->n);
 	if (name)
 		*name = st->e[i].name;
 	if (type)

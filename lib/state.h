@@ -10,23 +10,23 @@
 #include <cprxfer/cprxfer.h>
 
 struct cx_entry {
-	char *name;		/* NUL-terminated, in st->names */
-	uint8_t type;		/* CPRXFER_TYPE_* */
+	char *name;   /* NUL-terminated, in st->names */
+	uint8_t type; /* CPRXFER_TYPE_* */
 	uint8_t name_len;
-	bool owns_fd;		/* close the fd on free */
+	bool owns_fd; /* close the fd on free */
 	union {
 		uint64_t u64;
 		int64_t i64;
 		struct {
-			void *data;	/* str: NUL-terminated */
-			size_t len;	/* str: without the NUL */
+			void *data; /* str: NUL-terminated */
+			size_t len; /* str: without the NUL */
 		} blob;
-		int fd;		/* -1 once taken */
+		int fd; /* -1 once taken */
 		struct {
-			int fd;		/* -1: none (file mode, by path) */
+			int fd; /* -1: none (file mode, by path) */
 			uint64_t size;
 			uint32_t flags;
-			char *path;	/* NULL for a memfd */
+			char *path; /* NULL for a memfd */
 		} ram;
 	} v;
 };
@@ -42,8 +42,8 @@ struct cprxfer_state {
 	struct cx_chunk *names;
 	struct cx_entry *e;
 	size_t n, cap;
-	uint64_t *tab;		/* hash << 32 | (entry index + 1); 0: empty */
-	size_t tabcap;		/* a power of two */
+	uint64_t *tab; /* hash << 32 | (entry index + 1); 0: empty */
+	size_t tabcap; /* a power of two */
 };
 
 /*
@@ -57,8 +57,8 @@ int cx_name_check(const char *what, const char *name, size_t len);
  * caller fills ->v. -EEXIST on a duplicate, -ENOMEM. The pointer is valid
  * until the next append.
  */
-int cx_state_append(cprxfer_state *st, const char *name, size_t len,
-		    int type, struct cx_entry **out);
+int cx_state_append(cprxfer_state *st, const char *name, size_t len, int type,
+		    struct cx_entry **out);
 
 /* Drop the last entry (undo of an append whose value failed). */
 void cx_state_pop(cprxfer_state *st);

@@ -11,7 +11,7 @@
 #include "state.h"
 
 enum cx_mode {
-	CX_MODE_SOCKET,	/* fds travel as SCM_RIGHTS */
+	CX_MODE_SOCKET, /* fds travel as SCM_RIGHTS */
 	CX_MODE_EXEC,	/* fds stay open across execve: numbers inline */
 	CX_MODE_FILE,	/* no fds; RAM files by path */
 };
@@ -23,7 +23,7 @@ int cx_encode(struct cx_io *io, const cprxfer_state *st, enum cx_mode mode);
  * Read one stream from io into a new state. On failure nothing is
  * leaked: every fd received is closed.
  */
-int cx_decode(struct cx_io *io, const struct cprxfer_opts *o,
-	      enum cx_mode mode, cprxfer_state **out);
+int cx_decode(struct cx_io *io, const struct cprxfer_opts *o, enum cx_mode mode,
+	      cprxfer_state **out);
 
 #endif

@@ -15,12 +15,12 @@
 #include <stdint.h>
 #include <string.h>
 
-#define CX_MAGIC 0x46585043u	/* 'C' 'P' 'X' 'F' */
+#define CX_MAGIC   0x46585043u /* 'C' 'P' 'X' 'F' */
 #define CX_VERSION 1
-#define CX_HDR 16
+#define CX_HDR	   16
 
 enum {
-	CX_F_HELLO = 1,	/* handshake: features, tag */
+	CX_F_HELLO = 1, /* handshake: features, tag */
 	CX_F_BEGIN,	/* start of a state stream: declared totals */
 	CX_F_RECORD,	/* one named value */
 	CX_F_FDS,	/* a batch of fds (SCM_RIGHTS, or numbers inline) */
@@ -29,14 +29,15 @@ enum {
 };
 
 /* CX_F_RECORD payload: u8 type, u8 flags, u8 name_len, u8 0, name, value */
-#define CX_REC_HDR 4
-#define CX_REC_CRITICAL 0x01	/* a reader that lacks the type refuses */
+#define CX_REC_HDR	4
+#define CX_REC_CRITICAL 0x01 /* a reader that lacks the type refuses */
 
 /* CX_F_FDS payload: u32 count, u32 first index, [u32 fd numbers] */
-#define CX_FDS_HDR 8
-#define CX_FDS_INLINE 0x0001	/* frame flag: numbers inline (exec mode) */
-#define CX_FDS_BATCH 253	/* SCM_MAX_FD */
-#define CX_FD_KEEP_OPEN 0x80000000u	/* inline number: fd was not
+#define CX_FDS_HDR    8
+#define CX_FDS_INLINE 0x0001 /* frame flag: numbers inline (exec mode) */
+#define CX_FDS_BATCH  253    /* SCM_MAX_FD */
+#define CX_FD_KEEP_OPEN \
+	0x80000000u /* inline number: fd was not
 					 * close-on-exec before the exec */
 
 /* CX_F_BEGIN payload: u64 records, u64 fds, u64 bytes (all frames) */
@@ -46,17 +47,17 @@ enum {
 
 /* RAM record value: u64 size, u32 flags, u32 fd index or CX_NOFD, path */
 #define CX_RAM_LEN 16
-#define CX_NOFD 0xffffffffu
+#define CX_NOFD	   0xffffffffu
 
 /* CX_F_HELLO payload: u32 features, u32 pid, u32 uid, u16 tag_len, u16 0 */
 #define CX_HELLO_LEN 16
-#define CX_FEATURES 0u		/* feature bits this version offers */
+#define CX_FEATURES  0u /* feature bits this version offers */
 
 /* Large values are checksummed and sent in chunks of this size. */
 #define CX_CRC_CHUNK (256 * 1024)
 
 /* CX_F_ACK payload: i32 status, u16 phase, u16 reason_len, reason */
-#define CX_ACK_LEN 8
+#define CX_ACK_LEN    8
 #define CX_REASON_MAX 1024
 
 static inline void cx_put16(uint8_t *p, uint16_t v)

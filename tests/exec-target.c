@@ -103,10 +103,10 @@ static int check(cprxfer_state *st)
 	if (state_memfd_open())
 		return report(5, "the state memfd is still open\n");
 	if (cprxfer_get_u64(st, "pid", &pid) < 0 || pid != (uint64_t)getpid())
-		return report(6, "pid %llu, now %d\n",
-			      (unsigned long long)pid, getpid());
-	if (cprxfer_get_str(st, "hello", &str) < 0 ||
-	    strcmp(str, "from the old image"))
+		return report(6, "pid %llu, now %d\n", (unsigned long long)pid,
+			      getpid());
+	if (cprxfer_get_str(st, "hello", &str) < 0 || strcmp(str, "from the "
+								  "old image"))
 		return report(7, "string value lost\n");
 	if (cprxfer_get_i64(st, "neg", &neg) < 0 || neg != -42)
 		return report(8, "i64 value lost\n");
@@ -125,8 +125,7 @@ static int check(cprxfer_state *st)
 		return report(11, "stdin's flags changed\n");
 	cprxfer_get_fd(st, "out.again", &fd2);
 
-	if (cprxfer_ram_get(st, "ram", CPRXFER_RAM_POPULATE_RESIDENT,
-			    &g) < 0)
+	if (cprxfer_ram_get(st, "ram", CPRXFER_RAM_POPULATE_RESIDENT, &g) < 0)
 		return report(12, "ram_get: %s\n", cprxfer_errmsg());
 	if (cprxfer_get_u64(st, "seed", &seed) < 0)
 		return report(13, "no seed\n");

@@ -15,10 +15,10 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define RP_PAGE 4096u
+#define RP_PAGE	       4096u
 #define RP_PFN_SAMPLES 256
-#define RP_PRESENT (1ull << 63)
-#define RP_PFN_MASK ((1ull << 55) - 1)
+#define RP_PRESENT     (1ull << 63)
+#define RP_PFN_MASK    ((1ull << 55) - 1)
 
 /*
  * The size of the "1 GiB" handoffs: 64 MiB under valgrind, where every

@@ -25,7 +25,7 @@
 #include "rampat.h"
 
 #define TARGET CX_TEST_BUILDDIR "/exec-target"
-#define SEED 0xe7ec
+#define SEED   0xe7ec
 
 /* The library's test hook: run execve() without the teardown helper. */
 #include "exec.h"
@@ -91,12 +91,13 @@ static void test_exec_other_binary(void **state)
 
 	(void)state;
 	assert_int_equal(cprxfer_ram_create("guest", rp_big(),
-					    CPRXFER_RAM_POPULATE, &o.ram), 0);
+					    CPRXFER_RAM_POPULATE, &o.ram),
+			 0);
 	rp_fill(o.ram.addr, rp_big(), SEED);
 	assert_true(rp_pagemap(o.ram.addr, rp_big(), o.pfns) >= 0);
 	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
-				    sv), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
 	o.out = p[1];
 	o.sock = sv[1];
 	pid = tu_fork(exec_other, &o);
@@ -139,8 +140,9 @@ static int self_target(void)
 		return 2;
 	dprintf(out, "self pid=%d ok=%d env=%s\n", getpid(),
 		pid == (uint64_t)getpid() && v == 42 &&
-		!getenv("CPRXFER_EXEC_FD") && (fcntl(out, F_GETFD) &
-					       FD_CLOEXEC), foo ? foo : "-");
+			!getenv("CPRXFER_EXEC_FD") &&
+			(fcntl(out, F_GETFD) & FD_CLOEXEC),
+		foo ? foo : "-");
 	cprxfer_state_free(st);
 	return 0;
 }
@@ -226,8 +228,8 @@ static void test_exec_fails(void **state)
 	int p[2], efd, sv[2], pass;
 
 	(void)state;
-	assert_int_equal(pipe2(p, 0), 0);		/* no close-on-exec */
-	efd = eventfd(0, EFD_CLOEXEC);			/* close-on-exec */
+	assert_int_equal(pipe2(p, 0), 0); /* no close-on-exec */
+	efd = eventfd(0, EFD_CLOEXEC);	  /* close-on-exec */
 	assert_true(efd >= 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
 	assert_int_equal(fcntl(sv[1], F_SETFD, FD_CLOEXEC), 0);
@@ -245,9 +247,10 @@ static void test_exec_fails(void **state)
 	for (pass = 0; pass < 2; pass++) {
 		snap(&before);
 		assert_int_equal(cx_exec(st, "/nonexistent/cprxfer-target",
-					 argv, NULL, pass == 0), -ENOENT);
-		assert_non_null(strstr(cprxfer_errmsg(),
-				       "/nonexistent/cprxfer-target"));
+					 argv, NULL, pass == 0),
+				 -ENOENT);
+		assert_non_null(strstr(cprxfer_errmsg(), "/nonexistent/"
+							 "cprxfer-target"));
 		snap(&after);
 		same_snap(&before, &after);
 		assert_null(getenv("CPRXFER_EXEC_FD"));
@@ -313,8 +316,9 @@ static int exec_bench(void *arg)
 	struct cprxfer_ram r;
 	cprxfer_state *st = cprxfer_state_new();
 
-	if (!st || cprxfer_ram_create("guest", b->size, CPRXFER_RAM_POPULATE,
-				      &r) < 0 ||
+	if (!st ||
+	    cprxfer_ram_create("guest", b->size, CPRXFER_RAM_POPULATE, &r) <
+		    0 ||
 	    cprxfer_ram_put(st, "ram", &r) < 0 ||
 	    cprxfer_put_fd(st, "out", b->out) < 0)
 		return 98;
@@ -328,9 +332,8 @@ static int exec_bench(void *arg)
 static void test_blackout(void **state)
 {
 	const char *env = getenv("CX_EXEC_BENCH_MB");
-	struct bench b = {
-		.size = env ? strtoul(env, NULL, 0) << 20 : rp_big()
-	};
+	struct bench b = { .size = env ? strtoul(env, NULL, 0) << 20
+				       : rp_big() };
 	long long load, ready, pop;
 	char report[128];
 	int p[2], i;
@@ -347,23 +350,22 @@ static void test_blackout(void **state)
 		read_all(p[0], report, sizeof(report));
 		close(p[0]);
 		assert_int_equal(tu_wait(pid), 0);
-		assert_int_equal(sscanf(report, "%lld %lld %lld", &load,
-					&ready, &pop), 3);
+		assert_int_equal(
+			sscanf(report, "%lld %lld %lld", &load, &ready, &pop),
+			3);
 		printf("# %zu MiB populated, teardown %s: main() after %.1f "
 		       "ms, RAM mapped after %.1f ms; prefault of resident "
-		       "pages %.1f ms\n", b.size >> 20,
-		       b.defer ? "deferred" : "in execve", load / 1e6,
-		       ready / 1e6, pop / 1e6);
+		       "pages %.1f ms\n",
+		       b.size >> 20, b.defer ? "deferred" : "in execve",
+		       load / 1e6, ready / 1e6, pop / 1e6);
 	}
 }
 
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
-		tu_test(test_exec_other_binary),
-		tu_test(test_exec_self),
-		tu_test(test_exec_fails),
-		tu_test(test_load_not_exec),
+		tu_test(test_exec_other_binary), tu_test(test_exec_self),
+		tu_test(test_exec_fails),	 tu_test(test_load_not_exec),
 		tu_test(test_blackout),
 	};
 

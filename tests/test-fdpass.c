@@ -29,7 +29,7 @@ static uint8_t pattern(size_t i)
 struct ctx {
 	int sock;
 	int nfds;
-	int rlimit;	/* receiver's soft RLIMIT_NOFILE, 0: raise */
+	int rlimit; /* receiver's soft RLIMIT_NOFILE, 0: raise */
 };
 
 /* The incoming side: load, verify everything, ack; exit code = verdict. */
@@ -74,8 +74,8 @@ static int receiver(void *arg)
 			return 12;
 		fl = fcntl(fd, F_GETFD);
 		/* Each fd is the right eventfd: its counter says which. */
-		if (fl < 0 || !(fl & FD_CLOEXEC) ||
-		    read(fd, &v, 8) != 8 || v != (uint64_t)n + 1)
+		if (fl < 0 || !(fl & FD_CLOEXEC) || read(fd, &v, 8) != 8 ||
+		    v != (uint64_t)n + 1)
 			return 13;
 	}
 	if (cprxfer_get_blob(st, "blob", &d, &len) < 0 || len != BLOB)
@@ -136,8 +136,8 @@ static int run(int nfds, int rlimit, int *ack)
 	int64_t t0;
 	pid_t pid;
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
-				    sv), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
 	c.sock = sv[1];
 	pid = tu_fork(receiver, &c);
 	close(sv[1]);

@@ -87,8 +87,8 @@ static int saver(void *arg)
 	cprxfer_state *st;
 	int rc;
 
-	if (cprxfer_ram_open_file(p->ram, rp_big(), CPRXFER_RAM_POPULATE,
-				  &r) < 0)
+	if (cprxfer_ram_open_file(p->ram, rp_big(), CPRXFER_RAM_POPULATE, &r) <
+	    0)
 		return 10;
 	rp_fill(r.addr, rp_big(), SEED);
 	if (rp_pagemap(r.addr, rp_big(), pfns) < 0)
@@ -150,7 +150,7 @@ static int loader(void *arg)
 	((uint64_t *)g.addr)[7] = 0x7777;
 	cprxfer_ram_release(&g);
 	cprxfer_state_free(st);
-	return rc < 0 ? 1 : 0;	/* 1: not root, frames unreadable */
+	return rc < 0 ? 1 : 0; /* 1: not root, frames unreadable */
 }
 
 static void test_file_1gib(void **state)
@@ -175,8 +175,8 @@ static void test_file_1gib(void **state)
 	assert_int_equal(w, 0x7777);
 	close(fd);
 	printf("# %zu MiB saved by path and restored in a new process in "
-	       "%lld ms (frames %s)\n", rp_big() >> 20,
-	       (long long)(tu_now_ms() - t),
+	       "%lld ms (frames %s)\n",
+	       rp_big() >> 20, (long long)(tu_now_ms() - t),
 	       rc == 0 ? "the same" : "not readable");
 }
 
@@ -246,7 +246,8 @@ static void test_corrupted(void **state)
 			spit(p->state, bad, len);
 			if (cprxfer_load_file(p->state, &st) != -EBADMSG)
 				fail_msg("flip of bit %d in byte %zu of %zu: "
-					 "%s", bit, i, len, cprxfer_errmsg());
+					 "%s",
+					 bit, i, len, cprxfer_errmsg());
 			assert_null(st);
 		}
 	}
@@ -281,8 +282,8 @@ static void test_limits_kept(void **state)
 	cprxfer_state *st = NULL;
 
 	make_state(p->state, 0);
-	assert_int_equal(cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORD_BYTES,
-						100), 0);
+	assert_int_equal(
+		cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORD_BYTES, 100), 0);
 	assert_int_equal(cprxfer_load_file_opts(p->state, o, &st), -EMSGSIZE);
 	assert_non_null(strstr(cprxfer_errmsg(), "'d'"));
 	assert_null(st);
@@ -368,10 +369,8 @@ static void test_replace(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		ftest(test_file_1gib),
-		ftest(test_corrupted),
-		ftest(test_limits_kept),
-		ftest(test_refuse_fds),
+		ftest(test_file_1gib),	 ftest(test_corrupted),
+		ftest(test_limits_kept), ftest(test_refuse_fds),
 		ftest(test_replace),
 	};
 

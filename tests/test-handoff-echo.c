@@ -25,7 +25,7 @@
 #include "testutil.h"
 
 #define NCLIENTS 8
-#define WINDOW 32768	/* bytes in flight per client */
+#define WINDOW	 32768 /* bytes in flight per client */
 
 static char exe[512];
 static char *dir;
@@ -77,8 +77,7 @@ static void add_client(void)
 
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	assert_true(c->fd >= 0);
-	assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)),
-			 0);
+	assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	assert_int_equal(fcntl(c->fd, F_SETFL, O_NONBLOCK), 0);
 	c->id = (unsigned)ncl;
@@ -142,9 +141,11 @@ static void pump(int ms, int drain)
 					 strerror(errno));
 			for (k = 0; k < r; k++)
 				if (buf[k] != pat(c->id, c->rcvd + (uint64_t)k))
-					fail_msg("client %d: byte %llu wrong",
-						 i, (unsigned long long)
-						 (c->rcvd + (uint64_t)k));
+					fail_msg(
+						"client %d: byte %llu wrong", i,
+						(unsigned long long)(c->rcvd +
+								     (uint64_t)
+									     k));
 			c->rcvd += (uint64_t)r;
 		}
 	}
@@ -159,8 +160,8 @@ static int pump_until_exit(pid_t pid, int max_ms)
 	while (tu_now_ms() < end) {
 		pump(20, 0);
 		if (waitpid(pid, &st, WNOHANG) == pid)
-			return WIFEXITED(st) ? WEXITSTATUS(st) :
-				128 + WTERMSIG(st);
+			return WIFEXITED(st) ? WEXITSTATUS(st)
+					     : 128 + WTERMSIG(st);
 	}
 	fail_msg("pid %d still running after %d ms", (int)pid, max_ms);
 	return -1;
@@ -169,10 +170,11 @@ static int pump_until_exit(pid_t pid, int max_ms)
 static void test_echo_handoff(void **state)
 {
 	char p1[256], p2[256], line[128] = "";
-	const char *a[] = { "handoff-echo", "--port", "0", "--control", p1,
-			    NULL };
-	const char *b[] = { "handoff-echo", "--incoming", p1, "--control",
-			    p2, NULL };
+	const char *a[] = {
+		"handoff-echo", "--port", "0", "--control", p1, NULL
+	};
+	const char *b[] = { "handoff-echo", "--incoming", p1,
+			    "--control",    p2,		  NULL };
 	const char *c[] = { "handoff-echo", "--incoming", p2, "--refuse",
 			    NULL };
 	const char *d[] = { "handoff-echo", "--incoming", p2, NULL };
@@ -226,7 +228,8 @@ static void test_echo_handoff(void **state)
 		close(cl[i].fd);
 	}
 	print_message("%d clients, %llu bytes echoed through 2 handoffs and "
-		      "a rollback\n", ncl, (unsigned long long)total);
+		      "a rollback\n",
+		      ncl, (unsigned long long)total);
 	assert_true(total > 100000);
 	kill(pd, SIGTERM);
 	assert_int_equal(tu_wait(pd), 0);

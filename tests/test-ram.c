@@ -118,8 +118,9 @@ static unsigned long long meminfo(const char *key)
 static bool shmem_thp_allowed(void)
 {
 	char buf[128] = "";
-	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled",
-			"re");
+	FILE *f =
+		fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r"
+									   "e");
 
 	if (f) {
 		if (!fgets(buf, sizeof(buf), f))
@@ -146,13 +147,16 @@ static void test_hugepage(void **state)
 		want = CPRXFER_BACKING_THP;
 	else
 		want = CPRXFER_BACKING_PAGES;
-	assert_int_equal(cprxfer_ram_create("huge", size,
-					    CPRXFER_RAM_HUGEPAGE |
-					    CPRXFER_RAM_POPULATE, &r), 0);
+	assert_int_equal(
+		cprxfer_ram_create("huge", size,
+				   CPRXFER_RAM_HUGEPAGE | CPRXFER_RAM_POPULATE,
+				   &r),
+		0);
 	b = cprxfer_ram_backing(&r);
 	printf("# HUGEPAGE region backed by %s\n",
-	       b == CPRXFER_BACKING_HUGETLB ? "hugetlb" :
-	       b == CPRXFER_BACKING_THP ? "THP" : "base pages");
+	       b == CPRXFER_BACKING_HUGETLB ? "hugetlb"
+	       : b == CPRXFER_BACKING_THP   ? "THP"
+					    : "base pages");
 	assert_int_equal(b, want);
 	assert_int_equal((uintptr_t)r.addr % (2 * MIB), 0);
 	rp_fill(r.addr, size, 3);
@@ -160,8 +164,11 @@ static void test_hugepage(void **state)
 	/* A second mapping keeps the backing and the bytes. */
 	st = cprxfer_state_new();
 	assert_int_equal(cprxfer_ram_put(st, "huge", &r), 0);
-	assert_int_equal(cprxfer_ram_get(st, "huge", CPRXFER_RAM_HUGEPAGE |
-					 CPRXFER_RAM_POPULATE_RESIDENT, &g), 0);
+	assert_int_equal(cprxfer_ram_get(st, "huge",
+					 CPRXFER_RAM_HUGEPAGE |
+						 CPRXFER_RAM_POPULATE_RESIDENT,
+					 &g),
+			 0);
 	assert_int_equal(cprxfer_ram_backing(&g), want);
 	assert_int_equal((uintptr_t)g.addr % (2 * MIB), 0);
 	assert_int_equal(rp_check(g.addr, size, 3), -1);
@@ -184,8 +191,8 @@ static void test_populate(void **state)
 	rp_fill(r.addr, size, 11);
 	cprxfer_ram_release(&r);
 
-	assert_int_equal(cprxfer_ram_create("eager", size,
-					    CPRXFER_RAM_POPULATE, &r), 0);
+	assert_int_equal(
+		cprxfer_ram_create("eager", size, CPRXFER_RAM_POPULATE, &r), 0);
 	assert_int_equal(count_present(r.addr, np), np);
 	rp_fill(r.addr, size, 12);
 
@@ -194,8 +201,8 @@ static void test_populate(void **state)
 	assert_int_equal(cprxfer_ram_put(st, "ram", &r), 0);
 	no_populate_write = 1;
 	refused = 0;
-	assert_int_equal(cprxfer_ram_get(st, "ram", CPRXFER_RAM_POPULATE,
-					 &g), 0);
+	assert_int_equal(cprxfer_ram_get(st, "ram", CPRXFER_RAM_POPULATE, &g),
+			 0);
 	no_populate_write = 0;
 	assert_true(refused > 0);
 	assert_int_equal(count_present(g.addr, np), np);
@@ -228,14 +235,16 @@ static void test_populate_resident(void **state)
 		st = cprxfer_state_new();
 		assert_int_equal(cprxfer_ram_put(st, "ram", &r), 0);
 		assert_int_equal(cprxfer_ram_get(st, "ram",
-					 CPRXFER_RAM_POPULATE_RESIDENT,
-					 &g), 0);
+						 CPRXFER_RAM_POPULATE_RESIDENT,
+						 &g),
+				 0);
 		assert_ptr_not_equal(g.addr, r.addr);
 		assert_int_equal(rp_present(g.addr, np, v), 0);
 		for (i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
 			assert_int_equal(v[used[i]], 1);
-			assert_int_equal(((uint8_t *)g.addr)[used[i] *
-					 RP_PAGE + 5], i + 1);
+			assert_int_equal(
+				((uint8_t *)g.addr)[used[i] * RP_PAGE + 5],
+				i + 1);
 		}
 		/* Nothing else: the holes stayed holes. */
 		assert_int_equal(count_present(g.addr, np),
@@ -260,14 +269,14 @@ static void test_local_get(void **state)
 	size_t size = 32 * MIB;
 
 	(void)state;
-	assert_int_equal(cprxfer_ram_create("local", size,
-					    CPRXFER_RAM_POPULATE, &r), 0);
+	assert_int_equal(
+		cprxfer_ram_create("local", size, CPRXFER_RAM_POPULATE, &r), 0);
 	rp_fill(r.addr, size, 5);
 	st = cprxfer_state_new();
 	assert_int_equal(cprxfer_ram_put(st, "guest.ram", &r), 0);
 	assert_int_equal(cprxfer_ram_put(st, "guest.ram", &r), -EEXIST);
-	assert_int_equal(cprxfer_ram_get(st, "guest.ram",
-					 CPRXFER_RAM_POPULATE, &g), 0);
+	assert_int_equal(
+		cprxfer_ram_get(st, "guest.ram", CPRXFER_RAM_POPULATE, &g), 0);
 	assert_ptr_not_equal(g.addr, r.addr);
 	assert_int_not_equal(g.fd, r.fd);
 	assert_true(fcntl(g.fd, F_GETFD) & FD_CLOEXEC);
@@ -295,8 +304,9 @@ static void forge(cprxfer_state *st, const char *name, int fd, uint64_t size)
 {
 	struct cx_entry *e;
 
-	assert_int_equal(cx_state_append(st, name, strlen(name),
-					 CPRXFER_TYPE_RAM, &e), 0);
+	assert_int_equal(
+		cx_state_append(st, name, strlen(name), CPRXFER_TYPE_RAM, &e),
+		0);
 	e->v.ram.fd = fd;
 	e->v.ram.size = size;
 	e->v.ram.flags = 0;
@@ -365,8 +375,9 @@ static void test_open_file(void **state)
 	(void)state;
 	snprintf(path, sizeof(path), "/dev/shm/cprxfer-test-ram-%d", getpid());
 	unlink(path);
-	assert_int_equal(cprxfer_ram_open_file(path, 8 * MIB,
-					       CPRXFER_RAM_POPULATE, &r), 0);
+	assert_int_equal(
+		cprxfer_ram_open_file(path, 8 * MIB, CPRXFER_RAM_POPULATE, &r),
+		0);
 	assert_int_equal(stat(path, &s), 0);
 	assert_int_equal(s.st_size, 8 * MIB);
 	assert_int_equal(s.st_mode & 0777, 0600);
@@ -387,7 +398,7 @@ static void test_open_file(void **state)
 	assert_non_null(strstr(cprxfer_errmsg(), "more than"));
 
 	/* A record without its fd is reopened by path (file mode). */
-	e->v.ram.fd = -1;	/* the region's fd, closed by the release */
+	e->v.ram.fd = -1; /* the region's fd, closed by the release */
 	assert_int_equal(cprxfer_ram_get(st, "file", 0, &g), 0);
 	assert_int_equal(rp_check(g.addr, 8 * MIB, 9), -1);
 	cprxfer_ram_release(&g);
@@ -411,10 +422,10 @@ static void test_open_file(void **state)
 
 struct xfer {
 	int sock;
-	struct cprxfer_ram parent;	/* the parent's region, to drop */
+	struct cprxfer_ram parent; /* the parent's region, to drop */
 };
 
-#define SEED 0x5eed
+#define SEED	  0x5eed
 #define MARK_PAGE 12345
 
 static int receiver(void *arg)
@@ -433,11 +444,9 @@ static int receiver(void *arg)
 	/* Forget the inherited mapping: only the received fd may count. */
 	munmap(x->parent.addr, x->parent.size);
 	close(x->parent.fd);
-	if (cprxfer_channel_open(x->sock, &ch) < 0 ||
-	    cprxfer_load(ch, &st) < 0)
+	if (cprxfer_channel_open(x->sock, &ch) < 0 || cprxfer_load(ch, &st) < 0)
 		return 10;
-	if (cprxfer_ram_get(st, "ram", CPRXFER_RAM_POPULATE_RESIDENT,
-			    &g) < 0) {
+	if (cprxfer_ram_get(st, "ram", CPRXFER_RAM_POPULATE_RESIDENT, &g) < 0) {
 		fprintf(stderr, "ram_get: %s\n", cprxfer_errmsg());
 		return 11;
 	}
@@ -480,15 +489,16 @@ static void test_transfer_1gib(void **state)
 	(void)state;
 	t = tu_now_ms();
 	assert_int_equal(cprxfer_ram_create("guest", rp_big(),
-					    CPRXFER_RAM_POPULATE, &x.parent), 0);
+					    CPRXFER_RAM_POPULATE, &x.parent),
+			 0);
 	rp_fill(x.parent.addr, rp_big(), SEED);
 	n = rp_pagemap(x.parent.addr, rp_big(), pfns);
 	assert_true(n >= 0);
 	st = cprxfer_state_new();
 	assert_int_equal(cprxfer_ram_put(st, "ram", &x.parent), 0);
 	assert_int_equal(cprxfer_put_blob(st, "pfns", pfns, sizeof(pfns)), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
-				    sv), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
 	x.sock = sv[1];
 	pid = tu_fork(receiver, &x);
 	assert_true(pid > 0);
@@ -497,8 +507,8 @@ static void test_transfer_1gib(void **state)
 	assert_int_equal(cprxfer_save(ch, st), 0);
 	assert_int_equal(cprxfer_wait_ack(ch, 60000), 0);
 	/* The child's write, through its own mapping, is in ours. */
-	assert_int_equal(((uint64_t *)x.parent.addr)[MARK_PAGE *
-						     (RP_PAGE / 8)], ~0ull);
+	assert_int_equal(((uint64_t *)x.parent.addr)[MARK_PAGE * (RP_PAGE / 8)],
+			 ~0ull);
 	assert_int_equal(tu_wait(pid), 0);
 	printf("# %zu MiB handed over and checked in %lld ms (frames %s)\n",
 	       rp_big() >> 20, (long long)(tu_now_ms() - t),
@@ -511,14 +521,10 @@ static void test_transfer_1gib(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		tu_test(test_create),
-		tu_test(test_hugepage),
-		tu_test(test_populate),
-		tu_test(test_populate_resident),
-		tu_test(test_local_get),
-		tu_test(test_refuse),
-		tu_test(test_open_file),
-		tu_test(test_transfer_1gib),
+		tu_test(test_create),	 tu_test(test_hugepage),
+		tu_test(test_populate),	 tu_test(test_populate_resident),
+		tu_test(test_local_get), tu_test(test_refuse),
+		tu_test(test_open_file), tu_test(test_transfer_1gib),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -57,14 +57,14 @@ static void make_stale(const char *path)
 
 struct peer {
 	char path[108];
-	int timeout;		/* connect's */
-	int delay_ms;		/* before connecting */
-	uid_t uid;		/* 0: stay root */
-	uid_t allow;		/* allow this uid too (if uid set) */
+	int timeout;  /* connect's */
+	int delay_ms; /* before connecting */
+	uid_t uid;    /* 0: stay root */
+	uid_t allow;  /* allow this uid too (if uid set) */
 	const char *tag;
-	int expect;		/* the connect's result */
-	const char *reason;	/* must appear in errmsg, if set */
-	bool roundtrip;		/* then load a state and ack it */
+	int expect;	    /* the connect's result */
+	const char *reason; /* must appear in errmsg, if set */
+	bool roundtrip;	    /* then load a state and ack it */
 };
 
 static int drop_to(uid_t uid)
@@ -542,7 +542,7 @@ static void test_tag_mismatch(void **state)
 	 */
 	p.tag = NULL;
 	p.reason = "peer refused the handshake: peer's application tag '' "
-		"differs from ours 'demo-vmm/1'";
+		   "differs from ours 'demo-vmm/1'";
 	pid = spawn(&p);
 	assert_int_equal(cprxfer_accept(l, 1000, &ch), -EBADE);
 	assert_int_equal(tu_wait(pid), 0);
@@ -591,11 +591,10 @@ static void test_version_mismatch(void **state)
 	put32(hello + 16, 0);
 	put32(hello + 20, (uint32_t)getpid());
 	put32(hello + 24, (uint32_t)geteuid());
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
-				    sv), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
 	assert_int_equal(write(sv[1], hello, sizeof(hello)), 32);
-	assert_int_equal(cprxfer_channel_open(sv[0], &ch),
-			 -EPROTONOSUPPORT);
+	assert_int_equal(cprxfer_channel_open(sv[0], &ch), -EPROTONOSUPPORT);
 	assert_null(ch);
 	assert_non_null(strstr(cprxfer_errmsg(), "version 2"));
 	assert_non_null(strstr(cprxfer_errmsg(), "version 1"));
@@ -603,15 +602,15 @@ static void test_version_mismatch(void **state)
 	n = read(sv[1], buf, sizeof(buf));
 	assert_true(n >= 32 + 24);
 	assert_int_equal(buf[4], 1);
-	assert_int_equal(buf[32 + 5], 6);	/* ACK */
+	assert_int_equal(buf[32 + 5], 6); /* ACK */
 	status = (int32_t)(buf[48] | buf[49] << 8 | buf[50] << 16 |
 			   (uint32_t)buf[51] << 24);
 	assert_int_equal(status, -EPROTONOSUPPORT);
 	close(sv[1]);
 
 	/* Not our protocol at all: -EPROTO. */
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
-				    sv), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
 	assert_int_equal(write(sv[1], "GET / HTTP/1.0\r\n\r\n", 18), 18);
 	assert_int_equal(cprxfer_channel_open(sv[0], &ch), -EPROTO);
 	close(sv[1]);
@@ -627,11 +626,11 @@ struct pair_child {
 };
 
 enum {
-	PC_DIE_AFTER_HELLO,	/* handshake, then SIGKILL */
-	PC_ACK_THEN_EXIT,	/* load, ack(status, reason), exit at once */
-	PC_LOAD_NO_ACK,		/* load, then wait for the parent to go */
-	PC_ROUNDS,		/* load 4 states, check, ack the last */
-	PC_LIMIT,		/* load with a 1000-byte record limit */
+	PC_DIE_AFTER_HELLO, /* handshake, then SIGKILL */
+	PC_ACK_THEN_EXIT,   /* load, ack(status, reason), exit at once */
+	PC_LOAD_NO_ACK,	    /* load, then wait for the parent to go */
+	PC_ROUNDS,	    /* load 4 states, check, ack the last */
+	PC_LIMIT,	    /* load with a 1000-byte record limit */
 };
 
 static int pair_child_fn(void *arg)
@@ -703,8 +702,8 @@ static cprxfer_channel *pair(struct pair_child *c, pid_t *pid)
 	cprxfer_channel *ch;
 	int sv[2];
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
-				    sv), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
 	c->sock = sv[1];
 	*pid = tu_fork(pair_child_fn, c);
 	assert_true(*pid > 0);

@@ -31,7 +31,7 @@
 #include "io.h"
 #include "testutil.h"
 
-#define NFD 300
+#define NFD   300
 #define PBLOB (2u << 20)
 #define FBLOB (1u << 20)
 /*
@@ -45,26 +45,26 @@
 /* Where the victim dies, or how the incoming side misbehaves. */
 enum point {
 	NONE,
-	AT_CONNECT,	/* connected, before sending HELLO */
-	AT_HELLO,	/* HELLO exchanged, before the verdict */
-	AT_HANDSHAKE,	/* handshake done, before the first stream */
-	AT_FDS,		/* inside the first fd batch of the prepare stream */
-	AT_BLOB,	/* inside the 2 MiB blob of the prepare stream */
-	AT_DONE1,	/* prepare stream saved / loaded, before its ack */
-	AT_ACK1,	/* prepare acked, before the final stream */
-	AT_BLOB2,	/* inside the 1 MiB blob of the final stream */
-	AT_DONE2,	/* final stream saved / loaded, before its ack */
-	REFUSE,		/* incoming refuses the final state */
-	HANG,		/* incoming stops before acking the final state */
-	GARBAGE,	/* garbage instead of the next message */
-	BADLOAD,	/* incoming's limits refuse the prepare stream */
+	AT_CONNECT,   /* connected, before sending HELLO */
+	AT_HELLO,     /* HELLO exchanged, before the verdict */
+	AT_HANDSHAKE, /* handshake done, before the first stream */
+	AT_FDS,	      /* inside the first fd batch of the prepare stream */
+	AT_BLOB,      /* inside the 2 MiB blob of the prepare stream */
+	AT_DONE1,     /* prepare stream saved / loaded, before its ack */
+	AT_ACK1,      /* prepare acked, before the final stream */
+	AT_BLOB2,     /* inside the 1 MiB blob of the final stream */
+	AT_DONE2,     /* final stream saved / loaded, before its ack */
+	REFUSE,	      /* incoming refuses the final state */
+	HANG,	      /* incoming stops before acking the final state */
+	GARBAGE,      /* garbage instead of the next message */
+	BADLOAD,      /* incoming's limits refuse the prepare stream */
 };
 
 static const char *const point_name[] = {
-	"none", "after connect", "after hello", "after handshake",
-	"mid fd batch", "mid blob", "after stream 1", "after ack 1",
-	"mid blob 2", "after stream 2", "refusal", "hang", "garbage",
-	"load refused",
+	"none",		"after connect",  "after hello",    "after handshake",
+	"mid fd batch", "mid blob",	  "after stream 1", "after ack 1",
+	"mid blob 2",	"after stream 2", "refusal",	    "hang",
+	"garbage",	"load refused",
 };
 
 static char *dir;
@@ -73,15 +73,15 @@ static int fds[NFD];
 static ino_t inos[NFD];
 static uint8_t *pblob, *fblob;
 static cprxfer_state *prep, *fin;
-static uint64_t hs_len, p_len, f_len;	/* measured by calibrate() */
+static uint64_t hs_len, p_len, f_len; /* measured by calibrate() */
 
 /* ---- the fault hook ------------------------------------------------- */
 
 static struct {
 	bool count;
 	uint64_t tx, rx;
-	uint64_t kill_tx, kill_rx;	/* die on reaching this many bytes */
-	int sends, kill_send;		/* die before the kill_send'th send */
+	uint64_t kill_tx, kill_rx; /* die on reaching this many bytes */
+	int sends, kill_send;	   /* die before the kill_send'th send */
 } hk;
 
 static void fault_hook(int fd, int op, size_t *len)
@@ -212,10 +212,10 @@ static bool fin_ok(const cprxfer_state *st)
 	int fd;
 
 	return cprxfer_get_u64(st, "regs.rip", &v) == 0 && v == 0xfff0 &&
-		cprxfer_get_i64(st, "clock", &c) == 0 && c == -5 &&
-		cprxfer_get_fd(st, "console", &fd) == 0 && fd_is(fd, 0) &&
-		cprxfer_get_blob(st, "dev", &b, &len) == 0 &&
-		len == FBLOB && !memcmp(b, fblob, FBLOB);
+	       cprxfer_get_i64(st, "clock", &c) == 0 && c == -5 &&
+	       cprxfer_get_fd(st, "console", &fd) == 0 && fd_is(fd, 0) &&
+	       cprxfer_get_blob(st, "dev", &b, &len) == 0 && len == FBLOB &&
+	       !memcmp(b, fblob, FBLOB);
 }
 
 /* The outgoing side still has everything, the very same objects. */
@@ -242,17 +242,22 @@ static void assert_outgoing_intact(void)
 /* ---- the two sides of the handoff ----------------------------------- */
 
 struct run {
-	int rc;		/* first failure, or 0 */
-	int step;	/* the call that returned it */
-	int64_t ms;	/* how long that call took */
-	pid_t reap;	/* survivor: reap this victim before an ack... */
-	int reap_at;	/* ...at this point (AT_DONE1 / AT_DONE2) */
+	int rc;	     /* first failure, or 0 */
+	int step;    /* the call that returned it */
+	int64_t ms;  /* how long that call took */
+	pid_t reap;  /* survivor: reap this victim before an ack... */
+	int reap_at; /* ...at this point (AT_DONE1 / AT_DONE2) */
 };
 
-enum { S_CONNECT = 1, S_SAVE1, S_ACK1, S_SAVE2, S_ACK2 };
+enum {
+	S_CONNECT = 1,
+	S_SAVE1,
+	S_ACK1,
+	S_SAVE2,
+	S_ACK2
+};
 static const char *const step_name[] = {
-	"", "connect/accept", "save/load 1", "ack 1", "save/load 2",
-	"ack 2",
+	"", "connect/accept", "save/load 1", "ack 1", "save/load 2", "ack 2",
 };
 
 static void junk(cprxfer_channel *ch)
@@ -263,14 +268,14 @@ static void junk(cprxfer_channel *ch)
 		_exit(99);
 }
 
-#define CALL(r, s, expr)                                 \
-	do {                                             \
-		int64_t t0_ = tu_now_ms();               \
-		(r)->step = (s);                         \
-		(r)->rc = (expr);                        \
-		(r)->ms = tu_now_ms() - t0_;             \
-		if ((r)->rc < 0)                         \
-			goto out;                        \
+#define CALL(r, s, expr)                     \
+	do {                                 \
+		int64_t t0_ = tu_now_ms();   \
+		(r)->step = (s);             \
+		(r)->rc = (expr);            \
+		(r)->ms = tu_now_ms() - t0_; \
+		if ((r)->rc < 0)             \
+			goto out;            \
 	} while (0)
 
 static void reap(struct run *r, int point)
@@ -369,9 +374,9 @@ static void incoming(cprxfer_listener *l, int kill, int accept_ms,
 		goto out;
 	}
 	reap(r, AT_DONE2);
-	CALL(r, S_ACK2, kill == REFUSE ?
-	     cprxfer_ack(ch, -EBUSY, "not today: device busy") :
-	     cprxfer_ack(ch, 0, NULL));
+	CALL(r, S_ACK2,
+	     kill == REFUSE ? cprxfer_ack(ch, -EBUSY, "not today: device busy")
+			    : cprxfer_ack(ch, 0, NULL));
 out:
 	cprxfer_state_free(st);
 	cprxfer_channel_close(ch);
@@ -484,8 +489,7 @@ static void test_incoming_faults(void **state)
 {
 	size_t i;
 
-	for (i = 0; i < sizeof(incoming_cases) / sizeof(*incoming_cases);
-	     i++) {
+	for (i = 0; i < sizeof(incoming_cases) / sizeof(*incoming_cases); i++) {
 		const struct expect *e = &incoming_cases[i];
 		int before = tu_count_fds(), status;
 		struct run r = { 0 }, ok = { 0 };
@@ -493,8 +497,9 @@ static void test_incoming_faults(void **state)
 
 		outgoing(NONE, e->point == HANG ? 300 : 10000, &r);
 		printf("  incoming %-16s -> outgoing %-14s %-12s in %4lld ms"
-		       ": %s\n", point_name[e->point], step_name[r.step],
-		       strerror(-r.rc), (long long)r.ms, cprxfer_errmsg());
+		       ": %s\n",
+		       point_name[e->point], step_name[r.step], strerror(-r.rc),
+		       (long long)r.ms, cprxfer_errmsg());
 		assert_int_equal(r.step, e->step);
 		assert_int_equal(r.rc, e->rc);
 		if (e->point == HANG) {
@@ -505,14 +510,16 @@ static void test_incoming_faults(void **state)
 			assert_true(r.ms < 1000);
 		}
 		if (e->point == REFUSE)
-			assert_non_null(strstr(cprxfer_errmsg(),
-					       "not today: device busy"));
+			assert_non_null(strstr(cprxfer_errmsg(), "not today: "
+								 "device "
+								 "busy"));
 		if (e->point == BADLOAD)
-			assert_non_null(strstr(cprxfer_errmsg(),
-					       "exceeds limit"));
+			assert_non_null(strstr(cprxfer_errmsg(), "exceeds "
+								 "limit"));
 		status = tu_wait(pid);
-		assert_int_equal(status, e->point >= REFUSE &&
-				 e->point != HANG ? 0 : 128 + SIGKILL);
+		assert_int_equal(status, e->point >= REFUSE && e->point != HANG
+						 ? 0
+						 : 128 + SIGKILL);
 		/* Rolled back: every fd and value, no fd leaked... */
 		assert_int_equal(tu_count_fds(), before);
 		assert_outgoing_intact();
@@ -546,8 +553,7 @@ static void test_outgoing_faults(void **state)
 	size_t i;
 
 	assert_int_equal(cprxfer_listen(path, &l), 0);
-	for (i = 0; i < sizeof(outgoing_cases) / sizeof(*outgoing_cases);
-	     i++) {
+	for (i = 0; i < sizeof(outgoing_cases) / sizeof(*outgoing_cases); i++) {
 		const struct expect *e = &outgoing_cases[i];
 		int before = tu_count_fds();
 		struct run r = { 0 }, ok = { 0 };
@@ -560,8 +566,9 @@ static void test_outgoing_faults(void **state)
 		r.reap_at = e->point;
 		incoming(l, NONE, in_hs ? 700 : 10000, &r);
 		printf("  outgoing %-16s -> incoming %-14s %-12s in %4lld ms"
-		       ": %s\n", point_name[e->point], step_name[r.step],
-		       strerror(-r.rc), (long long)r.ms, cprxfer_errmsg());
+		       ": %s\n",
+		       point_name[e->point], step_name[r.step], strerror(-r.rc),
+		       (long long)r.ms, cprxfer_errmsg());
 		assert_int_equal(r.step, e->step);
 		assert_int_equal(r.rc, e->rc);
 		if (in_hs)
@@ -569,9 +576,9 @@ static void test_outgoing_faults(void **state)
 		else
 			assert_true(r.ms < 1000);
 		if (r.reap > 0)
-			assert_int_equal(tu_wait(pid),
-					 e->point == GARBAGE ? 0 :
-					 128 + SIGKILL);
+			assert_int_equal(tu_wait(pid), e->point == GARBAGE
+							       ? 0
+							       : 128 + SIGKILL);
 		/* Everything received so far was closed. */
 		assert_int_equal(tu_count_fds(), before);
 		/* The listener still serves the next, healthy peer. */

@@ -41,14 +41,17 @@
 #endif
 
 #define EXEC_CHILD_ARG "--seccomp-exec-child"
-#define BLOB_LEN (200 * 1024)	/* bigger than the stream buffers */
-#define RAM_LEN (1 << 20)
+#define BLOB_LEN       (200 * 1024) /* bigger than the stream buffers */
+#define RAM_LEN	       (1 << 20)
 
 extern char **environ;
 
 /* What any program needs to run at all: not the library's business. */
 static const char *const program_needs[] = {
-	"exit_group", "exit", "rt_sigreturn", "rt_sigprocmask",
+	"exit_group",
+	"exit",
+	"rt_sigreturn",
+	"rt_sigprocmask",
 };
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -66,17 +69,32 @@ static const char *const program_needs[] = {
  * only: not the library's.
  */
 static const char *const sanitizer_needs[] = {
-	"sigaltstack", "gettid", "tgkill", "writev", "rt_sigaction", "open",
-	"futex", "sched_yield", "prctl", "madvise", "mprotect",
+	"sigaltstack",	"gettid",  "tgkill",   "writev",
+	"rt_sigaction", "open",	   "futex",    "sched_yield",
+	"prctl",	"madvise", "mprotect",
 };
 #endif
 
 /* What the dynamic loader and libc start-up of a new image need. */
 static const char *const startup_needs[] = {
-	"brk", "arch_prctl", "mmap", "munmap", "mprotect", "access",
-	"openat", "newfstatat", "fstat", "read", "pread64", "close",
-	"set_tid_address", "set_robust_list", "rseq", "prlimit64",
-	"getrandom", "futex",
+	"brk",
+	"arch_prctl",
+	"mmap",
+	"munmap",
+	"mprotect",
+	"access",
+	"openat",
+	"newfstatat",
+	"fstat",
+	"read",
+	"pread64",
+	"close",
+	"set_tid_address",
+	"set_robust_list",
+	"rseq",
+	"prlimit64",
+	"getrandom",
+	"futex",
 };
 
 static int step_failed(int step, const char *what)
@@ -86,8 +104,7 @@ static int step_failed(int step, const char *what)
 	return step;
 }
 
-static int add_names(scmp_filter_ctx ctx, const char *const *names,
-		     size_t n)
+static int add_names(scmp_filter_ctx ctx, const char *const *names, size_t n)
 {
 	size_t i;
 
@@ -112,16 +129,17 @@ static int sandbox(uint32_t deny, unsigned modes, bool startup)
 
 	if (!ctx)
 		return -1;
-	if (add_names(ctx, program_needs, sizeof(program_needs) /
-		      sizeof(program_needs[0])) < 0)
+	if (add_names(ctx, program_needs,
+		      sizeof(program_needs) / sizeof(program_needs[0])) < 0)
 		goto out;
 #ifdef SANITIZED
-	if (add_names(ctx, sanitizer_needs, sizeof(sanitizer_needs) /
-		      sizeof(sanitizer_needs[0])) < 0)
+	if (add_names(ctx, sanitizer_needs,
+		      sizeof(sanitizer_needs) / sizeof(sanitizer_needs[0])) < 0)
 		goto out;
 #endif
-	if (startup && add_names(ctx, startup_needs, sizeof(startup_needs) /
-				 sizeof(startup_needs[0])) < 0)
+	if (startup &&
+	    add_names(ctx, startup_needs,
+		      sizeof(startup_needs) / sizeof(startup_needs[0])) < 0)
 		goto out;
 	if (cprxfer_seccomp_allow(ctx, modes) < 0) {
 		fprintf(stderr, "cprxfer_seccomp_allow: %s\n",
@@ -154,13 +172,15 @@ static void test_bad_args(void **unused)
 			 -EINVAL);
 	assert_int_equal(cprxfer_seccomp_allow(ctx, 0), -EINVAL);
 	assert_int_equal(cprxfer_seccomp_allow(ctx, 1u << 3), -EINVAL);
-	assert_int_equal(cprxfer_seccomp_allow(ctx, CPRXFER_MODE_FILE |
-					       (1u << 31)), -EINVAL);
+	assert_int_equal(
+		cprxfer_seccomp_allow(ctx, CPRXFER_MODE_FILE | (1u << 31)),
+		-EINVAL);
 	assert_non_null(strstr(cprxfer_errmsg(), "modes"));
 	/* Every combination of known modes is accepted, twice over. */
 	assert_int_equal(cprxfer_seccomp_allow(ctx, CPRXFER_MODE_TRANSFER |
-					       CPRXFER_MODE_EXEC |
-					       CPRXFER_MODE_FILE), 0);
+							    CPRXFER_MODE_EXEC |
+							    CPRXFER_MODE_FILE),
+			 0);
 	assert_int_equal(cprxfer_seccomp_allow(ctx, CPRXFER_MODE_EXEC), 0);
 	seccomp_release(ctx);
 
@@ -192,9 +212,11 @@ static void test_lists_differ(void **unused)
 	assert_int_equal(ftruncate(fd, 0), 0);
 	lseek(fd, 0, SEEK_SET);
 	ctx = seccomp_init(SCMP_ACT_ERRNO(EPERM));
-	assert_int_equal(cprxfer_seccomp_allow(ctx, CPRXFER_MODE_FILE |
-					       CPRXFER_MODE_TRANSFER |
-					       CPRXFER_MODE_EXEC), 0);
+	assert_int_equal(
+		cprxfer_seccomp_allow(ctx, CPRXFER_MODE_FILE |
+						   CPRXFER_MODE_TRANSFER |
+						   CPRXFER_MODE_EXEC),
+		0);
 	assert_int_equal(seccomp_export_bpf(ctx, fd), 0);
 	seccomp_release(ctx);
 	assert_int_equal(fstat(fd, &b), 0);
@@ -206,8 +228,8 @@ static void test_lists_differ(void **unused)
 
 struct xfer {
 	int sock;
-	int evfd;		/* outgoing: an eventfd to hand over */
-	const char *path;	/* rendezvous path, or NULL: use sock */
+	int evfd;	  /* outgoing: an eventfd to hand over */
+	const char *path; /* rendezvous path, or NULL: use sock */
 };
 
 static int outgoing(void *arg)
@@ -324,8 +346,9 @@ static void run_transfer(const char *path)
 	pid_t a, b;
 
 	if (!path) {
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM |
-					    SOCK_CLOEXEC, 0, sv), 0);
+		assert_int_equal(
+			socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			0);
 		out.sock = sv[0];
 		in.sock = sv[1];
 	}
@@ -473,8 +496,7 @@ static int exec_child_main(void)
 static int exec_parent(void *arg)
 {
 	int *p = arg;
-	char *argv[] = { (char *)"test-seccomp", (char *)EXEC_CHILD_ARG,
-			 NULL };
+	char *argv[] = { (char *)"test-seccomp", (char *)EXEC_CHILD_ARG, NULL };
 	cprxfer_state *st;
 
 	close(p[0]);
@@ -513,8 +535,8 @@ static void test_exec(void **unused)
 
 /* ---- the sandbox is real -------------------------------------------- */
 
-static const unsigned all_modes = CPRXFER_MODE_TRANSFER |
-	CPRXFER_MODE_EXEC | CPRXFER_MODE_FILE;
+static const unsigned all_modes =
+	CPRXFER_MODE_TRANSFER | CPRXFER_MODE_EXEC | CPRXFER_MODE_FILE;
 
 static int forbidden_child(void *arg)
 {
@@ -565,7 +587,7 @@ static int killed_child(void *arg)
 	if (sandbox(SCMP_ACT_KILL_PROCESS, all_modes, false))
 		return 100;
 	mkdir("/tmp/cprxfer-seccomp-never", 0700);
-	return 0;	/* not reached: the kernel kills the process */
+	return 0; /* not reached: the kernel kills the process */
 }
 
 static void test_forbidden_kills(void **unused)

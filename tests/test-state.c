@@ -82,7 +82,7 @@ static void test_blob_str(void **unused)
 
 	memset(buf, 7, sizeof(buf));
 	assert_int_equal(cprxfer_put_blob(st, "b", buf, sizeof(buf)), 0);
-	buf[0] = 0;	/* the state copied it */
+	buf[0] = 0; /* the state copied it */
 	assert_int_equal(cprxfer_get_blob(st, "b", &d, &len), 0);
 	assert_int_equal(len, 100);
 	assert_int_equal(((const char *)d)[0], 7);
@@ -207,14 +207,10 @@ static void test_version(void **unused)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		tu_test(test_new_free),
-		tu_test(test_scalars),
-		tu_test(test_names),
-		tu_test(test_blob_str),
-		tu_test(test_fds),
-		tu_test(test_entries),
-		tu_test(test_many),
-		tu_test(test_opts),
+		tu_test(test_new_free), tu_test(test_scalars),
+		tu_test(test_names),	tu_test(test_blob_str),
+		tu_test(test_fds),	tu_test(test_entries),
+		tu_test(test_many),	tu_test(test_opts),
 		tu_test(test_version),
 	};
 

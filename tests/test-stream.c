@@ -120,10 +120,10 @@ static struct buf wrap(const struct buf *body, uint64_t nrec, uint64_t nfds)
 struct feed {
 	const uint8_t *p;
 	size_t len;
-	size_t fd_at[4];	/* attach nfds[i] eventfds at offset fd_at[i] */
+	size_t fd_at[4]; /* attach nfds[i] eventfds at offset fd_at[i] */
 	int nfds[4];
 	int nbatches;
-	size_t chunk;		/* write in chunks this small (0: all) */
+	size_t chunk; /* write in chunks this small (0: all) */
 };
 
 static int writer(int sock, const struct feed *f)
@@ -186,8 +186,8 @@ static int feed_load(const struct feed *f, const cprxfer_opts *o,
 	int sv[2], rc;
 	pid_t pid;
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
-				    sv), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
 	pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
@@ -317,7 +317,7 @@ static void test_checksum(void **unused)
 	assert_int_equal(load_bytes(b.p, b.len), -EBADMSG);
 	assert_non_null(strstr(cprxfer_errmsg(), "checksum"));
 	b.p[b.len - 1000] ^= 1;
-	b.p[b.len - 6] ^= 1;	/* the CRC itself */
+	b.p[b.len - 6] ^= 1; /* the CRC itself */
 	assert_int_equal(load_bytes(b.p, b.len), -EBADMSG);
 	cprxfer_state_free(st);
 	free(b.p);
@@ -327,7 +327,7 @@ static void test_length_past_end(void **unused)
 {
 	cprxfer_state *st = sample();
 	struct buf b = encode(st);
-	size_t first = 40;	/* the first RECORD frame */
+	size_t first = 40; /* the first RECORD frame */
 
 	cx_put64(b.p + first + 8, 1ull << 40);
 	assert_int_equal(load_bytes(b.p, b.len), -EBADMSG);
@@ -376,8 +376,11 @@ static void test_fd_mismatch(void **unused)
 	rec_fd(&body, "a", 0);
 	rec_fd(&body, "b", 1);
 	s = wrap(&body, 2, 2);
-	f = (struct feed){ .p = s.p, .len = s.len, .nbatches = 1,
-			   .fd_at = { 40 }, .nfds = { 1 } };
+	f = (struct feed){ .p = s.p,
+			   .len = s.len,
+			   .nbatches = 1,
+			   .fd_at = { 40 },
+			   .nfds = { 1 } };
 	assert_int_equal(feed_load(&f, NULL, NULL), -EBADMSG);
 	/* Attached 3 fds for a batch of 2. */
 	f.nfds[0] = 3;
@@ -414,8 +417,11 @@ static void test_fd_mismatch(void **unused)
 	rec_fd(&body, "a", 1);
 	rec_fd(&body, "b", 0);
 	s = wrap(&body, 2, 2);
-	f = (struct feed){ .p = s.p, .len = s.len, .nbatches = 1,
-			   .fd_at = { 40 }, .nfds = { 2 } };
+	f = (struct feed){ .p = s.p,
+			   .len = s.len,
+			   .nbatches = 1,
+			   .fd_at = { 40 },
+			   .nfds = { 2 } };
 	assert_int_equal(feed_load(&f, NULL, NULL), -EBADMSG);
 	free(s.p);
 	free(body.p);
@@ -424,8 +430,11 @@ static void test_fd_mismatch(void **unused)
 	body = (struct buf){ 0 };
 	rec_u64(&body, "x", 1);
 	s = wrap(&body, 1, 0);
-	f = (struct feed){ .p = s.p, .len = s.len, .nbatches = 1,
-			   .fd_at = { 40 }, .nfds = { 5 } };
+	f = (struct feed){ .p = s.p,
+			   .len = s.len,
+			   .nbatches = 1,
+			   .fd_at = { 40 },
+			   .nfds = { 5 } };
 	assert_int_equal(feed_load(&f, NULL, NULL), -EBADMSG);
 	free(s.p);
 	free(body.p);
@@ -441,8 +450,8 @@ static void test_limits(void **unused)
 
 	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORD_BYTES, 2999);
 	assert_int_equal(feed_load(&f, o, NULL), -EMSGSIZE);
-	assert_non_null(strstr(cprxfer_errmsg(),
-			       "record 'b': length 3000 exceeds limit 2999"));
+	assert_non_null(strstr(cprxfer_errmsg(), "record 'b': length 3000 "
+						 "exceeds limit 2999"));
 	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORD_BYTES, 3000);
 	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_STREAM_BYTES, b.len - 1);
 	assert_int_equal(feed_load(&f, o, NULL), -EFBIG);
@@ -461,8 +470,11 @@ static void test_limits(void **unused)
 		rec_fd(&body, n, (uint32_t)i);
 	}
 	s = wrap(&body, 8, 8);
-	f = (struct feed){ .p = s.p, .len = s.len, .nbatches = 1,
-			   .fd_at = { 40 }, .nfds = { 8 } };
+	f = (struct feed){ .p = s.p,
+			   .len = s.len,
+			   .nbatches = 1,
+			   .fd_at = { 40 },
+			   .nfds = { 8 } };
 	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORDS, 100);
 	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_FDS, 7);
 	assert_int_equal(feed_load(&f, o, NULL), -EMFILE);
@@ -569,8 +581,8 @@ static void test_100000_records(void **unused)
 	t0 = tu_now_ms();
 	assert_int_equal(feed_load(&f, NULL, &got), 0);
 	ms = tu_now_ms() - t0;
-	print_message("100000 records (%zu bytes) loaded in %lld ms\n",
-		      b.len, (long long)ms);
+	print_message("100000 records (%zu bytes) loaded in %lld ms\n", b.len,
+		      (long long)ms);
 	assert_int_equal(cprxfer_state_count(got), 100000);
 	assert_int_equal(cprxfer_get_u64(got, "entry.99999", &v), 0);
 	assert_int_equal(v, 99999);
@@ -590,8 +602,8 @@ static void test_nak(void **unused)
 	cprxfer_state *st = NULL;
 	struct cx_frame f;
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
-				    sv), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
 	assert_int_equal(write(sv[1], "garbage garbage garbage!", 24), 24);
 	assert_int_equal(cx_channel_new(sv[0], NULL, &ch), 0);
 	assert_int_equal(cprxfer_load(ch, &st), -EPROTO);

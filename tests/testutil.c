@@ -23,7 +23,7 @@ int tu_count_fds(void)
 	while ((e = readdir(d)))
 		n += e->d_name[0] != '.';
 	closedir(d);
-	return n - 1;	/* the directory's own fd */
+	return n - 1; /* the directory's own fd */
 }
 
 long tu_raise_nofile(void)

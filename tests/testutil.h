@@ -42,7 +42,7 @@ char *tu_tmpdir(void);
 /* rm -rf of a tu_tmpdir(). */
 void tu_rmdir(const char *dir);
 
-#define tu_test(f) cmocka_unit_test_setup_teardown(f, tu_fd_setup, \
-						   tu_fd_teardown)
+#define tu_test(f) \
+	cmocka_unit_test_setup_teardown(f, tu_fd_setup, tu_fd_teardown)
 
 #endif

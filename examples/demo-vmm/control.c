@@ -17,7 +17,7 @@
 static const struct {
 	const char *word;
 	enum control_kind kind;
-	int args;		/* 1: one required, 2: one optional */
+	int args; /* 1: one required, 2: one optional */
 } commands[] = {
 	{ "status", CONTROL_STATUS, 0 },
 	{ "handoff", CONTROL_HANDOFF, 1 },
@@ -146,8 +146,7 @@ static int control_new(int lfd, const char *path, struct control **out,
 	return 0;
 }
 
-int control_listen(const char *path, struct control **out,
-		   struct vmm_err *err)
+int control_listen(const char *path, struct control **out, struct vmm_err *err)
 {
 	struct sockaddr_un sa;
 	int fd, r;
@@ -178,7 +177,8 @@ int control_listen(const char *path, struct control **out,
 		    bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 			close(fd);
 			return vmm_errf(err, -EADDRINUSE,
-					"control: %s is in use (another demo-vmm listens there?)",
+					"control: %s is in use (another "
+					"demo-vmm listens there?)",
 					path);
 		}
 	}
@@ -326,8 +326,8 @@ int control_poll(struct control *c, int timeout_ms, int *client,
 
 		if (!pfd[i].revents || cl->fd < 0)
 			continue;
-		got = recv(cl->fd, cl->buf + cl->len,
-			   sizeof(cl->buf) - cl->len, MSG_DONTWAIT);
+		got = recv(cl->fd, cl->buf + cl->len, sizeof(cl->buf) - cl->len,
+			   MSG_DONTWAIT);
 		if (got < 0 && (errno == EAGAIN || errno == EINTR))
 			continue;
 		if (got <= 0) {
@@ -409,7 +409,8 @@ int control_request(const char *path, const char *cmd, int timeout_ms,
 		if (n <= 0) {
 			reply[got] = 0;
 			r = vmm_errf(err, -ECONNRESET,
-				     "'%s': connection closed without a reply%s%s",
+				     "'%s': connection closed without a "
+				     "reply%s%s",
 				     cmd, got ? ": " : "", reply);
 			goto out;
 		}

@@ -18,9 +18,9 @@
 
 #include "util.h"
 
-#define CONTROL_LINE_MAX	1024
-#define CONTROL_ARG_MAX		512
-#define CONTROL_CLIENTS		16
+#define CONTROL_LINE_MAX 1024
+#define CONTROL_ARG_MAX	 512
+#define CONTROL_CLIENTS	 16
 
 enum control_kind {
 	CONTROL_STATUS = 1,
@@ -30,13 +30,13 @@ enum control_kind {
 	CONTROL_TOUCH,
 	CONTROL_QUIT,
 	CONTROL_HELP,
-	CONTROL_SELFTEST,	/* hidden, tests: selftest-forbidden */
+	CONTROL_SELFTEST, /* hidden, tests: selftest-forbidden */
 };
 
 struct control_cmd {
 	enum control_kind kind;
-	char arg[CONTROL_ARG_MAX];	/* PATH / FILE / read|write, or "" */
-	const char *error;		/* on -EINVAL: why (static text) */
+	char arg[CONTROL_ARG_MAX]; /* PATH / FILE / read|write, or "" */
+	const char *error;	   /* on -EINVAL: why (static text) */
 };
 
 /*
@@ -52,8 +52,7 @@ struct control;
  * Listen on path (a stale socket there is replaced).  Or adopt a
  * listening socket received in a handoff (path: its name, for unlink).
  */
-int control_listen(const char *path, struct control **out,
-		   struct vmm_err *err);
+int control_listen(const char *path, struct control **out, struct vmm_err *err);
 int control_adopt(int listen_fd, const char *path, struct control **out,
 		  struct vmm_err *err);
 

@@ -29,17 +29,17 @@
 
 #include "demo.h"
 
-#define REPLY_MAX	4096
+#define REPLY_MAX 4096
 
 struct demo {
 	const struct vmm_opts *o;
 	const struct demo_opts *d;
 	char dir[64], ctl[128], in[128], file[128], ram[128];
 	bool file_ram;
-	pid_t cur;			/* the VMM holding the guest */
-	enum vmm_warm warm;		/* of the next VMM started */
-	bool touch;			/* measure the warm-up */
-	char st[REPLY_MAX];		/* last status reply */
+	pid_t cur;	    /* the VMM holding the guest */
+	enum vmm_warm warm; /* of the next VMM started */
+	bool touch;	    /* measure the warm-up */
+	char st[REPLY_MAX]; /* last status reply */
 	double steady_ms, after_ms;
 };
 
@@ -64,8 +64,9 @@ static double kv(const char *reply, const char *key, double def)
 
 static const char *warm_arg(enum vmm_warm w)
 {
-	return w == WARM_NONE ? "none" : w == WARM_HELPER ? "helper" :
-		"populate";
+	return w == WARM_NONE	  ? "none"
+	       : w == WARM_HELPER ? "helper"
+				  : "populate";
 }
 
 /*
@@ -145,8 +146,9 @@ static int reap(pid_t pid, const char *who, struct vmm_err *err)
 		if (errno != EINTR)
 			return vmm_errno(err, "waitpid %s", who);
 	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		return vmm_errf(err, -EIO, "%s (pid %d) exited with status 0x%x",
-				who, (int)pid, st);
+		return vmm_errf(err, -EIO,
+				"%s (pid %d) exited with status 0x%x", who,
+				(int)pid, st);
 	return 0;
 }
 
@@ -220,27 +222,30 @@ static int settle(struct demo *dm, struct vmm_err *err)
 	return vmm_errf(err, -ETIMEDOUT, "no handoff report: %s", dm->st);
 }
 
-static int check_and_print(struct demo *dm, const char *mode,
-			   unsigned int k, unsigned int nmodes,
-			   pid_t from, struct vmm_err *err)
+static int check_and_print(struct demo *dm, const char *mode, unsigned int k,
+			   unsigned int nmodes, pid_t from, struct vmm_err *err)
 {
 	const char *s = dm->st;
 	char key[32];
 
 	printf("\n=== handoff %u/%u: %s mode, pid %d -> pid %d ===\n", k,
 	       nmodes, mode, (int)from, (int)kv(s, "pid", -1));
-	printf("  blackout     %6.0f us  (stop %.0f, save %.0f, %s %.0f, restore %.0f, to KVM_RUN %.0f)\n",
+	printf("  blackout     %6.0f us  (stop %.0f, save %.0f, %s %.0f, "
+	       "restore %.0f, to KVM_RUN %.0f)\n",
 	       kv(s, "blackout_us", -1), kv(s, "stop_us", -1),
 	       kv(s, "save_us", -1),
-	       !strcmp(mode, "transfer") ? "send" :
-	       !strcmp(mode, "exec") ? "exec" : "file+start",
+	       !strcmp(mode, "transfer") ? "send"
+	       : !strcmp(mode, "exec")	 ? "exec"
+					 : "file+start",
 	       kv(s, "send_us", -1), kv(s, "restore_us", -1),
 	       kv(s, "run_us", -1));
 	if (strcmp(mode, "transfer"))
-		printf("               (the new image's main() ran %.0f us after the state was saved)\n",
+		printf("               (the new image's main() ran %.0f us "
+		       "after the state was saved)\n",
 		       kv(s, "main_us", -1));
 	printf("  guest pause  %6.0f us  (as the guest measured it; of it, "
-	       "before the stop / after KVM_RUN:", kv(s, "gap_us", -1));
+	       "before the stop / after KVM_RUN:",
+	       kv(s, "gap_us", -1));
 	for (unsigned int i = 0; i < dm->o->cpus; i++) {
 		double g, pre, post;
 
@@ -254,8 +259,8 @@ static int check_and_print(struct demo *dm, const char *mode,
 			printf("%s cpu%u n/a (%s)", i ? ";" : "", i,
 			       g == -2 ? "not recorded: it stopped while "
 					 "printing its tick line, which the "
-					 "guest does not time" :
-					 "no iteration since the handoff");
+					 "guest does not time"
+				       : "no iteration since the handoff");
 		else
 			printf("%s cpu%u %.0f us (%.0f / %.0f)", i ? ";" : "",
 			       i, g, pre, post);
@@ -268,14 +273,17 @@ static int check_and_print(struct demo *dm, const char *mode,
 		a = kv(s, key, -1);
 		snprintf(key, sizeof(key), "c%u", i);
 		b = kv(s, key, -1);
-		printf("%s cpu%u %.0f at the stop -> %.0f now", i ? ";" : "",
-		       i, a, b);
+		printf("%s cpu%u %.0f at the stop -> %.0f now", i ? ";" : "", i,
+		       a, b);
 		if (b <= a)
 			return vmm_errf(err, -EIO,
 					"%s: cpu%u counter did not continue",
 					mode, i);
 	}
-	printf("\n  RAM          %" PRIu64 " MiB in place: %.0f/%.0f sampled pages on the same page frames; 0 bytes of RAM copied (%.0f bytes of vCPU/device state)\n",
+	printf("\n  RAM          %" PRIu64 " MiB in place: %.0f/%.0f sampled "
+	       "pages on the same page frames; 0 "
+	       "bytes of RAM copied (%.0f bytes of "
+	       "vCPU/device state)\n",
 	       dm->o->mem >> 20, kv(s, "pfn_same", -1), kv(s, "pfn_total", -1),
 	       kv(s, "state_bytes", -1));
 	if (!strstr(s, " guest=ok "))
@@ -284,7 +292,9 @@ static int check_and_print(struct demo *dm, const char *mode,
 	if (kv(s, "pfn_same", -1) != kv(s, "pfn_total", -2))
 		return vmm_errf(err, -EIO, "%s: RAM moved: %s", mode, s);
 	if (dm->touch)
-		printf("  warm-up      guest touched all its RAM in %.1f ms after the handoff, %.1f ms in steady state before (--warm %s)\n",
+		printf("  warm-up      guest touched all its RAM in %.1f ms "
+		       "after the handoff, %.1f ms in steady state before "
+		       "(--warm %s)\n",
 		       dm->after_ms, dm->steady_ms, warm_arg(dm->warm));
 	fflush(stdout);
 	return 0;
@@ -299,8 +309,11 @@ static int write_json(struct demo *dm, const char *mode, bool first,
 
 	if (!f)
 		return vmm_errno(err, "open %s", dm->d->json);
-	fprintf(f, "{\"mode\": \"%s\", \"ram_mib\": %" PRIu64
-		", \"cpus\": %u, \"warm\": \"%s\", \"blackout_us\": %.0f"
+	fprintf(f,
+		"{\"mode\": \"%s\", \"ram_mib\": %" PRIu64 ", \"cpus\": %u, "
+		"\"warm\": \"%s\", "
+		"\"blackout_us\": "
+		"%.0f"
 		", \"guest_gap_us\": %.0f, \"guest_gap_pre_us\": %.0f"
 		", \"guest_gap_post_us\": %.0f"
 		", \"stop_us\": %.0f, \"save_us\": %.0f"
@@ -317,7 +330,9 @@ static int write_json(struct demo *dm, const char *mode, bool first,
 		kv(s, "state_bytes", -1), kv(s, "pfn_same", -1),
 		kv(s, "pfn_total", -1));
 	if (dm->touch)
-		fprintf(f, ", \"warmup_after_ms\": %.1f, \"warmup_steady_ms\": %.1f",
+		fprintf(f,
+			", \"warmup_after_ms\": %.1f, \"warmup_steady_ms\": "
+			"%.1f",
 			dm->after_ms, dm->steady_ms);
 	fprintf(f, "}\n");
 	if (fclose(f) != 0)
@@ -333,7 +348,10 @@ int demo_run(const struct vmm_opts *o, const struct demo_opts *d,
 	unsigned int nmodes = d->mode ? 1 : 3;
 	unsigned int repeat = d->repeat ? d->repeat : 1;
 	struct demo dm = {
-		.o = o, .d = d, .cur = -1, .warm = o->warm,
+		.o = o,
+		.d = d,
+		.cur = -1,
+		.warm = o->warm,
 		.touch = d->warm_given && !d->no_touch,
 	};
 	char reply[REPLY_MAX];
@@ -445,7 +463,8 @@ int demo_run(const struct vmm_opts *o, const struct demo_opts *d,
 	dm.cur = -1;
 	if (r < 0)
 		goto fail;
-	printf("\ndemo-vmm --handoff: PASS: the guest carried on through %u handoff%s in %.1f s, no error, no byte of RAM copied\n",
+	printf("\ndemo-vmm --handoff: PASS: the guest carried on through %u "
+	       "handoff%s in %.1f s, no error, no byte of RAM copied\n",
 	       nmodes * repeat, nmodes * repeat > 1 ? "s" : "",
 	       (vmm_now_ns() - t0) / 1e9);
 	r = 0;

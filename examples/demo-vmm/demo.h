@@ -9,11 +9,11 @@
 #include "vmm.h"
 
 struct demo_opts {
-	const char *mode;		/* NULL: all three */
-	const char *json;		/* write the figures here */
-	bool warm_given;		/* measure the warm-up */
-	unsigned int repeat;		/* handoffs per mode (0: 1) */
-	bool no_touch;			/* --warm without the warm-up pass */
+	const char *mode;    /* NULL: all three */
+	const char *json;    /* write the figures here */
+	bool warm_given;     /* measure the warm-up */
+	unsigned int repeat; /* handoffs per mode (0: 1) */
+	bool no_touch;	     /* --warm without the warm-up pass */
 	/* --warm A,B: handoff n's new VMM uses warm[n % nwarm] */
 	enum vmm_warm warm[4];
 	unsigned int nwarm;

@@ -11,10 +11,10 @@ extern const uint8_t demo_vmm_guest_start[];
 extern const uint8_t demo_vmm_guest_end[];
 extern const uint8_t demo_vmm_guest_warm[];
 
-#define PTE_P		0x001ull
-#define PTE_RW		0x002ull
-#define PTE_US		0x004ull
-#define PTE_PS		0x080ull
+#define PTE_P  0x001ull
+#define PTE_RW 0x002ull
+#define PTE_US 0x004ull
+#define PTE_PS 0x080ull
 
 static inline uint64_t *gpa64(void *mem, uint64_t gpa)
 {
@@ -52,11 +52,12 @@ int guest_setup(void *mem, uint64_t mem_size, unsigned int ncpus,
 	if (mem_size < GUEST_MIN_MEM || mem_size > GUEST_MAX_MEM ||
 	    mem_size & ((2u << 20) - 1))
 		return vmm_errf(err, -EINVAL,
-				"guest RAM %llu bytes: need a multiple of 2 MiB in 16 MiB..64 GiB",
+				"guest RAM %llu bytes: need a multiple of 2 "
+				"MiB in 16 MiB..64 GiB",
 				(unsigned long long)mem_size);
 	if (!ncpus || ncpus > GUEST_MAX_CPUS)
-		return vmm_errf(err, -EINVAL, "guest: %u vCPUs, 1..%d",
-				ncpus, GUEST_MAX_CPUS);
+		return vmm_errf(err, -EINVAL, "guest: %u vCPUs, 1..%d", ncpus,
+				GUEST_MAX_CPUS);
 	if (image > GUEST_CODE_MAX)
 		return vmm_errf(err, -E2BIG, "guest image %zu bytes", image);
 
@@ -80,7 +81,7 @@ int guest_setup(void *mem, uint64_t mem_size, unsigned int ncpus,
 	for (cpu = 0; cpu < ncpus; cpu++) {
 		uint64_t base = tss_addr(cpu), lim = 103;
 		uint64_t lo = (lim & 0xffff) | (base & 0xffffff) << 16 |
-			      0x8bull << 40 |	/* present, busy TSS */
+			      0x8bull << 40 | /* present, busy TSS */
 			      ((lim >> 16) & 0xf) << 48 |
 			      ((base >> 24) & 0xff) << 56;
 
@@ -88,8 +89,8 @@ int guest_setup(void *mem, uint64_t mem_size, unsigned int ncpus,
 		put64(mem, gdt + GUEST_TSS_SEL0 + cpu * 16 + 8, base >> 32);
 		/* TSS: rsp0 at offset 4, no I/O bitmap (base past limit). */
 		memset((uint8_t *)mem + base, 0, GUEST_TSS_STRIDE);
-		memcpy((uint8_t *)mem + base + 4, &(uint64_t){
-			kstack_top(cpu) - 16 }, 8);
+		memcpy((uint8_t *)mem + base + 4,
+		       &(uint64_t){ kstack_top(cpu) - 16 }, 8);
 		*((uint16_t *)((uint8_t *)mem + base + 102)) = 104;
 		/* The cpu index sits at the kernel stack top. */
 		put64(mem, kstack_top(cpu) - 8, cpu);
@@ -111,19 +112,36 @@ void guest_boot_regs(unsigned int cpu, struct kvm_sregs *s,
 		     struct kvm_regs *regs)
 {
 	struct kvm_segment code = {
-		.base = 0, .limit = 0xffffffff,
-		.selector = GUEST_KERNEL_CS, .type = 11, .present = 1,
-		.dpl = 0, .db = 0, .s = 1, .l = 1, .g = 1,
+		.base = 0,
+		.limit = 0xffffffff,
+		.selector = GUEST_KERNEL_CS,
+		.type = 11,
+		.present = 1,
+		.dpl = 0,
+		.db = 0,
+		.s = 1,
+		.l = 1,
+		.g = 1,
 	};
 	struct kvm_segment data = {
-		.base = 0, .limit = 0xffffffff,
-		.selector = GUEST_KERNEL_DS, .type = 3, .present = 1,
-		.dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1,
+		.base = 0,
+		.limit = 0xffffffff,
+		.selector = GUEST_KERNEL_DS,
+		.type = 3,
+		.present = 1,
+		.dpl = 0,
+		.db = 1,
+		.s = 1,
+		.l = 0,
+		.g = 1,
 	};
 	struct kvm_segment tr = {
-		.base = tss_addr(cpu), .limit = 103,
-		.selector = GUEST_TSS_SEL0 + cpu * 16, .type = 11,
-		.present = 1, .s = 0,
+		.base = tss_addr(cpu),
+		.limit = 103,
+		.selector = GUEST_TSS_SEL0 + cpu * 16,
+		.type = 11,
+		.present = 1,
+		.s = 0,
 	};
 
 	s->cs = code;
@@ -136,10 +154,10 @@ void guest_boot_regs(unsigned int cpu, struct kvm_sregs *s,
 	s->gdt.limit = GUEST_TSS_SEL0 + GUEST_MAX_CPUS * 16 - 1;
 	s->idt.base = GUEST_IDT_ADDR;
 	s->idt.limit = GUEST_IDT_VECTORS * 16 - 1;
-	s->cr0 = 0x80050033;	/* PG AM WP NE ET MP PE */
+	s->cr0 = 0x80050033; /* PG AM WP NE ET MP PE */
 	s->cr3 = GUEST_PML4_ADDR;
-	s->cr4 = 0x620;		/* OSXMMEXCPT OSFXSR PAE */
-	s->efer = 0x500;	/* LMA LME */
+	s->cr4 = 0x620;	 /* OSXMMEXCPT OSFXSR PAE */
+	s->efer = 0x500; /* LMA LME */
 
 	memset(regs, 0, sizeof(*regs));
 	regs->rip = GUEST_CODE_ADDR;
@@ -185,7 +203,8 @@ int guest_mailbox(void *mem, uint64_t cmd, uint64_t arg, int timeout_ms,
 	while (get64(mem, mb + MB_DONE_SEQ) != seq) {
 		if (vmm_now_ns() > deadline)
 			return vmm_errf(err, -ETIMEDOUT,
-					"guest mailbox: command %llu not done in %d ms",
+					"guest mailbox: command %llu not done "
+					"in %d ms",
 					(unsigned long long)cmd, timeout_ms);
 		nanosleep(&pause, NULL);
 	}
@@ -232,14 +251,28 @@ int guest_find_gap(const void *mem, unsigned int cpu, uint64_t stop_tsc,
 void guest_warm_regs(struct kvm_sregs *s, struct kvm_regs *regs)
 {
 	struct kvm_segment code = {
-		.base = 0, .limit = 0xffffffff,
-		.selector = GUEST_USER_CS, .type = 11, .present = 1,
-		.dpl = 3, .db = 0, .s = 1, .l = 1, .g = 1,
+		.base = 0,
+		.limit = 0xffffffff,
+		.selector = GUEST_USER_CS,
+		.type = 11,
+		.present = 1,
+		.dpl = 3,
+		.db = 0,
+		.s = 1,
+		.l = 1,
+		.g = 1,
 	};
 	struct kvm_segment data = {
-		.base = 0, .limit = 0xffffffff,
-		.selector = GUEST_USER_DS, .type = 3, .present = 1,
-		.dpl = 3, .db = 1, .s = 1, .l = 0, .g = 1,
+		.base = 0,
+		.limit = 0xffffffff,
+		.selector = GUEST_USER_DS,
+		.type = 3,
+		.present = 1,
+		.dpl = 3,
+		.db = 1,
+		.s = 1,
+		.l = 0,
+		.g = 1,
 	};
 
 	guest_boot_regs(0, s, regs);

@@ -15,20 +15,20 @@
 
 /* What one vCPU of the guest publishes in its per-vCPU page. */
 struct guest_cpu_stats {
-	uint64_t state;			/* 0 not started, PC_STATE_* */
-	uint64_t counter;		/* iterations */
+	uint64_t state;	  /* 0 not started, PC_STATE_* */
+	uint64_t counter; /* iterations */
 	uint64_t checksum;
-	uint64_t ticks;			/* tick lines printed */
-	uint64_t gap_max_cycles;	/* largest gap between iterations */
-	uint64_t gap_max_us;		/* as of the last tick line */
+	uint64_t ticks;		 /* tick lines printed */
+	uint64_t gap_max_cycles; /* largest gap between iterations */
+	uint64_t gap_max_us;	 /* as of the last tick line */
 	uint64_t last_tsc;
-	uint64_t error;			/* PC_ERR_* or vector */
+	uint64_t error; /* PC_ERR_* or vector */
 };
 
 struct guest_mailbox_result {
 	uint64_t us;
 	uint64_t ns;
-	uint64_t count;			/* pages touched, calls made */
+	uint64_t count; /* pages touched, calls made */
 };
 
 /*

@@ -17,16 +17,16 @@
 
 #include "handoff.h"
 
-#define FINAL_ACK_TIMEOUT_MS	5000
+#define FINAL_ACK_TIMEOUT_MS 5000
 /* Prepare maps and warms all RAM while the guest runs: minutes at most. */
-#define PREPARE_ACK_TIMEOUT_MS	300000
-#define FENCE_TIMEOUT_MS	5000
+#define PREPARE_ACK_TIMEOUT_MS 300000
+#define FENCE_TIMEOUT_MS       5000
 /*
  * A VM built inside the blackout (exec, file) gets a memslot for its
  * first 64 MiB only (the guest's code, tables, stacks and checksum
  * regions), the rest once the guest runs: see vm_set_memory_lazy().
  */
-#define LAZY_RAM_LOW		(64ull << 20)
+#define LAZY_RAM_LOW (64ull << 20)
 
 /* ---- state <-> blobs --------------------------------------------------- */
 
@@ -36,8 +36,8 @@ static int cx_fail(struct vmm_err *err, int r, const char *what)
 }
 
 static int put_set(cprxfer_state *st, const char *prefix,
-		   const struct blobset *set, bool skip_cpuid,
-		   uint64_t *bytes, struct vmm_err *err)
+		   const struct blobset *set, bool skip_cpuid, uint64_t *bytes,
+		   struct vmm_err *err)
 {
 	char name[64];
 	int r;
@@ -70,10 +70,10 @@ static int put_frozen(cprxfer_state *st, const struct frozen *f,
 }
 
 static const char *const known_names[] = {
-	"demo.version", "ram", "layout.mem_size", "layout.ncpus", "console",
-	"control", "control.path", "control.client", "exec.reaper",
-	"proof.pfns", "guest.handoffs", "from.pid", "t.stop", "t.stopped",
-	"t.saved", NULL,
+	"demo.version", "ram",	      "layout.mem_size", "layout.ncpus",
+	"console",	"control",    "control.path",	 "control.client",
+	"exec.reaper",	"proof.pfns", "guest.handoffs",	 "from.pid",
+	"t.stop",	"t.stopped",  "t.saved",	 NULL,
 };
 
 /*
@@ -97,8 +97,7 @@ static int get_frozen(const cprxfer_state *st, unsigned int ncpus,
 		r = cprxfer_state_entry(st, i, &name, &type);
 		if (r < 0)
 			return cx_fail(err, r, "state");
-		for (k = 0; known_names[k] && strcmp(known_names[k], name);
-		     k++)
+		for (k = 0; known_names[k] && strcmp(known_names[k], name); k++)
 			;
 		if (known_names[k])
 			continue;
@@ -110,7 +109,8 @@ static int get_frozen(const cprxfer_state *st, unsigned int ncpus,
 			set = &f->cpu[cpu];
 		if (!set || type != CPRXFER_TYPE_BLOB)
 			return vmm_errf(err, -EPROTO,
-					"state: unknown record '%s' (from a newer demo-vmm?)",
+					"state: unknown record '%s' (from a "
+					"newer demo-vmm?)",
 					name);
 		r = cprxfer_get_blob(st, name, &data, &len);
 		if (r < 0)
@@ -227,8 +227,8 @@ static void report_begin(struct vmm *v, const cprxfer_state *st,
 	if (cprxfer_get_blob(st, "proof.pfns", &data, &len) == 0 &&
 	    len == VMM_PFN_SAMPLES * 8)
 		for (unsigned int i = 0; i < VMM_PFN_SAMPLES; i++)
-			rep->old_pfn[i] = get_le64((const uint8_t *)data +
-						   i * 8);
+			rep->old_pfn[i] =
+				get_le64((const uint8_t *)data + i * 8);
 	/* The guest is stopped: its RAM holds where each vCPU stopped. */
 	for (unsigned int i = 0; i < v->m.ncpus; i++) {
 		guest_read_cpu(v->ram.addr, i, &cs);
@@ -357,7 +357,8 @@ int handoff_transfer_out(struct vmm *v, const char *path,
 	}
 	r = cprxfer_wait_ack(ch, PREPARE_ACK_TIMEOUT_MS);
 	if (r < 0) {
-		r = cx_fail(err, r, "the new VMM did not accept the prepare round");
+		r = cx_fail(err, r,
+			    "the new VMM did not accept the prepare round");
 		goto out;
 	}
 
@@ -390,7 +391,7 @@ int handoff_transfer_out(struct vmm *v, const char *path,
 	}
 	r = cprxfer_wait_ack(ch, FINAL_ACK_TIMEOUT_MS);
 	if (r == 0)
-		goto out;	/* the new VMM runs the guest */
+		goto out; /* the new VMM runs the guest */
 	r = cx_fail(err, r, "the new VMM did not take the guest");
 	if (r == -ETIMEDOUT || r == -EPIPE) {
 		/* It may still ack and run: end it before we resume. */
@@ -399,7 +400,8 @@ int handoff_transfer_out(struct vmm *v, const char *path,
 			size_t n = strlen(err->msg);
 
 			snprintf(err->msg + n, sizeof(err->msg) - n,
-				 "; pid %d could not be fenced (%s): not resuming",
+				 "; pid %d could not be fenced (%s): not "
+				 "resuming",
 				 (int)res->peer, strerror(-r2));
 			goto out;
 		}
@@ -427,7 +429,7 @@ static int take_fds(struct vmm *v, cprxfer_state *st, struct vmm_err *err)
 		return cx_fail(err, fd, "state");
 	v->console_fd = fd;
 	if (v->ctl)
-		return 0;	/* our own --control wins */
+		return 0; /* our own --control wins */
 	fd = cprxfer_take_fd(st, "control");
 	if (fd == -ENOENT)
 		return 0;
@@ -457,8 +459,9 @@ static int map_ram(struct vmm *v, cprxfer_state *st, unsigned int flags,
 	if (r < 0)
 		return cx_fail(err, r, "guest RAM");
 	if (v->ram.size != mem)
-		return vmm_errf(err, -EBADMSG, "RAM %zu bytes, layout says %llu",
-				v->ram.size, (unsigned long long)mem);
+		return vmm_errf(err, -EBADMSG,
+				"RAM %zu bytes, layout says %llu", v->ram.size,
+				(unsigned long long)mem);
 	return 0;
 }
 
@@ -484,8 +487,8 @@ static int build_from(struct vmm *v, cprxfer_state *st, unsigned int flags,
 	return r;
 }
 
-static int prepare_in(struct vmm *v, cprxfer_state *prep,
-		      struct blobset *cpuid, struct vmm_err *err)
+static int prepare_in(struct vmm *v, cprxfer_state *prep, struct blobset *cpuid,
+		      struct vmm_err *err)
 {
 	const void *data;
 	char name[32];
@@ -558,7 +561,7 @@ int handoff_transfer_in(struct vmm *v, struct vmm_err *err)
 		r = cx_fail(err, r, "ack of the prepare round");
 		goto out;
 	}
-	vmm_thread_boost(true);	/* until the guest runs */
+	vmm_thread_boost(true); /* until the guest runs */
 
 	/* Final round: the old vCPUs are stopped now. */
 	r = cprxfer_load(ch, &fin);
@@ -567,7 +570,7 @@ int handoff_transfer_in(struct vmm *v, struct vmm_err *err)
 		goto out;
 	}
 	if (v->o.inject && !strcmp(v->o.inject, "die-in-final"))
-		kill(getpid(), SIGKILL);	/* test: die before the ack */
+		kill(getpid(), SIGKILL); /* test: die before the ack */
 	report_begin(v, prep, fin, "transfer");
 	v->rep.t_received = vmm_now_ns();
 	v->rep.prepare_ns = t_prepared - t0;
@@ -661,8 +664,9 @@ static int reaper_start(struct vmm *v, pid_t *pid, struct vmm_err *err)
 
 static const char *warm_name(enum vmm_warm w)
 {
-	return w == WARM_NONE ? "none" : w == WARM_HELPER ? "helper" :
-		"populate";
+	return w == WARM_NONE	  ? "none"
+	       : w == WARM_HELPER ? "helper"
+				  : "populate";
 }
 
 int handoff_exec_out(struct vmm *v, int client, struct handoff_result *res,
@@ -728,7 +732,7 @@ rollback:
 	resume_here(v, res, err);
 out:
 	vmm_thread_boost(false);
-	close(wfd);	/* the reaper exits */
+	close(wfd); /* the reaper exits */
 	if (reaper > 0)
 		waitpid(reaper, NULL, 0);
 	frozen_free(&f);
@@ -760,7 +764,7 @@ static void *builder_main(void *arg)
 	struct builder *b = arg;
 	bool go;
 
-	vmm_thread_boost(true);	/* not inherited: SCHED_RESET_ON_FORK */
+	vmm_thread_boost(true); /* not inherited: SCHED_RESET_ON_FORK */
 	b->r = machine_build_vm(b->m, &b->err);
 	pthread_mutex_lock(&b->lock);
 	while (!b->go && !b->cancel)
@@ -800,7 +804,7 @@ static bool builder_join(struct builder *b)
 	b->started = false;
 	if (b->r >= 0)
 		return true;
-	machine_destroy(b->m);	/* and build again, reporting why */
+	machine_destroy(b->m); /* and build again, reporting why */
 	return false;
 }
 
@@ -885,10 +889,10 @@ int handoff_exec_in(struct vmm *v, int *client, struct vmm_err *err)
 	report_frozen_bytes(v, &f);
 	v->handoffs++;
 out:
-	builder_join(&b);	/* if an error left it running */
+	builder_join(&b); /* if an error left it running */
 	vmm_thread_boost(false);
 	if (reaper >= 0)
-		close(reaper);	/* the old VM goes, in the reaper */
+		close(reaper); /* the old VM goes, in the reaper */
 	frozen_free(&f);
 	cprxfer_state_free(st);
 	return r;
@@ -909,7 +913,9 @@ int handoff_save_file(struct vmm *v, const char *file,
 	memset(res, 0, sizeof(*res));
 	if (!vmm_ram_is_file(v, path, sizeof(path)))
 		return vmm_errf(err, -EINVAL,
-				"file mode needs file-backed RAM: this guest's RAM is %s; start the guest with --mem-path (e.g. /dev/shm/guest.ram)",
+				"file mode needs file-backed RAM: this guest's "
+				"RAM is %s; start the guest with --mem-path "
+				"(e.g. /dev/shm/guest.ram)",
 				path);
 	st = cprxfer_state_new();
 	if (!st)

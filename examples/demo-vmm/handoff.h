@@ -31,13 +31,13 @@
 
 #include "vmm.h"
 
-#define HANDOFF_VERSION		1
+#define HANDOFF_VERSION 1
 
 /* What a failed outgoing handoff left behind. */
 struct handoff_result {
 	pid_t peer;
-	bool stopped;		/* the guest had been stopped ... */
-	bool resumed;		/* ... and runs again here */
+	bool stopped; /* the guest had been stopped ... */
+	bool resumed; /* ... and runs again here */
 };
 
 /*

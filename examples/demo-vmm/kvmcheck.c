@@ -41,7 +41,7 @@
 #include "vm.h"
 
 #define PRINT_MS	500
-#define STOP_TIMEOUT_MS	2000
+#define STOP_TIMEOUT_MS 2000
 
 struct options {
 	uint64_t mem;
@@ -49,11 +49,15 @@ struct options {
 	unsigned int run_ms;
 	int same_process;
 	int inject;
-	unsigned int rounds;		/* same-process handoffs */
+	unsigned int rounds; /* same-process handoffs */
 	unsigned int msr_listed;
 };
 
-enum { INJECT_NONE, INJECT_CORRUPT, INJECT_FAULT };
+enum {
+	INJECT_NONE,
+	INJECT_CORRUPT,
+	INJECT_FAULT
+};
 
 struct machine {
 	struct vm *vm;
@@ -102,7 +106,7 @@ static int machine_build(struct machine *m, void *mem, uint64_t size,
 		return r;
 	r = vm_set_memory(m->vm, mem, size, err);
 	if (r >= 0)
-		r = vm_create_irqchip(m->vm, err);	/* after the slot */
+		r = vm_create_irqchip(m->vm, err); /* after the slot */
 	if (r < 0)
 		return r;
 	for (i = 0; i < ncpus; i++) {
@@ -126,8 +130,7 @@ static int machine_build(struct machine *m, void *mem, uint64_t size,
 	return 0;
 }
 
-static int machine_start(struct machine *m, bool parked,
-			 struct vmm_err *err)
+static int machine_start(struct machine *m, bool parked, struct vmm_err *err)
 {
 	struct vcpu_ops ops = { .pio = serial_pio, .opaque = m->serial };
 	int r;
@@ -326,8 +329,7 @@ static int frozen_recv(int fd, struct frozen *f, struct vmm_err *err)
 
 /* ---- reporting -------------------------------------------------------- */
 
-static void snapshot(void *mem, unsigned int ncpus,
-		     struct guest_cpu_stats *st)
+static void snapshot(void *mem, unsigned int ncpus, struct guest_cpu_stats *st)
 {
 	for (unsigned int i = 0; i < ncpus; i++)
 		guest_read_cpu(mem, i, &st[i]);
@@ -363,12 +365,14 @@ static int measure(void *mem, const char *who, struct vmm_err *err)
 	r = guest_mailbox(mem, MB_CMD_BENCH_PIO, 2000, 10000, &res, err);
 	if (r < 0)
 		return r;
-	printf("[%s] port I/O exit from ring 0 (UART SCR read): %.1f us each (%" PRIu64 " in %" PRIu64 " us)\n",
+	printf("[%s] port I/O exit from ring 0 (UART SCR read): %.1f us each "
+	       "(%" PRIu64 " in %" PRIu64 " us)\n",
 	       who, (double)res.ns / 1000.0 / res.count, res.count, res.us);
 	r = guest_mailbox(mem, MB_CMD_BENCH_SYSCALL, 2000, 10000, &res, err);
 	if (r < 0)
 		return r;
-	printf("[%s] ring 3 -> ud2 -> ring 0 -> iretq round trip: %.1f us each\n",
+	printf("[%s] ring 3 -> ud2 -> ring 0 -> iretq round trip: %.1f us "
+	       "each\n",
 	       who, (double)res.ns / 1000.0 / res.count);
 	return 0;
 }
@@ -382,7 +386,9 @@ static int touch(void *mem, const char *who, const char *when,
 	r = guest_mailbox(mem, MB_CMD_TOUCH_READ, 0, 60000, &res, err);
 	if (r < 0)
 		return r;
-	printf("[%s] guest touched %" PRIu64 " pages (%" PRIu64 " MiB) %s: %" PRIu64 " us\n",
+	printf("[%s] guest touched %" PRIu64 " pages (%" PRIu64 " MiB) %s: "
+	       "%" PRIu64 " us"
+	       "\n",
 	       who, res.count, res.count >> 8, when, res.us);
 	return 0;
 }
@@ -430,14 +436,16 @@ static int new_side_run(struct machine *m, void *mem, const char *who,
 	msleep(30);
 	snapshot(mem, m->ncpus, after);
 	for (unsigned int i = 0; i < m->ncpus; i++)
-		printf("[%s] cpu%u: pause the guest measured across the handoff: %" PRIu64 " us\n",
+		printf("[%s] cpu%u: pause the guest measured across the "
+		       "handoff: %" PRIu64 " us\n",
 		       who, i, after[i].gap_max_cycles * 1000 / khz);
 	if (o->inject == INJECT_CORRUPT) {
 		msleep(100);
 		snapshot(mem, m->ncpus, after);
 		if (after[0].state == PC_STATE_ERROR &&
 		    after[0].error == PC_ERR_COUNTER) {
-			printf("[%s] injected corruption detected by the guest\n",
+			printf("[%s] injected corruption detected by the "
+			       "guest\n",
 			       who);
 			return 0;
 		}
@@ -456,8 +464,8 @@ static int new_side_run(struct machine *m, void *mem, const char *who,
 	snapshot(mem, m->ncpus, after);
 	for (unsigned int i = 0; i < m->ncpus; i++) {
 		printf("[%s] cpu%u counter %" PRIu64 " -> %" PRIu64
-		       " ticks %" PRIu64 " -> %" PRIu64
-		       " gap-max since the stop %" PRIu64 " us\n",
+		       " ticks %" PRIu64 " -> %" PRIu64 " gap-max since the "
+		       "stop %" PRIu64 " us\n",
 		       who, i, before[i].counter, after[i].counter,
 		       before[i].ticks, after[i].ticks,
 		       after[i].gap_max_cycles * 1000 / khz);
@@ -534,10 +542,21 @@ static int parse_size(const char *s, uint64_t *out)
 	uint64_t v = strtoull(s, &end, 10);
 
 	switch (*end) {
-	case 'G': case 'g': v <<= 30; end++; break;
-	case 'M': case 'm': v <<= 20; end++; break;
-	case 0: v <<= 20; break;	/* MiB by default */
-	default: return -EINVAL;
+	case 'G':
+	case 'g':
+		v <<= 30;
+		end++;
+		break;
+	case 'M':
+	case 'm':
+		v <<= 20;
+		end++;
+		break;
+	case 0:
+		v <<= 20;
+		break; /* MiB by default */
+	default:
+		return -EINVAL;
 	}
 	if (*end)
 		return -EINVAL;
@@ -595,7 +614,10 @@ static int parse_options(int argc, char **argv, struct options *o,
 			break;
 		default:
 			return vmm_errf(err, -EINVAL,
-					"usage: kvmcheck [--mem SIZE] [--cpus N] [--run-ms MS] [--same-process] [--rounds N] [--inject corrupt|fault]");
+					"usage: kvmcheck [--mem SIZE] [--cpus "
+					"N] [--run-ms MS] [--same-process] "
+					"[--rounds N] [--inject "
+					"corrupt|fault]");
 		}
 	}
 	if (o->rounds > 1)
@@ -625,8 +647,8 @@ static unsigned int msr_count(const struct blobset *set)
  * Rounds 2..N of --rounds: *cur runs; hand it off to a fresh VM built
  * (parked) before the stop, check the guest carried on, repeat.
  */
-static int more_rounds(struct machine *cur, void *mem,
-		       const struct options *o, struct vmm_err *err)
+static int more_rounds(struct machine *cur, void *mem, const struct options *o,
+		       struct vmm_err *err)
 {
 	struct guest_cpu_stats st[GUEST_MAX_CPUS], prev[GUEST_MAX_CPUS];
 	uint64_t khz = guest_tsc_khz(mem), t0, worst = 0, gap;
@@ -682,10 +704,12 @@ static int more_rounds(struct machine *cur, void *mem,
 		gap = gap * 1000 / khz;
 		if (gap > worst)
 			worst = gap;
-		printf("[round %u] blackout %.0f us, guest-measured pause %" PRIu64 " us, counters continue\n",
+		printf("[round %u] blackout %.0f us, guest-measured pause "
+		       "%" PRIu64 " us, counters continue\n",
 		       round, (t.first_run - t0) / 1e3, gap);
 	}
-	printf("[rounds] %u handoffs, worst guest-measured pause %" PRIu64 " us\n",
+	printf("[rounds] %u handoffs, worst guest-measured pause %" PRIu64 " us"
+	       "\n",
 	       o->rounds, worst);
 	return 0;
 fail:
@@ -717,8 +741,7 @@ static int run(struct options *o, struct vmm_err *err)
 		close(memfd);
 		return r;
 	}
-	mem = mmap(NULL, o->mem, PROT_READ | PROT_WRITE, MAP_SHARED, memfd,
-		   0);
+	mem = mmap(NULL, o->mem, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
 	if (mem == MAP_FAILED) {
 		r = vmm_errno(err, "mmap guest RAM");
 		close(memfd);
@@ -770,7 +793,8 @@ static int run(struct options *o, struct vmm_err *err)
 	r = guest_setup(mem, o->mem, o->cpus, a.vm->tsc_khz, PRINT_MS, err);
 	if (r < 0)
 		goto out;
-	printf("[old] %u vCPUs, %" PRIu64 " MiB, TSC %u kHz, MSR list %u, xsave %d bytes\n",
+	printf("[old] %u vCPUs, %" PRIu64 " MiB, TSC %u kHz, MSR list %u, "
+	       "xsave %d bytes\n",
 	       o->cpus, o->mem >> 20, a.vm->tsc_khz, a.vm->msrs->nmsrs,
 	       a.vm->xsave_size);
 	r = machine_start(&a, false, err);
@@ -867,14 +891,16 @@ static int run(struct options *o, struct vmm_err *err)
 
 	printf("[handoff] new VM built before the stop: %.0f us\n",
 	       prep_ns / 1e3);
-	printf("[handoff] stop %.0f us, save %.0f us, transfer %.0f us, restore %.0f us, start %.0f us\n",
+	printf("[handoff] stop %.0f us, save %.0f us, transfer %.0f us, "
+	       "restore %.0f us, start %.0f us\n",
 	       (t_stopped - t_stop0) / 1e3, (t_saved - t_stopped) / 1e3,
-	       (t.recv_done - t_saved) / 1e3,
-	       (t.restored - t.recv_done) / 1e3,
+	       (t.recv_done - t_saved) / 1e3, (t.restored - t.recv_done) / 1e3,
 	       (t.first_run - t.restored) / 1e3);
-	printf("[handoff] blackout (stop requested -> all new vCPUs in KVM_RUN): %.0f us; old VM destroyed after in %.0f us\n",
+	printf("[handoff] blackout (stop requested -> all new vCPUs in "
+	       "KVM_RUN): %.0f us; old VM destroyed after in %.0f us\n",
 	       (t.first_run - t_stop0) / 1e3, t_destroy / 1e3);
-	printf("[handoff] vcpu0 state: %u blobs, %zu bytes, %u MSRs of the %u listed\n",
+	printf("[handoff] vcpu0 state: %u blobs, %zu bytes, %u MSRs of the %u "
+	       "listed\n",
 	       f.set[1].n, state_bytes(&f.set[1]), msr_count(&f.set[1]),
 	       o->msr_listed);
 	if (o->rounds > 1 && child < 0) {

@@ -42,8 +42,7 @@ int machine_build_rest(struct machine *m, void *mem, uint64_t size,
 	return r < 0 ? r : 0;
 }
 
-int machine_build_serial(struct machine *m, int console_fd,
-			 struct vmm_err *err)
+int machine_build_serial(struct machine *m, int console_fd, struct vmm_err *err)
 {
 	return serial_create(GUEST_COM1, console_fd, &m->serial, err);
 }
@@ -54,7 +53,7 @@ static void *high_main(void *arg)
 	struct vmm_err e = { 0 };
 
 	setpriority(PRIO_PROCESS, 0, 19);
-	vm_set_memory_high(m->vm, &e);	/* a failure fails the vCPUs */
+	vm_set_memory_high(m->vm, &e); /* a failure fails the vCPUs */
 	return NULL;
 }
 
@@ -89,15 +88,14 @@ int machine_build(struct machine *m, void *mem, uint64_t size,
 	return r < 0 ? r : machine_build_serial(m, console_fd, err);
 }
 
-int machine_boot(struct machine *m, unsigned int print_ms,
-		 struct vmm_err *err)
+int machine_boot(struct machine *m, unsigned int print_ms, struct vmm_err *err)
 {
 	struct kvm_sregs sregs;
 	struct kvm_regs regs;
 	int r;
 
-	r = guest_setup(m->vm->mem, m->vm->mem_size, m->ncpus,
-			m->vm->tsc_khz, print_ms, err);
+	r = guest_setup(m->vm->mem, m->vm->mem_size, m->ncpus, m->vm->tsc_khz,
+			print_ms, err);
 	if (r < 0)
 		return r;
 	for (unsigned int i = 0; i < m->ncpus; i++) {
@@ -248,7 +246,7 @@ int machine_warm(struct machine *m, struct vmm_err *err)
 	uint32_t reason;
 	int r;
 
-	machine_ram_high_wait(m);	/* the spare vCPU reads all RAM */
+	machine_ram_high_wait(m); /* the spare vCPU reads all RAM */
 	if (!m->spare) {
 		r = vcpu_create(m->vm, m->ncpus, &m->spare, err);
 		if (r < 0)

@@ -14,14 +14,14 @@
 #include "vcpu.h"
 #include "vm.h"
 
-#define MACHINE_STOP_TIMEOUT_MS	2000
+#define MACHINE_STOP_TIMEOUT_MS 2000
 
 struct machine {
 	struct vm *vm;
 	struct vcpu *vcpu[GUEST_MAX_CPUS];
 	unsigned int ncpus;
 	struct serial *serial;
-	struct vcpu *spare;		/* warm-up vCPU, never restored */
+	struct vcpu *spare; /* warm-up vCPU, never restored */
 	/*
 	 * Set by a handoff before machine_start: the vCPUs run at nice
 	 * -15 from their first KVM_RUN until machine_unboost(), so that
@@ -79,8 +79,7 @@ int machine_ram_high_async(struct machine *m, struct vmm_err *err);
 void machine_ram_high_wait(struct machine *m);
 
 /* Fresh boot: load the guest into RAM, default CPUID, boot registers. */
-int machine_boot(struct machine *m, unsigned int print_ms,
-		 struct vmm_err *err);
+int machine_boot(struct machine *m, unsigned int print_ms, struct vmm_err *err);
 
 /* Start every vCPU thread, running or parked. */
 int machine_start(struct machine *m, bool parked, struct vmm_err *err);

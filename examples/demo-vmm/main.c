@@ -40,22 +40,32 @@ struct main_opts {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: demo-vmm --handoff [--mode transfer|exec|file] [--json FILE]\n"
-		"                          [--mem SIZE] [--cpus N] [--warm STRATEGY]\n"
+		"usage: demo-vmm --handoff [--mode transfer|exec|file] [--json "
+		"FILE]\n"
+		"                          [--mem SIZE] [--cpus N] [--warm "
+		"STRATEGY]\n"
 		"                          [--repeat N] [--no-touch]\n"
-		"       demo-vmm [--mem SIZE] [--cpus N] [--mem-path FILE] [--control PATH]\n"
-		"       demo-vmm --incoming PATH [--control PATH] [--warm STRATEGY]\n"
+		"       demo-vmm [--mem SIZE] [--cpus N] [--mem-path FILE] "
+		"[--control PATH]\n"
+		"       demo-vmm --incoming PATH [--control PATH] [--warm "
+		"STRATEGY]\n"
 		"       demo-vmm --restore FILE [--control PATH]\n"
 		"       demo-vmm --ctl PATH COMMAND [ARG]\n"
 		"  --mem SIZE        guest RAM, e.g. 256M (default), 4G\n"
 		"  --cpus N          vCPUs, 1..%d (default 2)\n"
-		"  --mem-path FILE   file-backed RAM (e.g. under /dev/shm), for file mode\n"
-		"  --control PATH    control socket: status, handoff PATH, handoff-exec,\n"
-		"                    save FILE, touch [read|write], quit, help\n"
-		"  --warm STRATEGY   how a new VMM warms the RAM: none, populate\n"
+		"  --mem-path FILE   file-backed RAM (e.g. under /dev/shm), "
+		"for file mode\n"
+		"  --control PATH    control socket: status, handoff PATH, "
+		"handoff-exec,\n"
+		"                    save FILE, touch [read|write], quit, "
+		"help\n"
+		"  --warm STRATEGY   how a new VMM warms the RAM: none, "
+		"populate\n"
 		"                    (default), helper, best\n"
-		"  --timeout MS      bound on each handoff round (default 10000)\n"
-		"  --sandbox         run under the seccomp sandbox, if built in\n",
+		"  --timeout MS      bound on each handoff round (default "
+		"10000)\n"
+		"  --sandbox         run under the seccomp sandbox, if built "
+		"in\n",
 		GUEST_MAX_CPUS);
 }
 
@@ -69,10 +79,21 @@ static int parse_size(const char *s, uint64_t *out)
 	if (errno || end == s)
 		return -EINVAL;
 	switch (*end) {
-	case 'G': case 'g': v <<= 30; end++; break;
-	case 'M': case 'm': v <<= 20; end++; break;
-	case 0: v <<= 20; break;	/* MiB by default */
-	default: return -EINVAL;
+	case 'G':
+	case 'g':
+		v <<= 30;
+		end++;
+		break;
+	case 'M':
+	case 'm':
+		v <<= 20;
+		end++;
+		break;
+	case 0:
+		v <<= 20;
+		break; /* MiB by default */
+	default:
+		return -EINVAL;
 	}
 	if (*end == 'i' || *end == 'B')
 		end++;
@@ -89,7 +110,7 @@ static int parse_warm(const char *s, enum vmm_warm *w)
 	else if (!strcmp(s, "populate"))
 		*w = WARM_POPULATE;
 	else if (!strcmp(s, "helper") || !strcmp(s, "best"))
-		*w = WARM_HELPER;	/* best measured on kvm_pvm */
+		*w = WARM_HELPER; /* best measured on kvm_pvm */
 	else
 		return -EINVAL;
 	return 0;
@@ -98,11 +119,30 @@ static int parse_warm(const char *s, enum vmm_warm *w)
 static int parse_options(int argc, char **argv, struct main_opts *m,
 			 struct vmm_err *err)
 {
-	enum { O_MEM = 256, O_CPUS, O_MEM_PATH, O_CONTROL, O_INCOMING,
-	       O_RESTORE, O_HANDOFF, O_MODE, O_JSON, O_WARM, O_TAG,
-	       O_SANDBOX, O_CTL, O_EXEC_RESTORE, O_INJECT, O_TIMEOUT,
-	       O_QUIET, O_READY_FD, O_REPEAT, O_BOOT_WARM, O_NO_TOUCH,
-	       O_HELP };
+	enum {
+		O_MEM = 256,
+		O_CPUS,
+		O_MEM_PATH,
+		O_CONTROL,
+		O_INCOMING,
+		O_RESTORE,
+		O_HANDOFF,
+		O_MODE,
+		O_JSON,
+		O_WARM,
+		O_TAG,
+		O_SANDBOX,
+		O_CTL,
+		O_EXEC_RESTORE,
+		O_INJECT,
+		O_TIMEOUT,
+		O_QUIET,
+		O_READY_FD,
+		O_REPEAT,
+		O_BOOT_WARM,
+		O_NO_TOUCH,
+		O_HELP
+	};
 	static const struct option longopts[] = {
 		{ "mem", required_argument, NULL, O_MEM },
 		{ "cpus", required_argument, NULL, O_CPUS },
@@ -142,7 +182,8 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 		case O_MEM:
 			if (parse_size(optarg, &o->mem) < 0)
 				return vmm_errf(err, -EINVAL,
-						"--mem %s: not a size (e.g. 256M, 4G)",
+						"--mem %s: not a size (e.g. "
+						"256M, 4G)",
 						optarg);
 			break;
 		case O_CPUS:
@@ -152,11 +193,21 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 						"--cpus %s: 1..%d", optarg,
 						GUEST_MAX_CPUS);
 			break;
-		case O_MEM_PATH: o->mem_path = optarg; break;
-		case O_CONTROL: o->control = optarg; break;
-		case O_INCOMING: o->incoming = optarg; break;
-		case O_RESTORE: o->restore = optarg; break;
-		case O_HANDOFF: m->handoff = true; break;
+		case O_MEM_PATH:
+			o->mem_path = optarg;
+			break;
+		case O_CONTROL:
+			o->control = optarg;
+			break;
+		case O_INCOMING:
+			o->incoming = optarg;
+			break;
+		case O_RESTORE:
+			o->restore = optarg;
+			break;
+		case O_HANDOFF:
+			m->handoff = true;
+			break;
 		case O_MODE:
 			if (strcmp(optarg, "transfer") &&
 			    strcmp(optarg, "exec") && strcmp(optarg, "file"))
@@ -164,7 +215,9 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 						"--mode transfer|exec|file");
 			m->demo.mode = optarg;
 			break;
-		case O_JSON: m->demo.json = optarg; break;
+		case O_JSON:
+			m->demo.json = optarg;
+			break;
 		case O_WARM: {
 			/* --handoff: a list, one strategy per handoff in turn */
 			char buf[64], *tok, *save = NULL;
@@ -176,32 +229,56 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 				if (m->demo.nwarm == 4 ||
 				    parse_warm(tok, &o->warm) < 0)
 					return vmm_errf(err, -EINVAL,
-							"--warm none|populate|helper|best[,...]");
+							"--warm "
+							"none|populate|helper|"
+							"best[,...]");
 				m->demo.warm[m->demo.nwarm++] = o->warm;
 			}
 			if (!m->demo.nwarm)
 				return vmm_errf(err, -EINVAL,
-						"--warm none|populate|helper|best[,...]");
+						"--warm "
+						"none|populate|helper|best[,..."
+						"]");
 			o->warm = m->demo.warm[0];
 			m->demo.warm_given = true;
 			break;
 		}
-		case O_NO_TOUCH: m->demo.no_touch = true; break;
-		case O_TAG: o->tag = optarg; break;
-		case O_SANDBOX: o->sandbox = true; break;
-		case O_CTL: m->ctl = optarg; break;
-		case O_EXEC_RESTORE: o->exec_restore = true; break;
-		case O_INJECT: o->inject = optarg; break;
-		case O_TIMEOUT: o->timeout_ms = atoi(optarg); break;
-		case O_QUIET: o->quiet = true; break;
-		case O_READY_FD: m->ready_fd = atoi(optarg); break;
+		case O_NO_TOUCH:
+			m->demo.no_touch = true;
+			break;
+		case O_TAG:
+			o->tag = optarg;
+			break;
+		case O_SANDBOX:
+			o->sandbox = true;
+			break;
+		case O_CTL:
+			m->ctl = optarg;
+			break;
+		case O_EXEC_RESTORE:
+			o->exec_restore = true;
+			break;
+		case O_INJECT:
+			o->inject = optarg;
+			break;
+		case O_TIMEOUT:
+			o->timeout_ms = atoi(optarg);
+			break;
+		case O_QUIET:
+			o->quiet = true;
+			break;
+		case O_READY_FD:
+			m->ready_fd = atoi(optarg);
+			break;
 		case O_REPEAT:
 			m->demo.repeat = strtoul(optarg, NULL, 10);
 			if (m->demo.repeat < 1 || m->demo.repeat > 100)
 				return vmm_errf(err, -EINVAL,
 						"--repeat %s: 1..100", optarg);
 			break;
-		case O_BOOT_WARM: o->boot_warm = true; break;
+		case O_BOOT_WARM:
+			o->boot_warm = true;
+			break;
 		case O_HELP:
 			usage(stdout);
 			exit(0);
@@ -218,9 +295,11 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 	if (m->ctl && optind >= argc)
 		return vmm_errf(err, -EINVAL, "--ctl PATH needs a COMMAND");
 	if (!!o->incoming + !!o->restore + !!o->exec_restore + m->handoff +
-	    !!m->ctl > 1)
+		    !!m->ctl >
+	    1)
 		return vmm_errf(err, -EINVAL,
-				"--handoff, --incoming, --restore and --ctl exclude each other");
+				"--handoff, --incoming, --restore and --ctl "
+				"exclude each other");
 	return 0;
 }
 
@@ -248,8 +327,9 @@ static int ctl_main(const char *path, int argc, char **argv)
 
 /* ---- the running VMM ------------------------------------------------------ */
 
-#define GAP_NOT_RECORDED \
-	"not recorded: stopped while printing its tick line, which the guest does not time"
+#define GAP_NOT_RECORDED                                                       \
+	"not recorded: stopped while printing its tick line, which the guest " \
+	"does not time"
 
 struct populate_job {
 	struct vmm *v;
@@ -363,7 +443,8 @@ static bool update_gaps(struct vmm *v)
 			rep->gap_us[i] = cyc * 1000 / khz;
 			rep->gap_pre_us[i] =
 				((int64_t)tsc_at(rep->t_stop, khz) -
-				 (int64_t)start) * 1000 / (int64_t)khz;
+				 (int64_t)start) *
+				1000 / (int64_t)khz;
 			/* After this vCPU's own first KVM_RUN. */
 			rep->gap_post_us[i] =
 				((int64_t)(start + cyc) -
@@ -371,7 +452,7 @@ static bool update_gaps(struct vmm *v)
 						 khz)) *
 				1000 / (int64_t)khz;
 		} else if (r == -ENOENT)
-			rep->gap_us[i] = -2;	/* not recorded */
+			rep->gap_us[i] = -2; /* not recorded */
 		else
 			done = false;
 	}
@@ -399,7 +480,8 @@ static size_t format_status(struct vmm *v, char *buf, size_t len)
 	size_t n;
 
 	n = snprintf(buf, len,
-		     "ok pid=%d mem_mib=%" PRIu64 " cpus=%u guest=%s handoffs=%u ram_addr=%p",
+		     "ok pid=%d mem_mib=%" PRIu64 " cpus=%u guest=%s "
+		     "handoffs=%u ram_addr=%p",
 		     (int)getpid(), (uint64_t)(v->ram.size >> 20), v->m.ncpus,
 		     guest_health(v), v->handoffs, v->ram.addr);
 	for (unsigned int i = 0; i < v->m.ncpus && n < len; i++) {
@@ -410,37 +492,34 @@ static size_t format_status(struct vmm *v, char *buf, size_t len)
 	if (!v->have_report || n >= len)
 		return n;
 	update_pfns(v);
-	n += snprintf(buf + n, len - n,
-		      " last=%s from=%d blackout_us=%" PRId64
-		      " stop_us=%" PRId64 " save_us=%" PRId64
-		      " send_us=%" PRId64 " restore_us=%" PRId64
-		      " run_us=%" PRId64 " prepare_us=%" PRIu64
-		      " main_us=%" PRId64
-		      " gap_us=%" PRId64 " gap_pre_us=%" PRId64
-		      " gap_post_us=%" PRId64
-		      " gap_done=%d pfn_same=%u pfn_total=%u"
-		      " state_bytes=%" PRIu64 " ram_copied=0",
-		      rep->mode, (int)rep->from_pid,
-		      us_between(rep->t_stop, rep->t_running),
-		      us_between(rep->t_stop, rep->t_stopped),
-		      us_between(rep->t_stopped, rep->t_saved),
-		      us_between(rep->t_saved, rep->t_received),
-		      us_between(rep->t_received, rep->t_restored),
-		      us_between(rep->t_restored, rep->t_running),
-		      rep->prepare_ns / 1000,
-		      us_between(rep->t_saved, rep->t_main), max_gap(v),
-		      max_gap_cpu(v) < 0 ? (int64_t)-1 :
-					   rep->gap_pre_us[max_gap_cpu(v)],
-		      max_gap_cpu(v) < 0 ? (int64_t)-1 :
-					   rep->gap_post_us[max_gap_cpu(v)],
-		      rep->gap_done,
-		      rep->pfn_same, rep->pfn_total, rep->state_bytes);
+	n += snprintf(
+		buf + n, len - n,
+		" last=%s from=%d blackout_us=%" PRId64 " stop_us=%" PRId64
+		" save_us=%" PRId64 " send_us=%" PRId64 " restore_us=%" PRId64
+		" run_us=%" PRId64 " prepare_us=%" PRIu64 " main_us=%" PRId64
+		" gap_us=%" PRId64 " gap_pre_us=%" PRId64
+		" gap_post_us=%" PRId64 " gap_done=%d pfn_same=%u pfn_total=%u"
+		" state_bytes=%" PRIu64 " ram_copied=0",
+		rep->mode, (int)rep->from_pid,
+		us_between(rep->t_stop, rep->t_running),
+		us_between(rep->t_stop, rep->t_stopped),
+		us_between(rep->t_stopped, rep->t_saved),
+		us_between(rep->t_saved, rep->t_received),
+		us_between(rep->t_received, rep->t_restored),
+		us_between(rep->t_restored, rep->t_running),
+		rep->prepare_ns / 1000, us_between(rep->t_saved, rep->t_main),
+		max_gap(v),
+		max_gap_cpu(v) < 0 ? (int64_t)-1
+				   : rep->gap_pre_us[max_gap_cpu(v)],
+		max_gap_cpu(v) < 0 ? (int64_t)-1
+				   : rep->gap_post_us[max_gap_cpu(v)],
+		rep->gap_done, rep->pfn_same, rep->pfn_total, rep->state_bytes);
 	for (unsigned int i = 0; i < v->m.ncpus && n < len; i++)
 		n += snprintf(buf + n, len - n,
-			      " gap%u=%" PRId64 " gappre%u=%" PRId64
-			      " gappost%u=%" PRId64 " stopc%u=%" PRIu64
-			      " stsc%u=%" PRIu64, i,
-			      rep->gap_us[i], i, rep->gap_pre_us[i], i,
+			      " gap%u=%" PRId64 " gappre%u=%" PRId64 " gappost%"
+			      "u="
+			      "%" PRId64 " stopc%u=%" PRIu64 " stsc%u=%" PRIu64,
+			      i, rep->gap_us[i], i, rep->gap_pre_us[i], i,
 			      rep->gap_post_us[i], i, rep->counter_at_stop[i],
 			      i, rep->stop_tsc[i]);
 	return n;
@@ -457,24 +536,26 @@ static void print_report(struct vmm *v)
 		if (rep->gap_us[i] < 0)
 			n += snprintf(gaps + n, sizeof(gaps) - n,
 				      "%scpu%u n/a (%s)", i ? ", " : "", i,
-				      rep->gap_us[i] == -2 ?
-					      GAP_NOT_RECORDED :
-					      "no iteration since");
+				      rep->gap_us[i] == -2 ? GAP_NOT_RECORDED
+							   : "no iteration "
+							     "since");
 		else
 			n += snprintf(gaps + n, sizeof(gaps) - n,
 				      "%scpu%u %" PRId64 " (%" PRId64
-				      " before the stop, %" PRId64
-				      " after KVM_RUN)", i ? ", " : "", i,
-				      rep->gap_us[i], rep->gap_pre_us[i],
-				      rep->gap_post_us[i]);
+				      " before the stop, %" PRId64 " after "
+				      "KVM_RUN)",
+				      i ? ", " : "", i, rep->gap_us[i],
+				      rep->gap_pre_us[i], rep->gap_post_us[i]);
 	}
 	update_pfns(v);
-	printf("[demo-vmm %d] guest received (%s, from pid %d): blackout %" PRId64
-	       " us (stop %" PRId64 " + save %" PRId64 " + send %" PRId64
-	       " + restore %" PRId64 " + run %" PRId64
-	       "); the guest saw a pause of: %s us; RAM %" PRIu64
-	       " MiB in place (%u/%u sampled pages on the same frames), %" PRIu64
-	       " bytes of state, 0 bytes of RAM copied\n",
+	printf("[demo-vmm %d] guest received (%s, from pid %d): blackout "
+	       "%" PRId64 " us (stop %" PRId64 " + save %" PRId64 " + send "
+	       "%" PRId64 " + restore %" PRId64 " + run %" PRId64 "); "
+	       "the guest saw a pause of: %s us; RAM "
+	       "%" PRIu64 " MiB in place (%u/%u sampled "
+	       "pages on the same frames), "
+	       "%" PRIu64 " bytes of state, 0 "
+	       "bytes of RAM copied\n",
 	       (int)getpid(), rep->mode, (int)rep->from_pid,
 	       us_between(rep->t_stop, rep->t_running),
 	       us_between(rep->t_stop, rep->t_stopped),
@@ -562,7 +643,7 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 			format_status(v, line, sizeof(line));
 			control_reply(v->ctl, client, "%s", line);
 			break;
-		case CONTROL_SELFTEST:	/* hidden: is the sandbox real? */
+		case CONTROL_SELFTEST: /* hidden: is the sandbox real? */
 #ifdef DEMO_VMM_HAVE_SANDBOX
 			sandbox_selftest(line, sizeof(line));
 #else
@@ -572,13 +653,15 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 			break;
 		case CONTROL_HELP:
 			control_reply(v->ctl, client,
-				      "ok commands: status, handoff PATH, handoff-exec, save FILE, touch [read|write], quit");
+				      "ok commands: status, handoff PATH, "
+				      "handoff-exec, save FILE, touch "
+				      "[read|write], quit");
 			break;
 		case CONTROL_TOUCH:
 			r = guest_mailbox(v->ram.addr,
-					  strcmp(cmd.arg, "write") ?
-						  MB_CMD_TOUCH_READ :
-						  MB_CMD_TOUCH_WRITE,
+					  strcmp(cmd.arg, "write")
+						  ? MB_CMD_TOUCH_READ
+						  : MB_CMD_TOUCH_WRITE,
 					  0, 600000, &mb, &err);
 			if (r < 0)
 				control_reply(v->ctl, client, "error: %s",
@@ -621,7 +704,8 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 			r = handoff_save_file(v, cmd.arg, &res, &err);
 			if (r == 0) {
 				control_reply(v->ctl, client,
-					      "ok saved %s: restore with demo-vmm --restore %s",
+					      "ok saved %s: restore with "
+					      "demo-vmm --restore %s",
 					      cmd.arg, cmd.arg);
 				vmm_cleanup(v, false);
 				return 0;
@@ -629,14 +713,15 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 			goto failed;
 		}
 		continue;
-failed:
+	failed:
 		fprintf(stderr, "demo-vmm: handoff failed: %s%s\n", err.msg,
-			!res.stopped ? " (the guest was not stopped)" :
-			res.resumed ? " (the guest resumed here)" :
-				      " (the guest is lost)");
+			!res.stopped  ? " (the guest was not stopped)"
+			: res.resumed ? " (the guest resumed here)"
+				      : " (the guest is lost)");
 		control_reply(v->ctl, client, "error: %s%s", err.msg,
-			      !res.stopped ? "; the guest runs on here" :
-			      res.resumed ? "; the guest resumed here" : "");
+			      !res.stopped  ? "; the guest runs on here"
+			      : res.resumed ? "; the guest resumed here"
+					    : "");
 		if (res.stopped && !res.resumed)
 			return 1;
 	}
@@ -670,7 +755,8 @@ static int vmm_main(struct main_opts *mo, uint64_t t_main)
 		r = sandbox_install(&v, &err);
 #else
 		r = vmm_errf(&err, -ENOTSUP,
-			     "--sandbox: this demo-vmm was built without the sandbox");
+			     "--sandbox: this demo-vmm was built without the "
+			     "sandbox");
 #endif
 		if (r < 0)
 			goto fail;

@@ -57,7 +57,7 @@
 #define SANDBOX_MODES \
 	(CPRXFER_MODE_TRANSFER | CPRXFER_MODE_EXEC | CPRXFER_MODE_FILE)
 /* In the environment once our filter is loaded: the pid it was for. */
-#define SANDBOX_MARK	"DEMO_VMM_SANDBOXED"
+#define SANDBOX_MARK "DEMO_VMM_SANDBOXED"
 
 /* Allowed with any arguments; beyond libcprxfer's list. */
 static const struct {
@@ -65,45 +65,46 @@ static const struct {
 	const char *why;
 } own[] = {
 	/* KVM: the vCPU run area is mmap()ed (libcprxfer's list) */
-	{ "access",	"main(): is /dev/kvm usable; the loader's "
-			"/etc/ld.so.preload check" },
+	{ "access", "main(): is /dev/kvm usable; the loader's "
+		    "/etc/ld.so.preload check" },
 
 	/* threads: vCPUs, the RAM warmer, the exec-mode VM builder */
 	{ "set_robust_list", "glibc: every new thread, every new image" },
-	{ "rseq",	"glibc: every new thread, every new image" },
-	{ "futex",	"mutexes, condition variables, pthread_join" },
+	{ "rseq", "glibc: every new thread, every new image" },
+	{ "futex", "mutexes, condition variables, pthread_join" },
 	{ "rt_sigprocmask", "pthread_create blocks signals; vCPU threads "
-			"unblock the kick signal" },
-	{ "exit",	"a thread's exit" },
-	{ "exit_group",	"the process's exit" },
-	{ "gettid",	"a vCPU thread's id, for its priority" },
+			    "unblock the kick signal" },
+	{ "exit", "a thread's exit" },
+	{ "exit_group", "the process's exit" },
+	{ "gettid", "a vCPU thread's id, for its priority" },
 	{ "rt_sigaction", "the vCPU kick handler (SIGUSR1), SIGPIPE "
-			"ignored, glibc's internal signal" },
+			  "ignored, glibc's internal signal" },
 	{ "rt_sigreturn", "return from the kick handler" },
 	{ "restart_syscall", "a poll() or sleep stopped by SIGSTOP or a "
-			"ptrace attach resumes through it (without it the "
-			"serve loop's poll fails with EPERM)" },
+			     "ptrace attach resumes through it (without it the "
+			     "serve loop's poll fails with EPERM)" },
 	{ "sched_setscheduler", "vCPU threads: SCHED_FIFO while they run "
-			"the handoff, SCHED_OTHER after (the policy is a "
-			"register but the priority a pointer)" },
+				"the handoff, SCHED_OTHER after (the policy is "
+				"a "
+				"register but the priority a pointer)" },
 	{ "sched_get_priority_min", "pthread_attr_setschedparam checks" },
 	{ "sched_get_priority_max", "pthread_attr_setschedparam checks" },
 
 	/* the control socket (accept4, poll: libcprxfer's list) */
-	{ "sendto",	"send(): the reply lines" },
-	{ "recvfrom",	"recv(): the command lines" },
+	{ "sendto", "send(): the reply lines" },
+	{ "recvfrom", "recv(): the command lines" },
 
 	/* time */
 	{ "clock_nanosleep", "usleep(): the serve loop without a control "
-			"socket, vCPU stop polling, the guest mailbox" },
+			     "socket, vCPU stop polling, the guest mailbox" },
 
 	/* transfer mode's fence: kill a new VMM that timed out */
-	{ "pidfd_open",	"a handle on the new VMM, to wait for its death" },
+	{ "pidfd_open", "a handle on the new VMM, to wait for its death" },
 
 	/* a new image (exec mode) before main(): the dynamic loader */
-	{ "arch_prctl",	"the loader: the TLS register" },
+	{ "arch_prctl", "the loader: the TLS register" },
 	{ "set_tid_address", "glibc start-up" },
-	{ "mprotect",	"the loader (RELRO), thread stack guard pages" },
+	{ "mprotect", "the loader (RELRO), thread stack guard pages" },
 };
 
 static int rule(scmp_filter_ctx ctx, uint32_t action, const char *name,
@@ -136,8 +137,9 @@ static int add_restricted(scmp_filter_ctx ctx, struct vmm_err *err)
 	const struct scmp_arg_cmp no_ns[] = {
 		SCMP_A0(SCMP_CMP_MASKED_EQ,
 			CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS |
-			CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
-			CLONE_NEWNET | CLONE_PTRACE, 0),
+				CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
+				CLONE_NEWNET | CLONE_PTRACE,
+			0),
 	};
 	/* pthread_kill() of our own vCPU threads: the kick. */
 	const struct scmp_arg_cmp own_tgid[] = {
@@ -250,6 +252,10 @@ void sandbox_selftest(char *buf, size_t len)
 	e2 = unshare(0) < 0 ? errno : 0;
 	snprintf(buf, len, "ok seccomp=%d socket_inet=%s unshare=%s",
 		 prctl(PR_GET_SECCOMP, 0, 0, 0, 0),
-		 e1 == EPERM ? "EPERM" : e1 ? strerror(e1) : "allowed",
-		 e2 == EPERM ? "EPERM" : e2 ? strerror(e2) : "allowed");
+		 e1 == EPERM ? "EPERM"
+		 : e1	     ? strerror(e1)
+			     : "allowed",
+		 e2 == EPERM ? "EPERM"
+		 : e2	     ? strerror(e2)
+			     : "allowed");
 }

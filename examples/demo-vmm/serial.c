@@ -9,64 +9,64 @@
 
 #include "serial.h"
 
-#define SERIAL_STATE_VERSION	1
-#define SERIAL_STATE_LEN	(11 + 16)
-#define RX_FIFO			16
-#define TX_BUF			256
+#define SERIAL_STATE_VERSION 1
+#define SERIAL_STATE_LEN     (11 + 16)
+#define RX_FIFO		     16
+#define TX_BUF		     256
 
 /* Register offsets. */
-#define UART_RBR	0	/* DLAB 0 read */
-#define UART_THR	0	/* DLAB 0 write */
-#define UART_DLL	0	/* DLAB 1 */
-#define UART_IER	1	/* DLAB 0 */
-#define UART_DLM	1	/* DLAB 1 */
-#define UART_IIR	2	/* read */
-#define UART_FCR	2	/* write */
-#define UART_LCR	3
-#define UART_MCR	4
-#define UART_LSR	5
-#define UART_MSR	6
-#define UART_SCR	7
+#define UART_RBR 0 /* DLAB 0 read */
+#define UART_THR 0 /* DLAB 0 write */
+#define UART_DLL 0 /* DLAB 1 */
+#define UART_IER 1 /* DLAB 0 */
+#define UART_DLM 1 /* DLAB 1 */
+#define UART_IIR 2 /* read */
+#define UART_FCR 2 /* write */
+#define UART_LCR 3
+#define UART_MCR 4
+#define UART_LSR 5
+#define UART_MSR 6
+#define UART_SCR 7
 
-#define IER_RDI		0x01	/* received data available */
-#define IER_THRI	0x02	/* transmitter holding register empty */
-#define IER_RLSI	0x04	/* receiver line status */
-#define IER_MSI		0x08	/* modem status */
-#define IIR_NO_INT	0x01
-#define IIR_MSI		0x00
-#define IIR_THRI	0x02
-#define IIR_RDI		0x04
-#define IIR_RLSI	0x06
-#define IIR_FIFO	0xc0
-#define FCR_ENABLE	0x01
-#define FCR_CLEAR_RX	0x02
-#define FCR_CLEAR_TX	0x04
-#define LCR_DLAB	0x80
-#define MCR_DTR		0x01
-#define MCR_RTS		0x02
-#define MCR_OUT1	0x04
-#define MCR_OUT2	0x08
-#define MCR_LOOP	0x10
-#define LSR_DR		0x01
-#define LSR_OE		0x02
-#define LSR_BI		0x10
-#define LSR_THRE	0x20
-#define LSR_TEMT	0x40
-#define MSR_DCTS	0x01
-#define MSR_DDSR	0x02
-#define MSR_TERI	0x04
-#define MSR_DDCD	0x08
-#define MSR_CTS		0x10
-#define MSR_DSR		0x20
-#define MSR_RI		0x40
-#define MSR_DCD		0x80
+#define IER_RDI	     0x01 /* received data available */
+#define IER_THRI     0x02 /* transmitter holding register empty */
+#define IER_RLSI     0x04 /* receiver line status */
+#define IER_MSI	     0x08 /* modem status */
+#define IIR_NO_INT   0x01
+#define IIR_MSI	     0x00
+#define IIR_THRI     0x02
+#define IIR_RDI	     0x04
+#define IIR_RLSI     0x06
+#define IIR_FIFO     0xc0
+#define FCR_ENABLE   0x01
+#define FCR_CLEAR_RX 0x02
+#define FCR_CLEAR_TX 0x04
+#define LCR_DLAB     0x80
+#define MCR_DTR	     0x01
+#define MCR_RTS	     0x02
+#define MCR_OUT1     0x04
+#define MCR_OUT2     0x08
+#define MCR_LOOP     0x10
+#define LSR_DR	     0x01
+#define LSR_OE	     0x02
+#define LSR_BI	     0x10
+#define LSR_THRE     0x20
+#define LSR_TEMT     0x40
+#define MSR_DCTS     0x01
+#define MSR_DDSR     0x02
+#define MSR_TERI     0x04
+#define MSR_DDCD     0x08
+#define MSR_CTS	     0x10
+#define MSR_DSR	     0x20
+#define MSR_RI	     0x40
+#define MSR_DCD	     0x80
 
 struct serial {
 	pthread_mutex_t lock;
 	uint16_t base;
 	int console_fd;
 	uint8_t dll, dlm, ier, lcr, mcr, lsr, msr, scr, fcr;
-	uint8_t thr_interrupt;		/* THRE interrupt pending */
+	uint8_t thr_interrupt; /* THRE interrupt pending */
 	uint8_t rx[RX_FIFO];
 	uint8_t rx_head, rx_count;
 	uint8_t tx[TX_BUF];
@@ -85,7 +85,7 @@ int serial_create(uint16_t base, int console_fd, struct serial **out,
 	s->base = base;
 	s->console_fd = console_fd;
 	/* Power-on values. */
-	s->dll = 0x0c;			/* 9600 baud */
+	s->dll = 0x0c; /* 9600 baud */
 	s->lsr = LSR_THRE | LSR_TEMT;
 	s->msr = MSR_DCD | MSR_DSR | MSR_CTS;
 	*out = s;
@@ -108,7 +108,7 @@ static void console_out(int fd, const uint8_t *buf, size_t len)
 		} else if (n < 0 && errno == EINTR) {
 			continue;
 		} else {
-			return;		/* console gone: drop output */
+			return; /* console gone: drop output */
 		}
 	}
 }
@@ -214,7 +214,7 @@ static void write_reg(struct serial *s, unsigned int reg, uint8_t v)
 		break;
 	case UART_LSR:
 	case UART_MSR:
-		break;		/* read-only (factory test mode) */
+		break; /* read-only (factory test mode) */
 	case UART_SCR:
 		s->scr = v;
 		break;
@@ -352,8 +352,8 @@ int serial_restore_state(struct serial *s, const struct blobset *set,
 	size_t len;
 	int r;
 
-	r = blob_payload(set, "serial", SERIAL_STATE_VERSION,
-			 SERIAL_STATE_LEN, SERIAL_STATE_LEN, &p, &len, err);
+	r = blob_payload(set, "serial", SERIAL_STATE_VERSION, SERIAL_STATE_LEN,
+			 SERIAL_STATE_LEN, &p, &len, err);
 	if (r < 0)
 		return r;
 	if (p[10] > RX_FIFO)

@@ -69,8 +69,7 @@ int blobset_add(struct blobset *set, const char *name, uint8_t *data,
 	struct blob *b;
 
 	if (!data)
-		return vmm_errf(err, -ENOMEM, "blob '%s': out of memory",
-				name);
+		return vmm_errf(err, -ENOMEM, "blob '%s': out of memory", name);
 	if (set->n >= BLOBSET_MAX || strlen(name) >= BLOB_NAME_MAX) {
 		free(data);
 		return vmm_errf(err, -ENOSPC, "blob '%s': set full", name);
@@ -82,8 +81,8 @@ int blobset_add(struct blobset *set, const char *name, uint8_t *data,
 	return 0;
 }
 
-int blobset_add_copy(struct blobset *set, const char *name,
-		     const void *data, size_t len, struct vmm_err *err)
+int blobset_add_copy(struct blobset *set, const char *name, const void *data,
+		     size_t len, struct vmm_err *err)
 {
 	uint8_t *p = malloc(len ? len : 1);
 
@@ -113,9 +112,9 @@ void blobset_free(struct blobset *set)
 	set->n = 0;
 }
 
-int blob_payload(const struct blobset *set, const char *name,
-		 uint32_t version, size_t min_len, size_t max_len,
-		 const uint8_t **payload, size_t *len, struct vmm_err *err)
+int blob_payload(const struct blobset *set, const char *name, uint32_t version,
+		 size_t min_len, size_t max_len, const uint8_t **payload,
+		 size_t *len, struct vmm_err *err)
 {
 	const struct blob *b = blobset_find(set, name);
 	uint32_t v, n;
@@ -133,7 +132,8 @@ int blob_payload(const struct blobset *set, const char *name,
 				name, v, version);
 	if (n != b->len - BLOB_HDR || n < min_len || n > max_len)
 		return vmm_errf(err, -EBADMSG,
-				"state '%s': payload %u bytes (blob %zu), expected %zu..%zu",
+				"state '%s': payload %u bytes (blob %zu), "
+				"expected %zu..%zu",
 				name, n, b->len, min_len, max_len);
 	*payload = b->data + BLOB_HDR;
 	*len = n;

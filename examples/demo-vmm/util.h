@@ -37,13 +37,13 @@ uint64_t vmm_now_ns(void);
  * a KVM structure is that structure's bytes (the KVM ABI is fixed and
  * x86 is little-endian), other payloads are encoded field by field.
  */
-#define BLOB_NAME_MAX	32
-#define BLOBSET_MAX	16
-#define BLOB_HDR	8
+#define BLOB_NAME_MAX 32
+#define BLOBSET_MAX   16
+#define BLOB_HDR      8
 
 struct blob {
 	char name[BLOB_NAME_MAX];
-	uint8_t *data;		/* header + payload, malloc'd */
+	uint8_t *data; /* header + payload, malloc'd */
 	size_t len;
 };
 
@@ -58,8 +58,8 @@ uint8_t *blob_alloc(uint32_t version, size_t payload_len, size_t *total);
 int blobset_add(struct blobset *set, const char *name, uint8_t *data,
 		size_t len, struct vmm_err *err);
 /* Add a copy of data. */
-int blobset_add_copy(struct blobset *set, const char *name,
-		     const void *data, size_t len, struct vmm_err *err);
+int blobset_add_copy(struct blobset *set, const char *name, const void *data,
+		     size_t len, struct vmm_err *err);
 const struct blob *blobset_find(const struct blobset *set, const char *name);
 void blobset_free(struct blobset *set);
 
@@ -67,9 +67,9 @@ void blobset_free(struct blobset *set);
  * Find blob name in set, check its header (version and payload length in
  * [min_len, max_len]) and return its payload.
  */
-int blob_payload(const struct blobset *set, const char *name,
-		 uint32_t version, size_t min_len, size_t max_len,
-		 const uint8_t **payload, size_t *len, struct vmm_err *err);
+int blob_payload(const struct blobset *set, const char *name, uint32_t version,
+		 size_t min_len, size_t max_len, const uint8_t **payload,
+		 size_t *len, struct vmm_err *err);
 
 static inline void put_le32(uint8_t *p, uint32_t v)
 {

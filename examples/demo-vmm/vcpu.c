@@ -15,15 +15,19 @@
 
 #include "vcpu.h"
 
-#define VCPU_STATE_VERSION	1
-#define CPUID_MAX_ENTRIES	256
+#define VCPU_STATE_VERSION 1
+#define CPUID_MAX_ENTRIES  256
 
-enum { VCPU_REQ_RUN, VCPU_REQ_STOP, VCPU_REQ_QUIT };
+enum {
+	VCPU_REQ_RUN,
+	VCPU_REQ_STOP,
+	VCPU_REQ_QUIT
+};
 
-#define VCPU_BOOST_NICE		(-15)
+#define VCPU_BOOST_NICE (-15)
 /* The handoff's main thread preempts the vCPU threads it boosts. */
-#define MAIN_BOOST_RT_PRIO	10
-#define VCPU_BOOST_RT_PRIO	5
+#define MAIN_BOOST_RT_PRIO 10
+#define VCPU_BOOST_RT_PRIO 5
 
 static void boost_tid(int tid, bool on, int prio, int nice);
 
@@ -46,7 +50,7 @@ int vcpu_signal_setup(struct vmm_err *err)
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = kick_handler;
 	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = 0;	/* no SA_RESTART: KVM_RUN must see EINTR */
+	sa.sa_flags = 0; /* no SA_RESTART: KVM_RUN must see EINTR */
 	if (sigaction(VCPU_KICK_SIGNAL, &sa, NULL) < 0)
 		return vmm_errno(err, "sigaction(SIGUSR1)");
 	return 0;
@@ -77,8 +81,8 @@ int vcpu_create(struct vm *vm, unsigned int id, struct vcpu **out,
 		r = vmm_errno(err, "vcpu%u: KVM_CREATE_VCPU", id);
 		goto fail;
 	}
-	v->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE,
-		      MAP_SHARED, v->fd, 0);
+	v->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+		      v->fd, 0);
 	if (v->run == MAP_FAILED) {
 		r = vmm_errno(err, "vcpu%u: mmap kvm_run", id);
 		goto fail;
@@ -144,8 +148,8 @@ int vcpu_set_default_cpuid(struct vcpu *v, struct vmm_err *err)
 }
 
 /* Decode a "cpuid" blob into a malloc'd struct kvm_cpuid2. */
-static int cpuid_from_blob(const struct blobset *set,
-			   struct kvm_cpuid2 **out, struct vmm_err *err)
+static int cpuid_from_blob(const struct blobset *set, struct kvm_cpuid2 **out,
+			   struct vmm_err *err)
 {
 	const size_t esz = sizeof(struct kvm_cpuid_entry2);
 	struct kvm_cpuid2 *c;
@@ -186,8 +190,7 @@ int vcpu_set_cpuid_blob(struct vcpu *v, const struct blobset *set,
 	return r;
 }
 
-int vcpu_cpuid_blob(struct vcpu *v, struct blobset *set,
-		    struct vmm_err *err)
+int vcpu_cpuid_blob(struct vcpu *v, struct blobset *set, struct vmm_err *err)
 {
 	const size_t esz = sizeof(struct kvm_cpuid_entry2);
 	const struct kvm_cpuid2 *c = v->cpuid_set;
@@ -221,8 +224,7 @@ int vcpu_run_sync(struct vcpu *v, uint32_t *reason, struct vmm_err *err)
 	}
 }
 
-int vcpu_get_sregs(struct vcpu *v, struct kvm_sregs *sregs,
-		   struct vmm_err *err)
+int vcpu_get_sregs(struct vcpu *v, struct kvm_sregs *sregs, struct vmm_err *err)
 {
 	if (ioctl(v->fd, KVM_GET_SREGS, sregs) < 0)
 		return vmm_errno(err, "vcpu%u: KVM_GET_SREGS", v->id);
@@ -306,15 +308,14 @@ static int handle_exit(struct vcpu *v, struct vmm_err *err)
 		r = vm_mmio_ram(v->vm, run->mmio.phys_addr, run->mmio.is_write,
 				run->mmio.data, run->mmio.len);
 		if (r < 0)
-			return vmm_errf(err, r,
-					"vcpu%u: RAM at 0x%llx: its memslot failed",
-					v->id,
-					(unsigned long long)run->mmio.phys_addr);
+			return vmm_errf(
+				err, r,
+				"vcpu%u: RAM at 0x%llx: its memslot failed",
+				v->id, (unsigned long long)run->mmio.phys_addr);
 		if (r > 0)
 			return 0;
 		if (v->ops.mmio)
-			return v->ops.mmio(v->ops.opaque,
-					   run->mmio.phys_addr,
+			return v->ops.mmio(v->ops.opaque, run->mmio.phys_addr,
 					   run->mmio.is_write, run->mmio.data,
 					   run->mmio.len);
 		if (!run->mmio.is_write)
@@ -330,14 +331,15 @@ static int handle_exit(struct vcpu *v, struct vmm_err *err)
 		return 0;
 	case KVM_EXIT_SHUTDOWN:
 		return vmm_errf(err, -EFAULT,
-				"vcpu%u: guest shutdown (triple fault) near rip 0x%llx",
+				"vcpu%u: guest shutdown (triple fault) near "
+				"rip 0x%llx",
 				v->id, (unsigned long long)guest_rip(v));
 	case KVM_EXIT_FAIL_ENTRY:
-		return vmm_errf(err, -EFAULT,
-				"vcpu%u: KVM_EXIT_FAIL_ENTRY reason 0x%llx",
-				v->id,
-				(unsigned long long)run->fail_entry
-					.hardware_entry_failure_reason);
+		return vmm_errf(
+			err, -EFAULT,
+			"vcpu%u: KVM_EXIT_FAIL_ENTRY reason 0x%llx", v->id,
+			(unsigned long long)
+				run->fail_entry.hardware_entry_failure_reason);
 	case KVM_EXIT_INTERNAL_ERROR:
 		n = run->internal.ndata;
 		if (n > 16)
@@ -345,17 +347,17 @@ static int handle_exit(struct vcpu *v, struct vmm_err *err)
 		off = 0;
 		hex[0] = 0;
 		for (i = 0; i < n && off < sizeof(hex) - 20; i++)
-			off += snprintf(hex + off, sizeof(hex) - off,
-					" %llx",
-					(unsigned long long)run->internal
-						.data[i]);
+			off += snprintf(
+				hex + off, sizeof(hex) - off, " %llx",
+				(unsigned long long)run->internal.data[i]);
 		return vmm_errf(err, -EFAULT,
-				"vcpu%u: KVM_EXIT_INTERNAL_ERROR suberror %u%s at rip 0x%llx, data:%s",
+				"vcpu%u: KVM_EXIT_INTERNAL_ERROR suberror %u%s "
+				"at rip 0x%llx, data:%s",
 				v->id, run->internal.suberror,
 				run->internal.suberror ==
-						KVM_INTERNAL_ERROR_EMULATION ?
-					" (instruction the emulator lacks)" :
-					"",
+						KVM_INTERNAL_ERROR_EMULATION
+					? " (instruction the emulator lacks)"
+					: "",
 				(unsigned long long)guest_rip(v), hex);
 	case KVM_EXIT_SYSTEM_EVENT:
 		return vmm_errf(err, -EFAULT,
@@ -410,7 +412,7 @@ static int vcpu_park(struct vcpu *v)
 	v->state = VCPU_RUNNING;
 	pthread_mutex_unlock(&v->lock);
 	if (!v->never_ran)
-		vmm_thread_boost(false);	/* else just before KVM_RUN */
+		vmm_thread_boost(false); /* else just before KVM_RUN */
 	/* Any kick for the stop just served was delivered before parking. */
 	__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 	return 0;
@@ -476,8 +478,7 @@ int vcpu_start(struct vcpu *v, const struct vcpu_ops *ops, bool parked,
 	int r;
 
 	if (v->thread_started)
-		return vmm_errf(err, -EBUSY, "vcpu%u: already started",
-				v->id);
+		return vmm_errf(err, -EBUSY, "vcpu%u: already started", v->id);
 	v->ops = *ops;
 	v->req = parked ? VCPU_REQ_STOP : VCPU_REQ_RUN;
 	v->state = parked ? VCPU_STOPPED : VCPU_RUNNING;
@@ -529,8 +530,7 @@ static void boost_tid(int tid, bool on, int prio, int nice)
 		setpriority(PRIO_PROCESS, tid, nice);
 		return;
 	}
-	if (sched_setscheduler(tid, SCHED_FIFO | SCHED_RESET_ON_FORK,
-			       &sp) < 0)
+	if (sched_setscheduler(tid, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) < 0)
 		setpriority(PRIO_PROCESS, tid, VCPU_BOOST_NICE);
 }
 
@@ -657,16 +657,15 @@ static int save_raw(struct vcpu *v, struct blobset *set, const char *name,
 
 static int restore_raw(struct vcpu *v, const struct blobset *set,
 		       const char *name, unsigned long req,
-		       const char *req_name, size_t size,
-		       struct vmm_err *err)
+		       const char *req_name, size_t size, struct vmm_err *err)
 {
 	const uint8_t *p;
 	size_t len;
 	void *buf;
 	int r;
 
-	r = blob_payload(set, name, VCPU_STATE_VERSION, size, size, &p,
-			 &len, err);
+	r = blob_payload(set, name, VCPU_STATE_VERSION, size, size, &p, &len,
+			 err);
 	if (r < 0)
 		return r;
 	/* Copy: the payload sits at an 8-byte offset, KVM wants alignment. */
@@ -681,8 +680,7 @@ static int restore_raw(struct vcpu *v, const struct blobset *set,
 	return 0;
 }
 
-static int save_cpuid(struct vcpu *v, struct blobset *set,
-		      struct vmm_err *err)
+static int save_cpuid(struct vcpu *v, struct blobset *set, struct vmm_err *err)
 {
 	const size_t esz = sizeof(struct kvm_cpuid_entry2);
 	struct kvm_cpuid2 *c;
@@ -706,12 +704,11 @@ static int save_cpuid(struct vcpu *v, struct blobset *set,
 	return blobset_add(set, "cpuid", b, len, err);
 }
 
-static int save_xsave(struct vcpu *v, struct blobset *set,
-		      struct vmm_err *err)
+static int save_xsave(struct vcpu *v, struct blobset *set, struct vmm_err *err)
 {
 	size_t size = v->vm->xsave_size, len;
-	unsigned long req = size > sizeof(struct kvm_xsave) ?
-				    KVM_GET_XSAVE2 : KVM_GET_XSAVE;
+	unsigned long req = size > sizeof(struct kvm_xsave) ? KVM_GET_XSAVE2
+							    : KVM_GET_XSAVE;
 	struct kvm_xsave *x;
 	uint8_t *b;
 
@@ -757,8 +754,7 @@ static int restore_xsave(struct vcpu *v, const struct blobset *set,
 	return 0;
 }
 
-static int save_msrs(struct vcpu *v, struct blobset *set,
-		     struct vmm_err *err)
+static int save_msrs(struct vcpu *v, struct blobset *set, struct vmm_err *err)
 {
 	const struct kvm_msr_list *list = v->vm->msrs;
 	unsigned int total = list->nmsrs, start = 0, got = 0, i;
@@ -815,8 +811,8 @@ static int restore_msrs(struct vcpu *v, const struct blobset *set,
 	size_t len;
 	int r;
 
-	r = blob_payload(set, "msrs", VCPU_STATE_VERSION, 8, 8 + 4096 * 16,
-			 &p, &len, err);
+	r = blob_payload(set, "msrs", VCPU_STATE_VERSION, 8, 8 + 4096 * 16, &p,
+			 &len, err);
 	if (r < 0)
 		return r;
 	n = get_le32(p);
@@ -837,7 +833,8 @@ static int restore_msrs(struct vcpu *v, const struct blobset *set,
 		r = vmm_errno(err, "vcpu%u: KVM_SET_MSRS", v->id);
 	else if ((uint32_t)r != n)
 		r = vmm_errf(err, -EINVAL,
-			     "vcpu%u: KVM_SET_MSRS set %d of %u, refused MSR 0x%x = 0x%llx",
+			     "vcpu%u: KVM_SET_MSRS set %d of %u, refused MSR "
+			     "0x%x = 0x%llx",
 			     v->id, r, n, m->entries[r].index,
 			     (unsigned long long)m->entries[r].data);
 	else
@@ -846,8 +843,10 @@ static int restore_msrs(struct vcpu *v, const struct blobset *set,
 	return r;
 }
 
-#define RAW(name, get, set, type) \
-	{ name, get, #get, set, #set, sizeof(type) }
+#define RAW(name, get, set, type)                        \
+	{                                                \
+		name, get, #get, set, #set, sizeof(type) \
+	}
 
 static const struct raw_state {
 	const char *name;

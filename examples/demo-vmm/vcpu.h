@@ -24,7 +24,7 @@
 #include "util.h"
 #include "vm.h"
 
-#define VCPU_KICK_SIGNAL	SIGUSR1
+#define VCPU_KICK_SIGNAL SIGUSR1
 
 /* Exit handlers, called on the vCPU thread; return 0 or -errno. */
 struct vcpu_ops {
@@ -32,17 +32,17 @@ struct vcpu_ops {
 	int (*pio)(void *opaque, uint16_t port, bool is_write, uint8_t *data,
 		   unsigned int size);
 	/* One MMIO access; NULL: reads return 0xff, writes are dropped. */
-	int (*mmio)(void *opaque, uint64_t addr, bool is_write,
-		    uint8_t *data, unsigned int len);
+	int (*mmio)(void *opaque, uint64_t addr, bool is_write, uint8_t *data,
+		    unsigned int len);
 	void *opaque;
 };
 
 enum vcpu_run_state {
-	VCPU_NEW,		/* no thread yet */
+	VCPU_NEW, /* no thread yet */
 	VCPU_RUNNING,
-	VCPU_STOPPED,		/* parked, ioctls allowed */
-	VCPU_FAILED,		/* thread ended on an error */
-	VCPU_DONE,		/* thread ended by vcpu_destroy */
+	VCPU_STOPPED, /* parked, ioctls allowed */
+	VCPU_FAILED,  /* thread ended on an error */
+	VCPU_DONE,    /* thread ended by vcpu_destroy */
 };
 
 struct vcpu {
@@ -50,20 +50,20 @@ struct vcpu {
 	unsigned int id;
 	int fd;
 	struct kvm_run *run;
-	struct kvm_cpuid2 *cpuid_set;	/* last CPUID given to KVM */
+	struct kvm_cpuid2 *cpuid_set; /* last CPUID given to KVM */
 
 	pthread_t thread;
-	int tid;			/* of the thread, for vcpu_boost */
+	int tid; /* of the thread, for vcpu_boost */
 	bool thread_started;
-	bool never_ran;			/* no KVM_RUN yet */
-	bool handoff;			/* first KVM_RUN boosted, see */
-	bool demoted;			/* vcpu_demote() */
+	bool never_ran; /* no KVM_RUN yet */
+	bool handoff;	/* first KVM_RUN boosted, see */
+	bool demoted;	/* vcpu_demote() */
 	struct vcpu_ops ops;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	int req;			/* VCPU_REQ_*, under lock (+ atomic) */
-	enum vcpu_run_state state;	/* under lock */
-	struct vmm_err error;		/* set when state is VCPU_FAILED */
+	int req;		   /* VCPU_REQ_*, under lock (+ atomic) */
+	enum vcpu_run_state state; /* under lock */
+	struct vmm_err error;	   /* set when state is VCPU_FAILED */
 
 	/* Statistics, written by the vCPU thread. */
 	/* CLOCK_MONOTONIC at the first KVM_RUN; atomic, read by others. */

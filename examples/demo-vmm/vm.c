@@ -9,8 +9,8 @@
 
 #include "vm.h"
 
-#define VM_STATE_VERSION	1
-#define CPUID_MAX_ENTRIES	256
+#define VM_STATE_VERSION  1
+#define CPUID_MAX_ENTRIES 256
 
 static const struct {
 	int cap;
@@ -32,8 +32,8 @@ static int get_supported_cpuid(struct vm *vm, struct vmm_err *err)
 {
 	struct kvm_cpuid2 *c;
 
-	c = calloc(1, sizeof(*c) +
-		   CPUID_MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2));
+	c = calloc(1, sizeof(*c) + CPUID_MAX_ENTRIES *
+					   sizeof(struct kvm_cpuid_entry2));
 	if (!c)
 		return vmm_errf(err, -ENOMEM, "supported CPUID: no memory");
 	c->nent = CPUID_MAX_ENTRIES;
@@ -91,18 +91,15 @@ int vm_create(struct vm **out, struct vmm_err *err)
 			     KVM_API_VERSION);
 		goto fail;
 	}
-	for (i = 0; i < sizeof(required_caps) / sizeof(required_caps[0]);
-	     i++) {
+	for (i = 0; i < sizeof(required_caps) / sizeof(required_caps[0]); i++) {
 		if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION,
 			  required_caps[i].cap) <= 0) {
-			r = vmm_errf(err, -ENOTSUP,
-				     "KVM lacks KVM_CAP_%s",
+			r = vmm_errf(err, -ENOTSUP, "KVM lacks KVM_CAP_%s",
 				     required_caps[i].name);
 			goto fail;
 		}
 	}
-	vm->xsave_size = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION,
-			       KVM_CAP_XSAVE2);
+	vm->xsave_size = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
 	if (vm->xsave_size < (int)sizeof(struct kvm_xsave))
 		vm->xsave_size = sizeof(struct kvm_xsave);
 	vm->run_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
@@ -139,8 +136,8 @@ int vm_create_irqchip(struct vm *vm, struct vmm_err *err)
 	return 0;
 }
 
-static int set_slot(struct vm *vm, uint32_t slot, uint8_t *mem,
-		    uint64_t gpa, uint64_t size, struct vmm_err *err)
+static int set_slot(struct vm *vm, uint32_t slot, uint8_t *mem, uint64_t gpa,
+		    uint64_t size, struct vmm_err *err)
 {
 	struct kvm_userspace_memory_region region = {
 		.slot = slot,
@@ -150,13 +147,14 @@ static int set_slot(struct vm *vm, uint32_t slot, uint8_t *mem,
 	};
 
 	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-		return vmm_errno(err, "KVM_SET_USER_MEMORY_REGION slot %u, %llu MiB",
+		return vmm_errno(err,
+				 "KVM_SET_USER_MEMORY_REGION slot %u, %llu MiB",
 				 slot, (unsigned long long)(size >> 20));
 	return 0;
 }
 
-int vm_set_memory_lazy(struct vm *vm, void *mem, uint64_t size,
-		       uint64_t low, struct vmm_err *err)
+int vm_set_memory_lazy(struct vm *vm, void *mem, uint64_t size, uint64_t low,
+		       struct vmm_err *err)
 {
 	int r;
 
@@ -175,8 +173,7 @@ int vm_set_memory_lazy(struct vm *vm, void *mem, uint64_t size,
 	return 0;
 }
 
-int vm_set_memory(struct vm *vm, void *mem, uint64_t size,
-		  struct vmm_err *err)
+int vm_set_memory(struct vm *vm, void *mem, uint64_t size, struct vmm_err *err)
 {
 	return vm_set_memory_lazy(vm, mem, size, size, err);
 }
@@ -278,8 +275,7 @@ int vm_restore_state(struct vm *vm, const struct blobset *set,
 			return r;
 		memcpy(&chip, p, sizeof(chip));
 		if (chip.chip_id != irqchips[i].chip_id)
-			return vmm_errf(err, -EBADMSG,
-					"state '%s': chip id %u",
+			return vmm_errf(err, -EBADMSG, "state '%s': chip id %u",
 					irqchips[i].name, chip.chip_id);
 		if (ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &chip) < 0)
 			return vmm_errno(err, "KVM_SET_IRQCHIP %s",

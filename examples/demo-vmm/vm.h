@@ -20,13 +20,13 @@
 struct vm {
 	int kvm_fd;
 	int vm_fd;
-	int run_size;			/* mmap size of a vCPU's kvm_run */
-	int xsave_size;			/* KVM_CAP_XSAVE2, >= 4096 */
-	uint32_t tsc_khz;		/* 0 until known */
+	int run_size;	  /* mmap size of a vCPU's kvm_run */
+	int xsave_size;	  /* KVM_CAP_XSAVE2, >= 4096 */
+	uint32_t tsc_khz; /* 0 until known */
 	void *mem;
 	uint64_t mem_size;
-	struct kvm_cpuid2 *cpuid;	/* KVM_GET_SUPPORTED_CPUID */
-	struct kvm_msr_list *msrs;	/* KVM_GET_MSR_INDEX_LIST */
+	struct kvm_cpuid2 *cpuid;  /* KVM_GET_SUPPORTED_CPUID */
+	struct kvm_msr_list *msrs; /* KVM_GET_MSR_INDEX_LIST */
 	/*
 	 * Lazy RAM (vm_set_memory_lazy): only [0, mem_low) is a memslot
 	 * until vm_set_memory_high() adds the rest; high_ready (atomic)
@@ -56,8 +56,7 @@ int vm_create(struct vm **out, struct vmm_err *err);
 int vm_create_irqchip(struct vm *vm, struct vmm_err *err);
 
 /* Map host [mem, mem + size) as guest RAM at GPA 0 (slot 0). */
-int vm_set_memory(struct vm *vm, void *mem, uint64_t size,
-		  struct vmm_err *err);
+int vm_set_memory(struct vm *vm, void *mem, uint64_t size, struct vmm_err *err);
 
 /*
  * The same in two steps, for a VM built inside a blackout: a memslot's
@@ -68,8 +67,8 @@ int vm_set_memory(struct vm *vm, void *mem, uint64_t size,
  * once the guest runs.  A guest access above low before that exits as
  * MMIO; vm_mmio_ram() completes it from RAM (see there).
  */
-int vm_set_memory_lazy(struct vm *vm, void *mem, uint64_t size,
-		       uint64_t low, struct vmm_err *err);
+int vm_set_memory_lazy(struct vm *vm, void *mem, uint64_t size, uint64_t low,
+		       struct vmm_err *err);
 int vm_set_memory_high(struct vm *vm, struct vmm_err *err);
 
 /*

@@ -15,15 +15,15 @@
 #include "control.h"
 #include "machine.h"
 
-#define VMM_TAG			"demo-vmm/1"
-#define VMM_PRINT_MS		500
-#define VMM_PFN_SAMPLES		6
+#define VMM_TAG		"demo-vmm/1"
+#define VMM_PRINT_MS	500
+#define VMM_PFN_SAMPLES 6
 
 /* How the new VMM warms the guest RAM before it runs the guest. */
 enum vmm_warm {
-	WARM_NONE,		/* nothing: the guest faults its RAM back in */
-	WARM_POPULATE,		/* MADV_POPULATE_WRITE of the host mapping */
-	WARM_HELPER,		/* populate + a spare vCPU reads every page */
+	WARM_NONE,     /* nothing: the guest faults its RAM back in */
+	WARM_POPULATE, /* MADV_POPULATE_WRITE of the host mapping */
+	WARM_HELPER,   /* populate + a spare vCPU reads every page */
 };
 
 struct vmm_opts {
@@ -35,27 +35,27 @@ struct vmm_opts {
 	const char *restore;
 	const char *tag;
 	enum vmm_warm warm;
-	bool exec_restore;		/* hidden: the exec'd new image */
+	bool exec_restore; /* hidden: the exec'd new image */
 	bool sandbox;
-	const char *inject;		/* hidden, tests: "die-in-final" */
-	int timeout_ms;			/* handoff rounds */
-	bool quiet;			/* no report lines (the demo prints) */
-	bool boot_warm;			/* hidden: boot with RAM warm */
+	const char *inject; /* hidden, tests: "die-in-final" */
+	int timeout_ms;	    /* handoff rounds */
+	bool quiet;	    /* no report lines (the demo prints) */
+	bool boot_warm;	    /* hidden: boot with RAM warm */
 };
 
 /* A handoff as the VMM that received the guest saw it. */
 struct handoff_report {
-	char mode[16];			/* transfer, exec, file */
+	char mode[16]; /* transfer, exec, file */
 	pid_t from_pid;
 	/* CLOCK_MONOTONIC, ns: the old side's, then ours. */
 	uint64_t t_stop, t_stopped, t_saved;
 	uint64_t t_received, t_restored, t_running;
-	uint64_t t_main;		/* exec/file: main() entered */
-	uint64_t prepare_ns;		/* map + warm + build, before stop */
-	uint64_t state_bytes;		/* what the final round carried */
+	uint64_t t_main;      /* exec/file: main() entered */
+	uint64_t prepare_ns;  /* map + warm + build, before stop */
+	uint64_t state_bytes; /* what the final round carried */
 	uint64_t stop_tsc[GUEST_MAX_CPUS];
 	uint64_t counter_at_stop[GUEST_MAX_CPUS];
-	int64_t gap_us[GUEST_MAX_CPUS];	/* -1: not (yet) known */
+	int64_t gap_us[GUEST_MAX_CPUS]; /* -1: not (yet) known */
 	/*
 	 * Where each vCPU's gap lies against the blackout, from the TSC
 	 * (the guest's TSC is the host's): its last iteration that long
@@ -73,10 +73,10 @@ struct vmm {
 	struct machine m;
 	int console_fd;
 	struct control *ctl;
-	bool ctl_unlink;		/* we own the control path */
-	unsigned int handoffs;		/* incoming, over the guest's life */
+	bool ctl_unlink;       /* we own the control path */
+	unsigned int handoffs; /* incoming, over the guest's life */
 	bool have_report;
-	uint64_t t_main;		/* CLOCK_MONOTONIC at main() */
+	uint64_t t_main; /* CLOCK_MONOTONIC at main() */
 	struct handoff_report rep;
 };
 

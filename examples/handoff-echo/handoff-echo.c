@@ -44,25 +44,24 @@
 
 #include <cprxfer/cprxfer.h>
 
-#define TAG "handoff-echo/1"
+#define TAG		   "handoff-echo/1"
 #define HANDOFF_TIMEOUT_MS 10000
 
 struct client {
 	int fd;
-	char *pend;		/* read, not yet echoed back */
+	char *pend; /* read, not yet echoed back */
 	size_t plen;
 };
 
 struct server {
-	int lfd;		/* the TCP listening socket */
-	int sigfd;		/* SIGUSR1: hand off; SIGTERM: stop */
+	int lfd;   /* the TCP listening socket */
+	int sigfd; /* SIGUSR1: hand off; SIGTERM: stop */
 	struct client *c;
 	size_t n, cap;
-	const char *control;	/* where the next instance listens */
+	const char *control; /* where the next instance listens */
 };
 
-static int add_client(struct server *s, int fd, const void *pend,
-		      size_t plen)
+static int add_client(struct server *s, int fd, const void *pend, size_t plen)
 {
 	struct client *c;
 
@@ -168,8 +167,10 @@ static int handoff(struct server *s)
 	if (rc == 0)
 		rc = cprxfer_wait_ack(ch, HANDOFF_TIMEOUT_MS);
 	if (rc < 0)
-		fprintf(stderr, "handoff-echo: handoff failed, still serving: "
-			"%s\n", cprxfer_errmsg());
+		fprintf(stderr,
+			"handoff-echo: handoff failed, still serving: "
+			"%s\n",
+			cprxfer_errmsg());
 	cprxfer_channel_close(ch);
 	cprxfer_state_free(st);
 	cprxfer_opts_free(o);
@@ -231,8 +232,8 @@ static int take_over(struct server *s, const char *path, bool refuse)
 	}
 	/* Accept only what we could take in full: else the old resumes. */
 	if (ch)
-		cprxfer_ack(ch, rc < 0 ? rc : 0, rc < 0 ? cprxfer_errmsg() :
-			    NULL);
+		cprxfer_ack(ch, rc < 0 ? rc : 0,
+			    rc < 0 ? cprxfer_errmsg() : NULL);
 	if (rc >= 0)
 		printf("handoff-echo: took over %llu clients\n",
 		       (unsigned long long)n);
@@ -298,8 +299,8 @@ static int serve(struct server *s)
 			int rc = 0;
 
 			if (re & (POLLERR | POLLHUP | POLLIN))
-				rc = s->c[i].plen ? flush_client(&s->c[i]) :
-					serve_client(&s->c[i]);
+				rc = s->c[i].plen ? flush_client(&s->c[i])
+						  : serve_client(&s->c[i]);
 			else if (re & POLLOUT)
 				rc = flush_client(&s->c[i]);
 			if (rc < 0)
@@ -332,8 +333,8 @@ static int serve(struct server *s)
 static void usage(void)
 {
 	fprintf(stderr, "usage: handoff-echo --port PORT [--control PATH]\n"
-		"       handoff-echo --incoming PATH [--control PATH] "
-		"[--refuse]\n");
+			"       handoff-echo --incoming PATH [--control PATH] "
+			"[--refuse]\n");
 }
 
 int main(int argc, char **argv)

@@ -71,8 +71,7 @@ int cprxfer_get_u64(const cprxfer_state *st, const char *name, uint64_t *v);
 int cprxfer_get_i64(const cprxfer_state *st, const char *name, int64_t *v);
 int cprxfer_get_blob(const cprxfer_state *st, const char *name,
 		     const void **data, size_t *len);
-int cprxfer_get_str(const cprxfer_state *st, const char *name,
-		    const char **s);
+int cprxfer_get_str(const cprxfer_state *st, const char *name, const char **s);
 int cprxfer_get_fd(const cprxfer_state *st, const char *name, int *fd);
 int cprxfer_take_fd(cprxfer_state *st, const char *name);
 
@@ -91,15 +90,15 @@ typedef struct cprxfer_opts cprxfer_opts;
 
 /* Limits on what a loader accepts, for cprxfer_opts_set_limit(). */
 enum {
-	CPRXFER_LIMIT_RECORD_BYTES = 1,	/* one value's bytes */
+	CPRXFER_LIMIT_RECORD_BYTES = 1, /* one value's bytes */
 	CPRXFER_LIMIT_STREAM_BYTES,	/* all frames of one stream */
 	CPRXFER_LIMIT_RECORDS,		/* records in one stream */
 	CPRXFER_LIMIT_FDS		/* fds in one stream */
 };
 
-#define CPRXFER_DEFAULT_RECORD_BYTES (64ull << 20)	/* 64 MiB */
-#define CPRXFER_DEFAULT_STREAM_BYTES (1ull << 30)	/* 1 GiB */
-#define CPRXFER_DEFAULT_RECORDS 1000000ull
+#define CPRXFER_DEFAULT_RECORD_BYTES (64ull << 20) /* 64 MiB */
+#define CPRXFER_DEFAULT_STREAM_BYTES (1ull << 30)  /* 1 GiB */
+#define CPRXFER_DEFAULT_RECORDS	     1000000ull
 /* CPRXFER_LIMIT_FDS defaults to the soft RLIMIT_NOFILE at load time. */
 #define CPRXFER_DEFAULT_TIMEOUT_MS 10000
 
@@ -122,8 +121,7 @@ typedef struct cprxfer_listener cprxfer_listener;
 int cprxfer_listen(const char *path, cprxfer_listener **out);
 int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 			cprxfer_listener **out);
-int cprxfer_accept(cprxfer_listener *l, int timeout_ms,
-		   cprxfer_channel **out);
+int cprxfer_accept(cprxfer_listener *l, int timeout_ms, cprxfer_channel **out);
 void cprxfer_listener_close(cprxfer_listener *l);
 
 /* outgoing (old process) */
@@ -156,15 +154,15 @@ struct cprxfer_ram {
 	int fd;
 };
 
-#define CPRXFER_RAM_HUGEPAGE (1u << 0)
-#define CPRXFER_RAM_POPULATE (1u << 1)
+#define CPRXFER_RAM_HUGEPAGE	      (1u << 0)
+#define CPRXFER_RAM_POPULATE	      (1u << 1)
 #define CPRXFER_RAM_POPULATE_RESIDENT (1u << 2)
 
 /* What backs a region, as returned by cprxfer_ram_backing(). */
 enum {
-	CPRXFER_BACKING_PAGES = 1,	/* base pages */
-	CPRXFER_BACKING_THP,		/* transparent huge pages requested */
-	CPRXFER_BACKING_HUGETLB		/* hugetlbfs pages */
+	CPRXFER_BACKING_PAGES = 1, /* base pages */
+	CPRXFER_BACKING_THP,	   /* transparent huge pages requested */
+	CPRXFER_BACKING_HUGETLB	   /* hugetlbfs pages */
 };
 
 int cprxfer_ram_create(const char *name, size_t size, unsigned flags,
@@ -181,8 +179,8 @@ void cprxfer_ram_release(struct cprxfer_ram *r);
 
 /* ---- exec in place (PID kept) --------------------------------------- */
 
-int cprxfer_exec(const cprxfer_state *st, const char *path,
-		 char *const argv[], char *const envp[]);
+int cprxfer_exec(const cprxfer_state *st, const char *path, char *const argv[],
+		 char *const envp[]);
 int cprxfer_load_exec(cprxfer_state **out);
 int cprxfer_load_exec_opts(const cprxfer_opts *o, cprxfer_state **out);
 

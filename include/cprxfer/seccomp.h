@@ -15,8 +15,8 @@ extern "C" {
 #endif
 
 #define CPRXFER_MODE_TRANSFER (1u << 0)
-#define CPRXFER_MODE_EXEC (1u << 1)
-#define CPRXFER_MODE_FILE (1u << 2)
+#define CPRXFER_MODE_EXEC     (1u << 1)
+#define CPRXFER_MODE_FILE     (1u << 2)
 
 /*
  * Add to ctx the rules that let the handoff modes in modes run: exactly

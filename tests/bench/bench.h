@@ -10,18 +10,18 @@ struct stat3 {
 	double med, min, max;
 };
 
-#define REP_MAX 16
+#define REP_MAX	     16
 #define BENCH_NPARTS 7
 extern const char *const bench_parts[BENCH_NPARTS];
 
 struct report {
 	struct {
 		int nfds;
-		struct stat3 lib, raw;	/* ns per fd */
+		struct stat3 lib, raw; /* ns per fd */
 	} fd[REP_MAX];
 	int nfd;
 	int have_blob;
-	struct stat3 blob_lib, blob_raw;	/* GB/s */
+	struct stat3 blob_lib, blob_raw; /* GB/s */
 	struct {
 		size_t ram_mib;
 		const char *mode;
@@ -41,7 +41,7 @@ struct report {
 		struct stat3 after_ms, steady_ms;
 	} warmup[REP_MAX];
 	int nwarmup;
-	char note[1024];	/* why a group was skipped, if one was */
+	char note[1024]; /* why a group was skipped, if one was */
 };
 
 extern int bench_runs;
@@ -51,8 +51,7 @@ double bench_now_ns(void);
 struct stat3 bench_stat(double *v, int n);
 void bench_fail(const char *what, int rc) __attribute__((noreturn));
 
-void report_fd(struct report *r, int nfds, struct stat3 lib,
-	       struct stat3 raw);
+void report_fd(struct report *r, int nfds, struct stat3 lib, struct stat3 raw);
 void report_blob(struct report *r, struct stat3 lib, struct stat3 raw);
 void report_copy(struct report *r, size_t mib, struct stat3 ms);
 void report_blackout(struct report *r, size_t mib, const char *mode,

@@ -99,9 +99,11 @@ static void raw_send_fds(int s, const int *fds, int n)
 		int k = n - i < 253 ? n - i : 253;
 		char b = 'f';
 		struct iovec iov = { &b, 1 };
-		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
+		struct msghdr m = { .msg_iov = &iov,
+				    .msg_iovlen = 1,
 				    .msg_control = u.buf,
-				    .msg_controllen = CMSG_SPACE(k * sizeof(int)) };
+				    .msg_controllen =
+					    CMSG_SPACE(k * sizeof(int)) };
 		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
 
 		c->cmsg_level = SOL_SOCKET;
@@ -124,7 +126,8 @@ static void raw_recv_fds(int s, int *fds, int n)
 	while (got < n) {
 		char b;
 		struct iovec iov = { &b, 1 };
-		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
+		struct msghdr m = { .msg_iov = &iov,
+				    .msg_iovlen = 1,
 				    .msg_control = u.buf,
 				    .msg_controllen = sizeof(u.buf) };
 		struct cmsghdr *c;
@@ -132,7 +135,8 @@ static void raw_recv_fds(int s, int *fds, int n)
 		if (recvmsg(s, &m, MSG_CMSG_CLOEXEC) != 1)
 			_exit(4);
 		for (c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-			int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			int k = (int)((c->cmsg_len - CMSG_LEN(0)) /
+				      sizeof(int));
 
 			memcpy(fds + got, CMSG_DATA(c), k * sizeof(int));
 			got += k;
@@ -431,9 +435,11 @@ int main(int argc, char **argv)
 			only = optarg;
 			break;
 		default:
-			fprintf(stderr, "usage: %s [--json FILE] [--runs N] "
+			fprintf(stderr,
+				"usage: %s [--json FILE] [--runs N] "
 				"[--quick] [--only fd|blob|blackout|copy|"
-				"warmup]\n", argv[0]);
+				"warmup]\n",
+				argv[0]);
 			return c == 'h' ? 0 : 2;
 		}
 	}

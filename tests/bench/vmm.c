@@ -51,8 +51,8 @@ static double json_num(const char *text, const char *key)
  * Run demo-vmm for n handoffs; fills text with its JSON lines.  The
  * number of lines, or -1.
  */
-static int run_vmm(const char *mode, size_t mib, const char *warm,
-		   bool touch, int n, char *text, size_t len)
+static int run_vmm(const char *mode, size_t mib, const char *warm, bool touch,
+		   int n, char *text, size_t len)
 {
 	char json[] = "/tmp/cprxfer-bench-XXXXXX", mem[32], rep[16];
 	char *argv[20];
@@ -96,8 +96,10 @@ static int run_vmm(const char *mode, size_t mib, const char *warm,
 	close(fd);
 	unlink(json);
 	if (!WIFEXITED(st) || WEXITSTATUS(st) || k <= 0) {
-		fprintf(stderr, "cprxfer-bench: demo-vmm --mode %s --mem %s "
-			"failed (status 0x%x)\n", mode, mem, st);
+		fprintf(stderr,
+			"cprxfer-bench: demo-vmm --mode %s --mem %s "
+			"failed (status 0x%x)\n",
+			mode, mem, st);
 		return -1;
 	}
 	text[k] = 0;
@@ -143,8 +145,8 @@ void bench_blackout(struct report *r)
 		for (m = 0; m < 2; m++) {
 			for (s = 0; s < 4; s++) {
 				struct bo_cell *c = &cell[m][s];
-				int i, got, n = pass ? runs - runs / 2 :
-						       runs / 2;
+				int i, got,
+					n = pass ? runs - runs / 2 : runs / 2;
 				char text[16384], *line;
 
 				if (!n || (bench_quick && sizes[s] > 1024 &&
@@ -161,11 +163,12 @@ void bench_blackout(struct report *r)
 					for (int k = 0; k < BENCH_NPARTS; k++)
 						c->part[k][c->n] = json_num(
 							line, bench_parts[k]);
-					c->bo[c->n++] = json_num(line,
-								 "blackout_us");
+					c->bo[c->n++] = json_num(line, "blackou"
+								       "t_us");
 					/* < 0: no pause recorded (n/a) */
-					c->gap[c->ng] = json_num(line,
-								 "guest_gap_us");
+					c->gap[c->ng] = json_num(line, "guest_"
+								       "gap_"
+								       "us");
 					c->ng += c->gap[c->ng] >= 0;
 					line = strchr(line, '\n') + 1;
 				}
@@ -182,10 +185,9 @@ void bench_blackout(struct report *r)
 				continue;
 			for (int k = 0; k < BENCH_NPARTS; k++)
 				pmed[k] = bench_stat(c->part[k], c->n).med;
-			report_blackout(r, sizes[s], modes[m],
-					bench_stat(c->bo, c->n),
-					c->ng ? bench_stat(c->gap, c->ng) : none,
-					pmed);
+			report_blackout(
+				r, sizes[s], modes[m], bench_stat(c->bo, c->n),
+				c->ng ? bench_stat(c->gap, c->ng) : none, pmed);
 		}
 	}
 }
@@ -211,8 +213,8 @@ void bench_warmup(struct report *r)
 
 		if (bench_quick && sizes[s] > 1024)
 			continue;
-		got = run_vmm("transfer", sizes[s], "none,best", true,
-			      2 * runs, text, sizeof(text));
+		got = run_vmm("transfer", sizes[s], "none,best", true, 2 * runs,
+			      text, sizeof(text));
 		for (i = 0, line = text; i < got; i++) {
 			const char *p = strstr(line, "\"warm\": \"");
 
@@ -221,8 +223,7 @@ void bench_warmup(struct report *r)
 			if (p && k)
 				sscanf(p + 9, "%31[^\"]", name[k]);
 			after[k][n[k]] = json_num(line, "warmup_after_ms");
-			steady[k][n[k]++] = json_num(line,
-						     "warmup_steady_ms");
+			steady[k][n[k]++] = json_num(line, "warmup_steady_ms");
 			line = strchr(line, '\n') + 1;
 		}
 		for (k = 0; k < 2; k++)

@@ -26,8 +26,8 @@ int fz_count_fds(void)
 	int count = 0;
 
 	if (dirfd < 0) {
-		dirfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY |
-			     O_CLOEXEC);
+		dirfd = open("/proc/self/fd",
+			     O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (dirfd < 0) {
 			perror("/proc/self/fd");
 			abort();
@@ -182,8 +182,10 @@ static void check_cloexec(const char *name, int fd)
 	int fl = fcntl(fd, F_GETFD);
 
 	if (fl < 0 || !(fl & FD_CLOEXEC)) {
-		fprintf(stderr, "entry '%s': fd %d closed or not "
-			"close-on-exec\n", name, fd);
+		fprintf(stderr,
+			"entry '%s': fd %d closed or not "
+			"close-on-exec\n",
+			name, fd);
 		abort();
 	}
 }
@@ -237,8 +239,10 @@ void fz_check_state(struct cprxfer_state *st)
 			break;
 		}
 		if (rc < 0) {
-			fprintf(stderr, "entry '%s' of type %d unreadable: "
-				"%s\n", name, type, cprxfer_errmsg());
+			fprintf(stderr,
+				"entry '%s' of type %d unreadable: "
+				"%s\n",
+				name, type, cprxfer_errmsg());
 			abort();
 		}
 	}

@@ -67,7 +67,7 @@ struct chunk {
 struct capture {
 	struct chunk c[256];
 	unsigned n;
-	int memfds;	/* attach memfds rather than eventfds */
+	int memfds; /* attach memfds rather than eventfds */
 };
 
 /* Save st through a channel; record what the peer end receives. */
@@ -88,7 +88,8 @@ static void capture(const cprxfer_state *st, struct capture *cap)
 		} u;
 		uint8_t data[65536];
 		struct iovec iov = { data, sizeof(data) };
-		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
+		struct msghdr m = { .msg_iov = &iov,
+				    .msg_iovlen = 1,
 				    .msg_control = u.b,
 				    .msg_controllen = sizeof(u.b) };
 		struct cmsghdr *c;
@@ -102,8 +103,8 @@ static void capture(const cprxfer_state *st, struct capture *cap)
 		k = &cap->c[cap->n++];
 		put(&k->data, data, (size_t)r);
 		for (c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-			unsigned i, n = (c->cmsg_len - CMSG_LEN(0)) /
-				sizeof(int);
+			unsigned i,
+				n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 
 			for (i = 0; i < n; i++)
 				close(((int *)CMSG_DATA(c))[i]);
@@ -132,8 +133,8 @@ static void segments(struct buf *out, const struct capture *cap)
 				len = 256;
 			if (fds > 7)
 				len = 1;
-			put8(out, (uint8_t)(nf ? nf | (cap->memfds ? 8 : 0) :
-					    0xff));
+			put8(out,
+			     (uint8_t)(nf ? nf | (cap->memfds ? 8 : 0) : 0xff));
 			put8(out, (uint8_t)(len - 1));
 			put(out, k->data.p + off, len);
 			fds -= nf;
@@ -179,8 +180,8 @@ static void write_seed(const char *target, const char *name,
 }
 
 /* A RAM record the way the RAM helpers make one, without them. */
-static void put_ram(cprxfer_state *st, const char *name, int fd,
-		    uint64_t size, const char *path)
+static void put_ram(cprxfer_state *st, const char *name, int fd, uint64_t size,
+		    const char *path)
 {
 	struct cx_entry *x;
 
@@ -199,7 +200,7 @@ static void crafted(struct buf *out, uint8_t rtype, uint8_t rflags)
 	struct buf s = { 0 };
 	uint8_t h[CX_HDR], p[CX_END_LEN], r[CX_REC_HDR + 4 + 8];
 	uint64_t total = 2 * CX_HDR + CX_BEGIN_LEN + CX_END_LEN +
-		2 * (CX_HDR + sizeof(r));
+			 2 * (CX_HDR + sizeof(r));
 
 	cx_frame_put(h, CX_F_BEGIN, 0, CX_BEGIN_LEN);
 	put(&s, h, sizeof(h));
@@ -265,12 +266,25 @@ static void ack(struct buf *b, int phase, int status, const char *reason)
 	put(b, reason, n);
 }
 
-enum { S_EMPTY, S_U64, S_I64, S_BLOB, S_BLOB0, S_STR, S_FD, S_RAM_FD,
-       S_RAM_PATH, S_MIXED, S_MANY_FDS, S_BIG_BLOB, S_COUNT };
+enum {
+	S_EMPTY,
+	S_U64,
+	S_I64,
+	S_BLOB,
+	S_BLOB0,
+	S_STR,
+	S_FD,
+	S_RAM_FD,
+	S_RAM_PATH,
+	S_MIXED,
+	S_MANY_FDS,
+	S_BIG_BLOB,
+	S_COUNT
+};
 
 static const char *const names[S_COUNT] = {
-	"empty", "u64", "i64", "blob", "blob-empty", "str", "fd", "ram-memfd",
-	"ram-path", "mixed", "many-fds", "blob-4k",
+	"empty", "u64",	      "i64",	  "blob",  "blob-empty", "str",
+	"fd",	 "ram-memfd", "ram-path", "mixed", "many-fds",	 "blob-4k",
 };
 
 /* Build seed state k; fds[] receives the fds to close afterwards. */
@@ -371,7 +385,7 @@ static void stream_seeds(struct buf *two_rounds_raw)
 			struct buf h = { 0 };
 
 			raw(&r, &cap);
-			put8(&h, 0);	/* incoming role */
+			put8(&h, 0); /* incoming role */
 			hello(&h, "");
 			ack(&h, CX_ACK_HELLO, 0, NULL);
 			put(&h, r.p, r.n);
