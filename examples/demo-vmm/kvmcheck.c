@@ -536,34 +536,6 @@ out:
 
 /* ---- main ------------------------------------------------------------- */
 
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	uint64_t v = strtoull(s, &end, 10);
-
-	switch (*end) {
-	case 'G':
-	case 'g':
-		v <<= 30;
-		end++;
-		break;
-	case 'M':
-	case 'm':
-		v <<= 20;
-		end++;
-		break;
-	case 0:
-		v <<= 20;
-		break; /* MiB by default */
-	default:
-		return -EINVAL;
-	}
-	if (*end)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static int parse_options(int argc, char **argv, struct options *o,
 			 struct vmm_err *err)
 {
@@ -587,7 +559,7 @@ static int parse_options(int argc, char **argv, struct options *o,
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
-			if (parse_size(optarg, &o->mem) < 0)
+			if (vmm_parse_size(optarg, &o->mem) < 0)
 				return vmm_errf(err, -EINVAL, "bad --mem %s",
 						optarg);
 			break;

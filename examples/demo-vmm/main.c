@@ -69,40 +69,6 @@ static void usage(FILE *f)
 		GUEST_MAX_CPUS);
 }
 
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	uint64_t v;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return -EINVAL;
-	switch (*end) {
-	case 'G':
-	case 'g':
-		v <<= 30;
-		end++;
-		break;
-	case 'M':
-	case 'm':
-		v <<= 20;
-		end++;
-		break;
-	case 0:
-		v <<= 20;
-		break; /* MiB by default */
-	default:
-		return -EINVAL;
-	}
-	if (*end == 'i' || *end == 'B')
-		end++;
-	if (*end)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static int parse_warm(const char *s, enum vmm_warm *w)
 {
 	if (!strcmp(s, "none"))
@@ -180,7 +146,7 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 	while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
 		switch (c) {
 		case O_MEM:
-			if (parse_size(optarg, &o->mem) < 0)
+			if (vmm_parse_size(optarg, &o->mem) < 0)
 				return vmm_errf(err, -EINVAL,
 						"--mem %s: not a size (e.g. "
 						"256M, 4G)",

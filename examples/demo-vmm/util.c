@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -137,5 +138,39 @@ int blob_payload(const struct blobset *set, const char *name, uint32_t version,
 				name, n, b->len, min_len, max_len);
 	*payload = b->data + BLOB_HDR;
 	*len = n;
+	return 0;
+}
+
+int vmm_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	uint64_t v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -EINVAL;
+	switch (*end) {
+	case 'G':
+	case 'g':
+		v <<= 30;
+		end++;
+		break;
+	case 'M':
+	case 'm':
+		v <<= 20;
+		end++;
+		break;
+	case 0:
+		v <<= 20;
+		break; /* MiB by default */
+	default:
+		return -EINVAL;
+	}
+	if (*end == 'i' || *end == 'B')
+		end++;
+	if (*end)
+		return -EINVAL;
+	*out = v;
 	return 0;
 }

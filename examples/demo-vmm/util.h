@@ -95,4 +95,7 @@ static inline uint64_t get_le64(const uint8_t *p)
 	return get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
 }
 
+/* "256M", "4G", "1GiB", "512" (MiB): bytes in *out; -EINVAL. */
+int vmm_parse_size(const char *s, uint64_t *out);
+
 #endif
