@@ -87,6 +87,9 @@ static const struct {
 				"the handoff, SCHED_OTHER after (the policy is "
 				"a "
 				"register but the priority a pointer)" },
+	{ "sched_getaffinity", "glibc's pthread_getattr_np (the sanitizer "
+			       "runtimes call it on every new thread); "
+			       "read-only" },
 	{ "sched_get_priority_min", "pthread_attr_setschedparam checks" },
 	{ "sched_get_priority_max", "pthread_attr_setschedparam checks" },
 
@@ -106,6 +109,20 @@ static const struct {
 	{ "set_tid_address", "glibc start-up" },
 	{ "mprotect", "the loader (RELRO), thread stack guard pages" },
 };
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_UNDEFINED__)
+/* Sanitizer builds only: what the ASan/UBSan runtime itself calls. */
+static const char *const sanitizer_own[] = {
+	"sigaltstack", /* per-thread signal stack for its reports */
+	"nanosleep",   /* its death callback waits for other threads */
+	"sched_yield", /* spin locks */
+	"writev",      /* reports */
+	"open",	       /* its start-up reads /proc/self/maps with open(2) */
+	"prctl",       /* PR_GET_DUMPABLE, PR_SET_PTRACER in its reports */
+	"readlink",    /* /proc/self/exe, for symbolizing */
+	"personality", /* its start-up checks ASLR */
+};
+#endif
 
 static int rule(scmp_filter_ctx ctx, uint32_t action, const char *name,
 		unsigned int cnt, const struct scmp_arg_cmp *cmp,
@@ -223,6 +240,13 @@ int sandbox_install(struct vmm *v, struct vmm_err *err)
 		if (r < 0)
 			goto out;
 	}
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_UNDEFINED__)
+	for (i = 0; i < sizeof(sanitizer_own) / sizeof(sanitizer_own[0]); i++) {
+		r = rule(ctx, SCMP_ACT_ALLOW, sanitizer_own[i], 0, NULL, err);
+		if (r < 0)
+			goto out;
+	}
+#endif
 	r = add_restricted(ctx, err);
 	if (r < 0)
 		goto out;
