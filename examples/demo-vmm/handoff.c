@@ -296,6 +296,29 @@ static int fence(pid_t pid)
 	return fd == 1 ? 0 : -ETIMEDOUT;
 }
 
+/*
+ * The start of the blackout, the same in every mode: stop the vCPUs and
+ * save what the stop froze, with the two timestamps the report needs.
+ * boost: run the critical path at high priority (transfer, exec).
+ */
+static int freeze(struct vmm *v, bool boost, struct frozen *f, uint64_t *t_stop,
+		  uint64_t *t_stopped, struct handoff_result *res,
+		  struct vmm_err *err)
+{
+	int r;
+
+	machine_ram_high_wait(&v->m);
+	if (boost)
+		vmm_thread_boost(true);
+	*t_stop = vmm_now_ns();
+	res->stopped = true;
+	r = machine_stop(&v->m, err);
+	if (r < 0)
+		return r;
+	*t_stopped = vmm_now_ns();
+	return machine_save(&v->m, f, err);
+}
+
 static int prepare_state(struct vmm *v, cprxfer_state **out,
 			 struct vmm_err *err)
 {
@@ -363,15 +386,7 @@ int handoff_transfer_out(struct vmm *v, const char *path,
 	}
 
 	/* Blackout. */
-	machine_ram_high_wait(&v->m);
-	vmm_thread_boost(true);
-	t_stop = vmm_now_ns();
-	res->stopped = true;
-	r = machine_stop(&v->m, err);
-	if (r < 0)
-		goto rollback;
-	t_stopped = vmm_now_ns();
-	r = machine_save(&v->m, &f, err);
+	r = freeze(v, true, &f, &t_stop, &t_stopped, res, err);
 	if (r < 0)
 		goto rollback;
 	st = cprxfer_state_new();
@@ -711,15 +726,7 @@ int handoff_exec_out(struct vmm *v, int client, struct handoff_result *res,
 		goto out;
 
 	/* The boost survives the exec: the new image drops it. */
-	machine_ram_high_wait(&v->m);
-	vmm_thread_boost(true);
-	t_stop = vmm_now_ns();
-	res->stopped = true;
-	r = machine_stop(&v->m, err);
-	if (r < 0)
-		goto rollback;
-	t_stopped = vmm_now_ns();
-	r = machine_save(&v->m, &f, err);
+	r = freeze(v, true, &f, &t_stop, &t_stopped, res, err);
 	if (r >= 0)
 		r = put_frozen(st, &f, false, NULL, err);
 	if (r >= 0)
@@ -923,14 +930,7 @@ int handoff_save_file(struct vmm *v, const char *file,
 	r = put_common(v, st, false, err);
 	if (r < 0)
 		goto out;
-	machine_ram_high_wait(&v->m);
-	t_stop = vmm_now_ns();
-	res->stopped = true;
-	r = machine_stop(&v->m, err);
-	if (r < 0)
-		goto rollback;
-	t_stopped = vmm_now_ns();
-	r = machine_save(&v->m, &f, err);
+	r = freeze(v, false, &f, &t_stop, &t_stopped, res, err);
 	if (r >= 0)
 		r = put_frozen(st, &f, false, NULL, err);
 	if (r >= 0)
