@@ -434,6 +434,26 @@ out:
 /* ---- transfer: incoming -------------------------------------------------- */
 
 /* Keep what the console and control records carry. */
+/*
+ * The end of the blackout, the same in every mode: the restored vCPUs
+ * run; then, off the blackout, the rest of the RAM's memslot (a no-op
+ * when it was all registered before the stop).
+ */
+static int go_live(struct vmm *v, const struct frozen *f, struct vmm_err *err)
+{
+	int r = machine_resume(&v->m, err);
+
+	if (r >= 0)
+		r = machine_wait_running(&v->m, 5000, &v->rep.t_running, err);
+	if (r >= 0)
+		r = machine_ram_high_async(&v->m, err);
+	if (r < 0)
+		return r;
+	report_frozen_bytes(v, f);
+	v->handoffs++;
+	return 0;
+}
+
 static int take_fds(struct vmm *v, cprxfer_state *st, struct vmm_err *err)
 {
 	const char *path = NULL;
@@ -606,13 +626,7 @@ int handoff_transfer_in(struct vmm *v, struct vmm_err *err)
 		r = cx_fail(err, r, "final ack");
 		goto out;
 	}
-	r = machine_resume(&v->m, err);
-	if (r >= 0)
-		r = machine_wait_running(&v->m, 5000, &v->rep.t_running, err);
-	if (r < 0)
-		goto out;
-	report_frozen_bytes(v, &f);
-	v->handoffs++;
+	r = go_live(v, &f, err);
 out:
 	vmm_thread_boost(false);
 	for (unsigned int i = 0; i < GUEST_MAX_CPUS; i++)
@@ -885,16 +899,7 @@ int handoff_exec_in(struct vmm *v, int *client, struct vmm_err *err)
 	if (r < 0)
 		goto out;
 	v->rep.t_restored = vmm_now_ns();
-	r = machine_resume(&v->m, err);
-	if (r >= 0)
-		r = machine_wait_running(&v->m, 5000, &v->rep.t_running, err);
-	/* The guest runs: the rest of its RAM's memslot, off the blackout. */
-	if (r >= 0)
-		r = machine_ram_high_async(&v->m, err);
-	if (r < 0)
-		goto out;
-	report_frozen_bytes(v, &f);
-	v->handoffs++;
+	r = go_live(v, &f, err);
 out:
 	builder_join(&b); /* if an error left it running */
 	vmm_thread_boost(false);
@@ -983,16 +988,7 @@ int handoff_restore_file(struct vmm *v, struct vmm_err *err)
 		goto out;
 	}
 	v->rep.t_restored = vmm_now_ns();
-	r = machine_resume(&v->m, err);
-	if (r >= 0)
-		r = machine_wait_running(&v->m, 5000, &v->rep.t_running, err);
-	/* The guest runs: the rest of its RAM's memslot, off the blackout. */
-	if (r >= 0)
-		r = machine_ram_high_async(&v->m, err);
-	if (r < 0)
-		goto out;
-	report_frozen_bytes(v, &f);
-	v->handoffs++;
+	r = go_live(v, &f, err);
 out:
 	vmm_thread_boost(false);
 	frozen_free(&f);
