@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "cleanup.h"
 #include "error.h"
 #include "stream.h"
 #include "wire.h"
@@ -115,8 +116,7 @@ static int recv_ack(cprxfer_channel *ch, const char *what)
 	if (f.type != CX_F_ACK || f.len < CX_ACK_LEN ||
 	    f.len > CX_ACK_LEN + CX_REASON_MAX)
 		return cx_err(-EPROTO,
-			      "%s: expected an ACK frame, got %s of "
-			      "%llu bytes",
+			      "%s: expected an ACK frame, got %s of %llu bytes",
 			      what, cx_frame_name(f.type),
 			      (unsigned long long)f.len);
 	rc = cx_io_read(&ch->io, p, sizeof(p));
@@ -147,10 +147,10 @@ static int check(cprxfer_channel *ch, const char *what)
 	if (!ch)
 		return cx_err(-EINVAL, "%s: NULL channel", what);
 	if (ch->broken)
-		return cx_err(-EPIPE,
-			      "%s: channel unusable after an earlier "
-			      "failure (error %d)",
-			      what, ch->broken);
+		return cx_err(
+			-EPIPE,
+			"%s: channel unusable after an earlier failure (error %d)",
+			what, ch->broken);
 	return 0;
 }
 
@@ -196,8 +196,8 @@ CX_EXPORT void cprxfer_channel_close(cprxfer_channel *ch)
 CX_EXPORT int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms)
 {
 	if (!ch)
-		return cx_err(-EINVAL, "cprxfer_channel_set_timeout: NULL "
-				       "channel");
+		return cx_err(-EINVAL,
+			      "cprxfer_channel_set_timeout: NULL channel");
 	ch->o.timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
 	return 0;
 }
@@ -239,8 +239,9 @@ CX_EXPORT int cprxfer_save(cprxfer_channel *ch, const cprxfer_state *st)
 		/* The peer refused mid-stream, or left: learn which. */
 		rc = recv_ack(ch, "cprxfer_save");
 		if (rc == 0)
-			rc = cx_err(-EPROTO, "cprxfer_save: peer acked a "
-					     "stream it had not read");
+			rc = cx_err(
+				-EPROTO,
+				"cprxfer_save: peer acked a stream it had not read");
 	}
 	ch->broken = rc;
 	return cx_err_prefix(rc, "cprxfer_save");
@@ -283,11 +284,10 @@ CX_EXPORT int cprxfer_ack(cprxfer_channel *ch, int status, const char *reason)
 		return rc;
 	if (status > 0 || status < -4095 || status == -ETIMEDOUT ||
 	    status == -ECONNRESET)
-		return cx_err(-EINVAL,
-			      "cprxfer_ack: status %d is not 0 or a "
-			      "refusal errno (-ETIMEDOUT and -ECONNRESET are "
-			      "reserved)",
-			      status);
+		return cx_err(
+			-EINVAL,
+			"cprxfer_ack: status %d is not 0 or a refusal errno (-ETIMEDOUT and -ECONNRESET are reserved)",
+			status);
 	cx_io_deadline(&ch->io, ch->o.timeout_ms);
 	rc = cx_send_ack(ch, CX_ACK_USER, status, reason);
 	if (rc < 0) {
@@ -311,8 +311,9 @@ CX_EXPORT int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms)
 	if (rc == 0)
 		rc = recv_ack(ch, "cprxfer_wait_ack");
 	if (rc == -ECONNRESET)
-		return cx_err(rc, "cprxfer_wait_ack: peer closed or died "
-				  "before acknowledging");
+		return cx_err(
+			rc,
+			"cprxfer_wait_ack: peer closed or died before acknowledging");
 	if (rc == -EPROTO || rc == -EPROTONOSUPPORT) {
 		ch->broken = rc;
 		return cx_err_prefix(rc, "cprxfer_wait_ack");

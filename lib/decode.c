@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "crc32c.h"
+#include "cleanup.h"
 #include "error.h"
 #include "stream.h"
 #include "wire.h"
@@ -37,8 +38,7 @@ static int take(struct dec *d, void *p, size_t n)
 
 	if (n > d->declared_bytes - d->bytes)
 		return cx_err(-EBADMSG,
-			      "stream runs past its declared %llu "
-			      "bytes",
+			      "stream runs past its declared %llu bytes",
 			      (unsigned long long)d->declared_bytes);
 	/* In chunks: checksum one while the peer sends the next. */
 	while (n) {
@@ -46,11 +46,11 @@ static int take(struct dec *d, void *p, size_t n)
 
 		rc = cx_io_read(d->io, p, k);
 		if (rc == -ENODATA)
-			return cx_err(-EBADMSG,
-				      "stream truncated after %llu "
-				      "of %llu bytes",
-				      (unsigned long long)d->bytes,
-				      (unsigned long long)d->declared_bytes);
+			return cx_err(
+				-EBADMSG,
+				"stream truncated after %llu of %llu bytes",
+				(unsigned long long)d->bytes,
+				(unsigned long long)d->declared_bytes);
 		if (rc < 0)
 			return rc;
 		d->crc = cx_crc32c(d->crc, p, k);
@@ -87,11 +87,10 @@ static int read_frame(struct dec *d, struct cx_frame *f)
 	if (rc < 0)
 		return rc;
 	if (f->len > d->declared_bytes - d->bytes)
-		return cx_err(-EBADMSG,
-			      "%s frame of %llu bytes runs past the "
-			      "stream's declared end",
-			      cx_frame_name(f->type),
-			      (unsigned long long)f->len);
+		return cx_err(
+			-EBADMSG,
+			"%s frame of %llu bytes runs past the stream's declared end",
+			cx_frame_name(f->type), (unsigned long long)f->len);
 	return 0;
 }
 
@@ -117,16 +116,15 @@ static void prefault(void *p, size_t n)
 static int claim_fd(struct dec *d, const char *name, uint32_t index, int *fd)
 {
 	if (index != d->fds_claimed || index >= d->fds_announced)
-		return cx_err(-EBADMSG,
-			      "record '%s': names fd %u, expected "
-			      "fd %llu of %llu announced",
-			      name, index, (unsigned long long)d->fds_claimed,
-			      (unsigned long long)d->fds_announced);
+		return cx_err(
+			-EBADMSG,
+			"record '%s': names fd %u, expected fd %llu of %llu announced",
+			name, index, (unsigned long long)d->fds_claimed,
+			(unsigned long long)d->fds_announced);
 	*fd = cx_io_take_fd(d->io);
 	if (*fd < 0)
 		return cx_err(-EBADMSG,
-			      "record '%s': fd %u announced but "
-			      "never arrived",
+			      "record '%s': fd %u announced but never arrived",
 			      name, index);
 	d->fds_claimed++;
 	return 0;
@@ -151,8 +149,7 @@ static int adopt_inline(struct dec *d, uint32_t n)
 		flags = fcntl(fd, F_GETFD);
 		if (flags < 0)
 			return cx_err(-EBADMSG,
-				      "fd %d named by the stream is "
-				      "not open",
+				      "fd %d named by the stream is not open",
 				      fd);
 		if ((size_t)fd >= d->seen_len) {
 			size_t len = ((size_t)fd + 1) * 2;
@@ -206,24 +203,24 @@ static int on_fds(struct dec *d, const struct cx_frame *f)
 	first = cx_get32(p + 4);
 	if (n == 0 || n > CX_FDS_BATCH || first != d->fds_announced ||
 	    f->len != CX_FDS_HDR + (inl ? 4ull * n : 0))
-		return cx_err(-EBADMSG,
-			      "malformed fd batch (%u fds from "
-			      "index %u, expected index %llu)",
-			      n, first, (unsigned long long)d->fds_announced);
+		return cx_err(
+			-EBADMSG,
+			"malformed fd batch (%u fds from index %u, expected index %llu)",
+			n, first, (unsigned long long)d->fds_announced);
 	if (d->fds_announced + n > d->declared_fds)
-		return cx_err(-EBADMSG,
-			      "fd batch goes past the %llu fds the "
-			      "stream declared",
-			      (unsigned long long)d->declared_fds);
+		return cx_err(
+			-EBADMSG,
+			"fd batch goes past the %llu fds the stream declared",
+			(unsigned long long)d->declared_fds);
 	d->fds_announced += n;
 	if (inl)
 		return adopt_inline(d, n);
 	if (d->io->fds_in < d->fds_announced)
-		return cx_err(-EBADMSG,
-			      "fd batch announces %u fds, only %llu "
-			      "of %llu arrived",
-			      n, (unsigned long long)(d->io->fds_in - first),
-			      (unsigned long long)n);
+		return cx_err(
+			-EBADMSG,
+			"fd batch announces %u fds, only %llu of %llu arrived",
+			n, (unsigned long long)(d->io->fds_in - first),
+			(unsigned long long)n);
 	return 0;
 }
 
@@ -255,8 +252,7 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 
 	if (f->len < CX_REC_HDR + 1)
 		return cx_err(-EBADMSG,
-			      "record frame of %llu bytes is too "
-			      "short",
+			      "record frame of %llu bytes is too short",
 			      (unsigned long long)f->len);
 	/* A small record is read and checksummed in one go. */
 	if (f->len <= sizeof(small)) {
@@ -270,11 +266,11 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 		return rc;
 	type = h[0];
 	if (h[2] == 0 || CX_REC_HDR + (uint64_t)h[2] > f->len)
-		return cx_err(-EBADMSG,
-			      "record %llu: name length %u does not "
-			      "fit its %llu-byte frame",
-			      (unsigned long long)d->records, h[2],
-			      (unsigned long long)f->len);
+		return cx_err(
+			-EBADMSG,
+			"record %llu: name length %u does not fit its %llu-byte frame",
+			(unsigned long long)d->records, h[2],
+			(unsigned long long)f->len);
 	rc = rtake(d, &r, name, h[2]);
 	if (rc < 0)
 		return rc;
@@ -285,49 +281,46 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 	vlen = f->len - CX_REC_HDR - h[2];
 	if (vlen > d->o->max_record)
 		return cx_err(-EMSGSIZE,
-			      "record '%s': length %llu exceeds "
-			      "limit %llu",
+			      "record '%s': length %llu exceeds limit %llu",
 			      name, (unsigned long long)vlen,
 			      (unsigned long long)d->o->max_record);
 	if (++d->records > d->declared_records)
-		return cx_err(-EBADMSG,
-			      "record '%s': more records than the "
-			      "%llu declared",
-			      name, (unsigned long long)d->declared_records);
+		return cx_err(
+			-EBADMSG,
+			"record '%s': more records than the %llu declared",
+			name, (unsigned long long)d->declared_records);
 	switch (type) {
 	case CPRXFER_TYPE_U64:
 	case CPRXFER_TYPE_I64:
 	case CPRXFER_TYPE_FD:
 		if (vlen != (type == CPRXFER_TYPE_FD ? 4 : 8))
-			return cx_err(-EBADMSG,
-				      "record '%s': value of %llu "
-				      "bytes for type %u",
-				      name, (unsigned long long)vlen, type);
+			return cx_err(
+				-EBADMSG,
+				"record '%s': value of %llu bytes for type %u",
+				name, (unsigned long long)vlen, type);
 		rc = rtake(d, &r, v, (size_t)vlen);
 		break;
 	case CPRXFER_TYPE_BLOB:
 	case CPRXFER_TYPE_STR:
 		buf = malloc((size_t)vlen + 1);
 		if (!buf)
-			return cx_err(-ENOMEM,
-				      "record '%s': out of memory for "
-				      "%llu bytes",
-				      name, (unsigned long long)vlen);
+			return cx_err(
+				-ENOMEM,
+				"record '%s': out of memory for %llu bytes",
+				name, (unsigned long long)vlen);
 		prefault(buf, (size_t)vlen);
 		rc = rtake(d, &r, buf, (size_t)vlen);
 		((char *)buf)[vlen] = 0;
 		if (rc == 0 && type == CPRXFER_TYPE_STR &&
 		    memchr(buf, 0, (size_t)vlen))
 			rc = cx_err(-EBADMSG,
-				    "record '%s': string contains a "
-				    "NUL byte",
+				    "record '%s': string contains a NUL byte",
 				    name);
 		break;
 	case CPRXFER_TYPE_RAM:
 		if (vlen < CX_RAM_LEN || vlen - CX_RAM_LEN >= PATH_MAX)
 			return cx_err(-EBADMSG,
-				      "record '%s': RAM value of %llu "
-				      "bytes",
+				      "record '%s': RAM value of %llu bytes",
 				      name, (unsigned long long)vlen);
 		rc = rtake(d, &r, v, CX_RAM_LEN);
 		if (rc < 0)
@@ -339,32 +332,30 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 			rc = rtake(d, &r, buf, (size_t)vlen - CX_RAM_LEN);
 			((char *)buf)[vlen - CX_RAM_LEN] = 0;
 			if (rc == 0 && strlen(buf) != vlen - CX_RAM_LEN)
-				rc = cx_err(-EBADMSG,
-					    "record '%s': path "
-					    "contains a NUL byte",
-					    name);
+				rc = cx_err(
+					-EBADMSG,
+					"record '%s': path contains a NUL byte",
+					name);
 		} else if (cx_get32(v + 12) == CX_NOFD) {
 			rc = cx_err(-EBADMSG,
-				    "record '%s': RAM with neither "
-				    "fd nor path",
+				    "record '%s': RAM with neither fd nor path",
 				    name);
 		}
 		/* Only a state file names RAM by path alone: a peer must
 		 * not make the loader open files of its choosing. */
 		if (rc == 0 && d->mode != CX_MODE_FILE &&
 		    cx_get32(v + 12) == CX_NOFD)
-			rc = cx_err(-EBADMSG,
-				    "record '%s': RAM without an fd "
-				    "outside a state file",
-				    name);
+			rc = cx_err(
+				-EBADMSG,
+				"record '%s': RAM without an fd outside a state file",
+				name);
 		break;
 	default:
 		if (h[1] & CX_REC_CRITICAL)
-			return cx_err(-EOPNOTSUPP,
-				      "record '%s': type %u is "
-				      "not understood by this version and "
-				      "is marked critical",
-				      name, type);
+			return cx_err(
+				-EOPNOTSUPP,
+				"record '%s': type %u is not understood by this version and is marked critical",
+				name, type);
 		/* A later version's optional record: skip it. */
 		if (r.p) {
 			r.p += vlen;
@@ -432,8 +423,7 @@ static int on_end(struct dec *d, const struct cx_frame *f)
 		return rc;
 	if (cx_get64(p) != d->records || d->records != d->declared_records)
 		return cx_err(-EBADMSG,
-			      "stream ends after %llu records, "
-			      "declared %llu",
+			      "stream ends after %llu records, declared %llu",
 			      (unsigned long long)d->records,
 			      (unsigned long long)d->declared_records);
 	/*
@@ -443,23 +433,22 @@ static int on_end(struct dec *d, const struct cx_frame *f)
 	if (cx_get64(p + 8) != d->declared_fds ||
 	    d->fds_claimed != d->declared_fds ||
 	    (d->io->fdq_pos != d->io->fdq_len && !cx_io_buffered(d->io)))
-		return cx_err(-EBADMSG,
-			      "fd count does not match the records: "
-			      "%llu declared, %llu received, %llu claimed",
-			      (unsigned long long)d->declared_fds,
-			      (unsigned long long)d->io->fds_in,
-			      (unsigned long long)d->fds_claimed);
+		return cx_err(
+			-EBADMSG,
+			"fd count does not match the records: %llu declared, %llu received, %llu claimed",
+			(unsigned long long)d->declared_fds,
+			(unsigned long long)d->io->fds_in,
+			(unsigned long long)d->fds_claimed);
 	if (d->bytes != d->declared_bytes)
 		return cx_err(-EBADMSG,
-			      "stream ends after %llu bytes, "
-			      "declared %llu",
+			      "stream ends after %llu bytes, declared %llu",
 			      (unsigned long long)d->bytes,
 			      (unsigned long long)d->declared_bytes);
 	if (cx_get32(p + 16) != crc)
-		return cx_err(-EBADMSG,
-			      "checksum mismatch: stream says "
-			      "0x%08x, data gives 0x%08x",
-			      cx_get32(p + 16), crc);
+		return cx_err(
+			-EBADMSG,
+			"checksum mismatch: stream says 0x%08x, data gives 0x%08x",
+			cx_get32(p + 16), crc);
 	return 0;
 }
 
@@ -478,8 +467,7 @@ static int on_begin(struct dec *d)
 		return rc;
 	if (f.type != CX_F_BEGIN || f.len != CX_BEGIN_LEN)
 		return cx_err(-EPROTO,
-			      "expected a BEGIN frame, got %s of "
-			      "%llu bytes",
+			      "expected a BEGIN frame, got %s of %llu bytes",
 			      cx_frame_name(f.type), (unsigned long long)f.len);
 	d->declared_bytes += CX_BEGIN_LEN;
 	rc = take(d, p, sizeof(p));
@@ -490,8 +478,7 @@ static int on_begin(struct dec *d)
 	d->declared_bytes = cx_get64(p + 16);
 	if (d->declared_records > d->o->max_records)
 		return cx_err(-E2BIG,
-			      "stream declares %llu records, limit "
-			      "%llu",
+			      "stream declares %llu records, limit %llu",
 			      (unsigned long long)d->declared_records,
 			      (unsigned long long)d->o->max_records);
 	if (d->declared_fds > d->max_fds)
@@ -503,10 +490,10 @@ static int on_begin(struct dec *d)
 			      (unsigned long long)d->declared_bytes,
 			      (unsigned long long)d->o->max_stream);
 	if (d->declared_bytes < d->bytes + CX_HDR + CX_END_LEN)
-		return cx_err(-EBADMSG,
-			      "stream declares %llu bytes, too few "
-			      "for its frames",
-			      (unsigned long long)d->declared_bytes);
+		return cx_err(
+			-EBADMSG,
+			"stream declares %llu bytes, too few for its frames",
+			(unsigned long long)d->declared_bytes);
 	return cx_state_reserve(d->st, d->declared_records < 65536
 					       ? (size_t)d->declared_records
 					       : 65536);
@@ -539,8 +526,7 @@ int cx_decode(struct cx_io *io, const struct cprxfer_opts *o, enum cx_mode mode,
 			break;
 		else
 			rc = cx_err(-EPROTO,
-				    "unexpected %s frame inside a "
-				    "state stream",
+				    "unexpected %s frame inside a state stream",
 				    cx_frame_name(f.type));
 	}
 	if (rc == 0)

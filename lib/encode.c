@@ -90,17 +90,15 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 		if (fd < 0)
 			continue;
 		if (e->mode == CX_MODE_FILE && x->type == CPRXFER_TYPE_FD)
-			return cx_err(-EOPNOTSUPP,
-				      "record '%s': an fd cannot "
-				      "be saved to a file (it would not "
-				      "survive a reboot)",
-				      x->name);
+			return cx_err(
+				-EOPNOTSUPP,
+				"record '%s': an fd cannot be saved to a file (it would not survive a reboot)",
+				x->name);
 		if (e->mode == CX_MODE_FILE && !x->v.ram.path)
-			return cx_err(-EOPNOTSUPP,
-				      "record '%s': RAM on a "
-				      "memfd cannot be saved to a file; use "
-				      "cprxfer_ram_open_file",
-				      x->name);
+			return cx_err(
+				-EOPNOTSUPP,
+				"record '%s': RAM on a memfd cannot be saved to a file; use cprxfer_ram_open_file",
+				x->name);
 		/* On a socket, sendmsg() checks the fds for us (see
 		 * emit_fds); exec mode has no such check. */
 		if (e->mode == CX_MODE_EXEC && fcntl(fd, F_GETFD) < 0)
@@ -113,9 +111,7 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 		e->fds = malloc(nfds * sizeof(int));
 		if (!e->fds)
 			return cx_err(-ENOMEM,
-				      "save: out of memory for %zu "
-				      "fds",
-				      nfds);
+				      "save: out of memory for %zu fds", nfds);
 		for (i = 0; i < st->n; i++) {
 			int fd = cx_entry_fd(&st->e[i]);
 
@@ -145,8 +141,7 @@ static int bad_fd(const struct enc *e, size_t first, size_t n)
 		for (k = first; fd >= 0 && k < first + n; k++)
 			if (e->fds[k] == fd && fcntl(fd, F_GETFD) < 0)
 				return cx_err(-EBADF,
-					      "record '%s': fd %d is "
-					      "not open",
+					      "record '%s': fd %d is not open",
 					      x->name, fd);
 	}
 	return cx_err(-EBADF, "sendmsg: an fd of the batch is not open");

@@ -3,7 +3,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <cprxfer/cprxfer.h>
 
@@ -13,19 +12,21 @@
 
 static __thread char errmsg[CX_ERRMSG_MAX];
 
-int cx_err(int err, const char *fmt, ...)
+void cx_errmsg_set(const char *fmt, ...)
 {
+	int saved = errno;
 	va_list ap;
 
 	va_start(ap, fmt);
 	vsnprintf(errmsg, sizeof(errmsg), fmt, ap);
 	va_end(ap);
-	return err;
+	errno = saved;
 }
 
-int cx_err_prefix(int err, const char *fmt, ...)
+void cx_errmsg_prefix(const char *fmt, ...)
 {
 	char old[CX_ERRMSG_MAX];
+	int saved = errno;
 	size_t n;
 	va_list ap;
 
@@ -36,16 +37,12 @@ int cx_err_prefix(int err, const char *fmt, ...)
 	n = strlen(errmsg);
 	if (old[0] && n + 2 < sizeof(errmsg))
 		snprintf(errmsg + n, sizeof(errmsg) - n, ": %s", old);
-	return err;
+	errno = saved;
 }
 
-void cx_close(int fd)
+const char *cx_errmsg_get(void)
 {
-	int saved = errno;
-
-	if (fd >= 0)
-		close(fd);
-	errno = saved;
+	return errmsg;
 }
 
 CX_EXPORT const char *cprxfer_errmsg(void)

@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "error.h"
 #include "exec.h"
 #include "stream.h"
@@ -315,8 +316,7 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 		if ((fds[i].flags & FD_CLOEXEC) &&
 		    fcntl(fds[i].fd, F_SETFD, fds[i].flags & ~FD_CLOEXEC) < 0) {
 			rc = cx_err(-errno,
-				    "clearing close-on-exec on fd %d: "
-				    "%s",
+				    "clearing close-on-exec on fd %d: %s",
 				    fds[i].fd, strerror(errno));
 			restore_flags(fds, i);
 			goto out;
@@ -376,26 +376,23 @@ CX_EXPORT int cprxfer_load_exec_opts(const cprxfer_opts *o, cprxfer_state **out)
 		return cx_err(-EINVAL, "cprxfer_load_exec: NULL output");
 	s = getenv(CX_EXEC_ENV);
 	if (!s)
-		return cx_err(-ENOENT, "cprxfer_load_exec: no " CX_EXEC_ENV
-				       " in the environment: not started by "
-				       "cprxfer_exec (or already loaded)");
+		return cx_err(
+			-ENOENT,
+			"cprxfer_load_exec: no " CX_EXEC_ENV
+			" in the environment: not started by cprxfer_exec (or already loaded)");
 	errno = 0;
 	v = strtol(s, &end, 10);
 	fd = (int)v;
 	/* Whatever it holds, it is not for our children. */
 	unsetenv(CX_EXEC_ENV);
 	if (errno || end == s || *end || v < 0 || v > INT_MAX)
-		return cx_err(-EBADMSG, "cprxfer_load_exec: " CX_EXEC_ENV " is "
-					"not "
-					"an "
-					"fd "
-					"numb"
-					"er");
+		return cx_err(-EBADMSG, "cprxfer_load_exec: " CX_EXEC_ENV
+					" is not an fd number");
 	fl = fcntl(fd, F_GETFD);
 	if (fl < 0)
 		return cx_err(-EBADF,
-			      "cprxfer_load_exec: " CX_EXEC_ENV "=%d: "
-			      "fd is not open",
+			      "cprxfer_load_exec: " CX_EXEC_ENV
+			      "=%d: fd is not open",
 			      fd);
 	rc = check_memfd(fd);
 	if (rc < 0) /* not ours: leave it alone */

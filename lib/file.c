@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "crc32c.h"
+#include "cleanup.h"
 #include "error.h"
 #include "stream.h"
 #include "wire.h"
@@ -80,18 +81,16 @@ CX_EXPORT int cprxfer_save_file(const cprxfer_state *st, const char *path)
 	if (snprintf(tmp, sizeof(tmp), "%s/.%s.XXXXXX", dir, base) >=
 	    (int)sizeof(tmp))
 		return cx_err(-ENAMETOOLONG,
-			      "cprxfer_save_file: path '%s' is "
-			      "too long",
-			      path);
+			      "cprxfer_save_file: path '%s' is too long", path);
 	rc = sync_ram(st);
 	if (rc < 0)
 		return cx_err_prefix(rc, "cprxfer_save_file");
 	fd = mkostemp(tmp, O_CLOEXEC); /* mode 0600 */
 	if (fd < 0)
-		return cx_err(-errno,
-			      "cprxfer_save_file: creating a temporary "
-			      "file in %s: %s",
-			      dir, strerror(errno));
+		return cx_err(
+			-errno,
+			"cprxfer_save_file: creating a temporary file in %s: %s",
+			dir, strerror(errno));
 	rc = cx_io_init(&io, fd, false);
 	if (rc == 0) {
 		rc = cx_encode(&io, st, CX_MODE_FILE);
@@ -152,10 +151,10 @@ static int verify_crc(int fd, const char *path)
 	if (pread(fd, tail, 8, end) != 8)
 		return cx_err(-EBADMSG, "%s: truncated", path);
 	if (cx_get32(tail) != crc || cx_get32(tail + 4) != 0)
-		return cx_err(-EBADMSG,
-			      "%s: checksum mismatch: the file is "
-			      "corrupted or truncated",
-			      path);
+		return cx_err(
+			-EBADMSG,
+			"%s: checksum mismatch: the file is corrupted or truncated",
+			path);
 	return 0;
 }
 
@@ -169,11 +168,11 @@ static int check_tail(int fd, const char *path, const struct stat *st)
 
 	if (pread(fd, b, 8, CX_HDR + 16) != 8 ||
 	    cx_get64(b) != (uint64_t)st->st_size)
-		return cx_err(-EBADMSG,
-			      "%s: %lld bytes, the stream it holds "
-			      "declares %llu",
-			      path, (long long)st->st_size,
-			      (unsigned long long)cx_get64(b));
+		return cx_err(
+			-EBADMSG,
+			"%s: %lld bytes, the stream it holds declares %llu",
+			path, (long long)st->st_size,
+			(unsigned long long)cx_get64(b));
 	if (pread(fd, b, 4, st->st_size - 4) != 4 || cx_get32(b) != 0)
 		return cx_err(-EBADMSG, "%s: END frame corrupted", path);
 	return 0;
@@ -197,8 +196,7 @@ CX_EXPORT int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
 			      strerror(errno));
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		rc = cx_err(-EINVAL,
-			    "cprxfer_load_file: %s is not a regular "
-			    "file",
+			    "cprxfer_load_file: %s is not a regular file",
 			    path);
 		goto out;
 	}
@@ -223,10 +221,10 @@ CX_EXPORT int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
 		if (rc == 0)
 			rc = cx_err(err, "%s", why);
 		else if (rc == -EBADMSG)
-			rc = cx_err(rc,
-				    "%s: checksum mismatch: the file is "
-				    "corrupted (decoding said: %.300s)",
-				    path, why);
+			rc = cx_err(
+				rc,
+				"%s: checksum mismatch: the file is corrupted (decoding said: %.300s)",
+				path, why);
 	}
 out:
 	cx_close(fd);

@@ -53,8 +53,7 @@ static int recv_hello(cprxfer_channel *ch, uint32_t *features)
 	if (f.type != CX_F_HELLO || f.len < CX_HELLO_LEN ||
 	    f.len > CX_HELLO_LEN + CX_TAG_MAX)
 		return cx_err(-EPROTO,
-			      "expected a HELLO frame, got %s of "
-			      "%llu bytes",
+			      "expected a HELLO frame, got %s of %llu bytes",
 			      cx_frame_name(f.type), (unsigned long long)f.len);
 	rc = cx_io_read(&ch->io, p, sizeof(p));
 	if (rc < 0)
@@ -62,8 +61,7 @@ static int recv_hello(cprxfer_channel *ch, uint32_t *features)
 	tlen = cx_get16(p + 12);
 	if (CX_HELLO_LEN + tlen != f.len)
 		return cx_err(-EPROTO,
-			      "HELLO: tag length %zu does not match "
-			      "the frame",
+			      "HELLO: tag length %zu does not match the frame",
 			      tlen);
 	rc = cx_io_read(&ch->io, ch->peer_tag, tlen);
 	if (rc < 0)
@@ -83,26 +81,26 @@ static int judge(const cprxfer_channel *ch, uint32_t features)
 	bool ok;
 
 	if (features & CX_FEATURES_REQUIRED & ~CX_FEATURES)
-		return cx_err(-EPROTONOSUPPORT,
-			      "peer requires features "
-			      "0x%08x that this library lacks",
-			      features & CX_FEATURES_REQUIRED & ~CX_FEATURES);
+		return cx_err(
+			-EPROTONOSUPPORT,
+			"peer requires features 0x%08x that this library lacks",
+			features & CX_FEATURES_REQUIRED & ~CX_FEATURES);
 	ok = ch->peer_uid == me;
 	for (i = 0; !ok && i < ch->o.nuids; i++)
 		ok = ch->peer_uid == ch->o.uids[i];
 	for (i = 0; !ok && i < ch->o.npids; i++)
 		ok = ch->peer_pid == ch->o.pids[i];
 	if (!ok)
-		return cx_err(-EPERM,
-			      "peer pid %d runs as uid %u, not uid %u "
-			      "and not an allowed peer",
-			      (int)ch->peer_pid, (unsigned)ch->peer_uid,
-			      (unsigned)me);
+		return cx_err(
+			-EPERM,
+			"peer pid %d runs as uid %u, not uid %u and not an allowed peer",
+			(int)ch->peer_pid, (unsigned)ch->peer_uid,
+			(unsigned)me);
 	if (ch->o.tag[0] && strcmp(ch->o.tag, ch->peer_tag))
-		return cx_err(-EBADE,
-			      "peer's application tag '%s' differs "
-			      "from ours '%s'",
-			      ch->peer_tag, ch->o.tag);
+		return cx_err(
+			-EBADE,
+			"peer's application tag '%s' differs from ours '%s'",
+			ch->peer_tag, ch->o.tag);
 	return 0;
 }
 

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "error.h"
 #include "io.h"
 #include "wire.h"
@@ -126,11 +127,11 @@ static int fdq_push(struct cx_io *io, const int *fds, size_t n)
 
 		for (i = 0; i < n; i++)
 			cx_close(fds[i]);
-		return cx_err(-EMFILE,
-			      "stream brings more than %llu fds "
-			      "(%llu received, %zu more arrived)",
-			      (unsigned long long)io->max_fds,
-			      (unsigned long long)had, n);
+		return cx_err(
+			-EMFILE,
+			"stream brings more than %llu fds (%llu received, %zu more arrived)",
+			(unsigned long long)io->max_fds,
+			(unsigned long long)had, n);
 	}
 	if (io->fdq_len + n > io->fdq_cap) {
 		size_t cap = io->fdq_cap ? io->fdq_cap : 256;
@@ -175,9 +176,9 @@ static int take_cmsgs(struct cx_io *io, struct msghdr *m)
 		rc = fdq_push(io, fds, n);
 	}
 	if (rc == 0 && (m->msg_flags & MSG_CTRUNC))
-		rc = cx_err(-EMFILE, "recvmsg: fds truncated (MSG_CTRUNC): "
-				     "the fd table is full or the peer sent "
-				     "too many");
+		rc = cx_err(
+			-EMFILE,
+			"recvmsg: fds truncated (MSG_CTRUNC): the fd table is full or the peer sent too many");
 	return rc;
 }
 
@@ -221,10 +222,10 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 			return r;
 		if (r == 0) {
 			if (!io->sock)
-				return cx_err(-ENODATA, "unexpected end of "
-							"file");
-			return cx_err(-ECONNRESET, "peer closed the "
-						   "connection");
+				return cx_err(-ENODATA,
+					      "unexpected end of file");
+			return cx_err(-ECONNRESET,
+				      "peer closed the connection");
 		}
 		if (errno == EINTR)
 			continue;
@@ -350,8 +351,8 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 		if (errno == EINTR)
 			continue;
 		if (errno == EPIPE || errno == ECONNRESET)
-			return cx_err(-ECONNRESET, "peer closed the "
-						   "connection");
+			return cx_err(-ECONNRESET,
+				      "peer closed the connection");
 		if (errno != EAGAIN)
 			return cx_err(-errno, "%s: %s",
 				      io->sock ? "sendmsg" : "write",

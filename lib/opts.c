@@ -79,8 +79,8 @@ CX_EXPORT int cprxfer_opts_set_limit(cprxfer_opts *o, int which, uint64_t value)
 CX_EXPORT int cprxfer_opts_set_timeout(cprxfer_opts *o, int timeout_ms)
 {
 	if (!o)
-		return cx_err(-EINVAL, "cprxfer_opts_set_timeout: NULL "
-				       "options");
+		return cx_err(-EINVAL,
+			      "cprxfer_opts_set_timeout: NULL options");
 	o->timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
 	return 0;
 }
@@ -93,10 +93,10 @@ CX_EXPORT int cprxfer_opts_set_tag(cprxfer_opts *o, const char *tag)
 		return cx_err(-EINVAL, "cprxfer_opts_set_tag: NULL argument");
 	n = strlen(tag);
 	if (n > CX_TAG_MAX)
-		return cx_err(-ENAMETOOLONG,
-			      "cprxfer_opts_set_tag: tag of %zu bytes exceeds "
-			      "%d",
-			      n, CX_TAG_MAX);
+		return cx_err(
+			-ENAMETOOLONG,
+			"cprxfer_opts_set_tag: tag of %zu bytes exceeds %d", n,
+			CX_TAG_MAX);
 	memcpy(o->tag, tag, n + 1);
 	return 0;
 }

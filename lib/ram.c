@@ -18,6 +18,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "error.h"
 #include "state.h"
 
@@ -79,8 +80,7 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 			      strerror(errno));
 	if (!S_ISREG(st->st_mode) && !S_ISCHR(st->st_mode))
 		return cx_err(-EINVAL,
-			      "%s: fd %d is %s, not a memfd or a "
-			      "regular file",
+			      "%s: fd %d is %s, not a memfd or a regular file",
 			      what, fd, fd_type_name(st->st_mode));
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	n = readlink(link, path, pathlen - 1);
@@ -90,10 +90,10 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 	path[n] = 0;
 	if (S_ISCHR(st->st_mode)) {
 		if (strncmp(path, "/dev/dax", 8))
-			return cx_err(-EINVAL,
-				      "%s: fd %d is a character "
-				      "device (%s), not a dax device",
-				      what, fd, path);
+			return cx_err(
+				-EINVAL,
+				"%s: fd %d is a character device (%s), not a dax device",
+				what, fd, path);
 		*kind = KIND_DAX;
 		return 0;
 	}
@@ -123,20 +123,19 @@ static int fd_check(const char *what, const char *name, int fd, uint64_t size,
 	if (rc < 0)
 		return cx_err_prefix(rc, "record '%s'", name);
 	if (*kind != KIND_DAX && (uint64_t)st.st_size != size)
-		return cx_err(-EBADMSG,
-			      "record '%s': %s: fd %d is %llu bytes, "
-			      "the region is %llu",
-			      name, what, fd, (unsigned long long)st.st_size,
-			      (unsigned long long)size);
+		return cx_err(
+			-EBADMSG,
+			"record '%s': %s: fd %d is %llu bytes, the region is %llu",
+			name, what, fd, (unsigned long long)st.st_size,
+			(unsigned long long)size);
 	if (*kind != KIND_MEMFD)
 		return 0;
 	seals = fcntl(fd, F_GET_SEALS);
 	if (seals < 0 || !(seals & F_SEAL_SHRINK))
-		return cx_err(-EBADFD,
-			      "record '%s': %s: memfd %d is not "
-			      "sealed against shrinking (F_SEAL_SHRINK): a "
-			      "mapping of it could fault with SIGBUS",
-			      name, what, fd);
+		return cx_err(
+			-EBADFD,
+			"record '%s': %s: memfd %d is not sealed against shrinking (F_SEAL_SHRINK): a mapping of it could fault with SIGBUS",
+			name, what, fd);
 	return 0;
 }
 
@@ -169,8 +168,7 @@ static int map_shared(const char *what, int fd, size_t size, void **out)
 		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (res == MAP_FAILED)
 		return cx_err(-errno,
-			      "%s: reserving %zu bytes of address "
-			      "space: %s",
+			      "%s: reserving %zu bytes of address space: %s",
 			      what, span, strerror(errno));
 	aligned = (uint8_t *)(((uintptr_t)res + CX_HUGE_ALIGN - 1) &
 			      ~(uintptr_t)(CX_HUGE_ALIGN - 1));
@@ -391,11 +389,11 @@ CX_EXPORT int cprxfer_ram_open_file(const char *path, size_t size,
 	if (S_ISREG(st.st_mode)) {
 		if ((uint64_t)st.st_size > size) {
 			/* Shrinking would throw away what it holds. */
-			rc = cx_err(-EINVAL,
-				    "%s: %s is %llu bytes, more than "
-				    "the %zu asked for",
-				    what, path, (unsigned long long)st.st_size,
-				    size);
+			rc = cx_err(
+				-EINVAL,
+				"%s: %s is %llu bytes, more than the %zu asked for",
+				what, path, (unsigned long long)st.st_size,
+				size);
 			goto fail;
 		}
 		if ((uint64_t)st.st_size < size &&
@@ -406,8 +404,7 @@ CX_EXPORT int cprxfer_ram_open_file(const char *path, size_t size,
 		}
 	} else if (!S_ISCHR(st.st_mode) || strncmp(path, "/dev/dax", 8)) {
 		rc = cx_err(-EINVAL,
-			    "%s: %s is %s, not a regular file or a "
-			    "dax device",
+			    "%s: %s is %s, not a regular file or a dax device",
 			    what, path, fd_type_name(st.st_mode));
 		goto fail;
 	}
@@ -479,9 +476,7 @@ CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 	if (!e)
 		return cx_err(-ENOENT, "%s: no record '%s'", what, name);
 	if (e->type != CPRXFER_TYPE_RAM)
-		return cx_err(-ENOMSG,
-			      "%s: record '%s' is of type %d, not "
-			      "RAM",
+		return cx_err(-ENOMSG, "%s: record '%s' is of type %d, not RAM",
 			      what, name, e->type);
 	size = e->v.ram.size;
 	if (!size || size > SIZE_MAX)
@@ -491,9 +486,8 @@ CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 		fd = fcntl(e->v.ram.fd, F_DUPFD_CLOEXEC, 0);
 		if (fd < 0)
 			return cx_err(-errno,
-				      "%s: record '%s': dup of fd "
-				      "%d: %s",
-				      what, name, e->v.ram.fd, strerror(errno));
+				      "%s: record '%s': dup of fd %d: %s", what,
+				      name, e->v.ram.fd, strerror(errno));
 	} else if (e->v.ram.path) {
 		fd = open(e->v.ram.path, O_RDWR | O_CLOEXEC);
 		if (fd < 0)
@@ -502,8 +496,7 @@ CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 				      strerror(errno));
 	} else {
 		return cx_err(-EBADF,
-			      "%s: record '%s' has neither an fd nor "
-			      "a path",
+			      "%s: record '%s' has neither an fd nor a path",
 			      what, name);
 	}
 	rc = fd_check(what, name, fd, size, path, sizeof(path), &kind);
@@ -543,8 +536,7 @@ static int thp_eligible(const void *addr)
 	f = fopen("/proc/self/smaps", "re");
 	if (!f)
 		return cx_err(-errno,
-			      "cprxfer_ram_backing: /proc/self/smaps: "
-			      "%s",
+			      "cprxfer_ram_backing: /proc/self/smaps: %s",
 			      strerror(errno));
 	while (fgets(line, sizeof(line), f)) {
 		/* A vma starts "lo-hi perms ..."; no field name does. */
@@ -561,9 +553,7 @@ static int thp_eligible(const void *addr)
 	}
 	fclose(f);
 	if (rc < 0 && !in)
-		return cx_err(-EINVAL,
-			      "cprxfer_ram_backing: %p is not "
-			      "mapped",
+		return cx_err(-EINVAL, "cprxfer_ram_backing: %p is not mapped",
 			      addr);
 	return rc < 0 ? 0 : rc;
 }
@@ -580,8 +570,8 @@ CX_EXPORT int cprxfer_ram_backing(const struct cprxfer_ram *r)
 	if (is_hugetlb(r->fd))
 		return CPRXFER_BACKING_HUGETLB;
 	if (!r->addr)
-		return cx_err(-EINVAL, "cprxfer_ram_backing: region not "
-				       "mapped");
+		return cx_err(-EINVAL,
+			      "cprxfer_ram_backing: region not mapped");
 	rc = thp_eligible(r->addr);
 	if (rc < 0)
 		return rc;

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "cleanup.h"
 #include "error.h"
 #include "wire.h"
 
@@ -69,10 +70,10 @@ static int fill_addr(struct sockaddr_un *sa, const char *path, const char *what)
 	if (n == 0)
 		return cx_err(-EINVAL, "%s: empty path", what);
 	if (n >= sizeof(sa->sun_path))
-		return cx_err(-ENAMETOOLONG,
-			      "%s: path '%s' is %zu bytes, a "
-			      "unix socket path holds at most %zu",
-			      what, path, n, sizeof(sa->sun_path) - 1);
+		return cx_err(
+			-ENAMETOOLONG,
+			"%s: path '%s' is %zu bytes, a unix socket path holds at most %zu",
+			what, path, n, sizeof(sa->sun_path) - 1);
 	memcpy(sa->sun_path, path, n + 1);
 	return 0;
 }
@@ -111,8 +112,7 @@ static int probe_live(const char *path)
 		rc = 0;
 	else
 		rc = cx_err(-errno,
-			    "cprxfer_listen: probing the socket at "
-			    "'%s': %s",
+			    "cprxfer_listen: probing the socket at '%s': %s",
 			    path, strerror(errno));
 	cx_close(fd);
 	return rc;
@@ -150,16 +150,16 @@ static int check_path(const char *path)
 			      strerror(errno));
 	}
 	if (!S_ISSOCK(st.st_mode))
-		return cx_err(-EEXIST,
-			      "cprxfer_listen: '%s' exists and is %s; "
-			      "refusing to replace it",
-			      path, kind_of(st.st_mode));
+		return cx_err(
+			-EEXIST,
+			"cprxfer_listen: '%s' exists and is %s; refusing to replace it",
+			path, kind_of(st.st_mode));
 	rc = probe_live(path);
 	if (rc == 1)
-		return cx_err(-EADDRINUSE,
-			      "cprxfer_listen: another process "
-			      "is listening on '%s'",
-			      path);
+		return cx_err(
+			-EADDRINUSE,
+			"cprxfer_listen: another process is listening on '%s'",
+			path);
 	return rc < 0 ? rc : 1;
 }
 
@@ -191,11 +191,10 @@ static int bind_temp(int fd, const char *path, char *tmp, size_t tmpsz,
 		else
 			rc = snprintf(tmp, tmpsz, ".cx-%s.tmp", sfx);
 		if (rc < 0 || (size_t)rc >= tmpsz)
-			return cx_err(-ENAMETOOLONG,
-				      "cprxfer_listen: no room "
-				      "for a temporary name next to '%s' in "
-				      "a unix socket path",
-				      path);
+			return cx_err(
+				-ENAMETOOLONG,
+				"cprxfer_listen: no room for a temporary name next to '%s' in a unix socket path",
+				path);
 		rc = fill_addr(&sa, tmp, "cprxfer_listen");
 		if (rc < 0)
 			return rc;
@@ -206,10 +205,10 @@ static int bind_temp(int fd, const char *path, char *tmp, size_t tmpsz,
 				      tmp, strerror(errno));
 	}
 	if (tries == 8)
-		return cx_err(-EADDRINUSE,
-			      "cprxfer_listen: no free temporary "
-			      "name next to '%s'",
-			      path);
+		return cx_err(
+			-EADDRINUSE,
+			"cprxfer_listen: no free temporary name next to '%s'",
+			path);
 	/* The umask applied at bind: set the mode we promise. */
 	if (chmod(tmp, 0600) < 0 || lstat(tmp, st) < 0) {
 		rc = cx_err(-errno, "cprxfer_listen: chmod '%s': %s", tmp,
@@ -296,10 +295,10 @@ CX_EXPORT int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 	if (lstat(path, &now) < 0 || now.st_dev != st.st_dev ||
 	    now.st_ino != st.st_ino) {
 		/* Someone swapped our temporary name: do not trust it. */
-		rc = cx_err(-EADDRINUSE,
-			    "cprxfer_listen: '%s' was replaced "
-			    "while it was being created",
-			    path);
+		rc = cx_err(
+			-EADDRINUSE,
+			"cprxfer_listen: '%s' was replaced while it was being created",
+			path);
 		goto fail_fd;
 	}
 	l->fd = fd;
@@ -403,13 +402,12 @@ CX_EXPORT int cprxfer_accept(cprxfer_listener *l, int timeout_ms,
 		cprxfer_channel_close(ch);
 	}
 	if (refused)
-		return cx_err(refused,
-			      "cprxfer_accept: no acceptable peer "
-			      "within %d ms; last one dropped: %s",
-			      timeout_ms, last);
+		return cx_err(
+			refused,
+			"cprxfer_accept: no acceptable peer within %d ms; last one dropped: %s",
+			timeout_ms, last);
 	return cx_err(-ETIMEDOUT,
-		      "cprxfer_accept: no peer connected to '%s' "
-		      "within %d ms",
+		      "cprxfer_accept: no peer connected to '%s' within %d ms",
 		      l->path, timeout_ms);
 }
 
@@ -442,8 +440,7 @@ static int waiter_arm(struct waiter *w, const char *path)
 		w->ifd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
 		if (w->ifd < 0)
 			return cx_err(-errno,
-				      "cprxfer_connect: inotify_init1: "
-				      "%s",
+				      "cprxfer_connect: inotify_init1: %s",
 				      strerror(errno));
 	}
 	for (;;) {
@@ -461,8 +458,7 @@ static int waiter_arm(struct waiter *w, const char *path)
 			k--;
 		if (end - k > NAME_MAX || end - k == 0 || end >= PATH_MAX)
 			return cx_err(-ENAMETOOLONG,
-				      "cprxfer_connect: bad "
-				      "component in '%s'",
+				      "cprxfer_connect: bad component in '%s'",
 				      path);
 		if (k > 0) {
 			dl = k - 1;
@@ -481,10 +477,10 @@ static int waiter_arm(struct waiter *w, const char *path)
 		if (w->wd < 0) {
 			if ((errno != ENOENT && errno != ENOTDIR) || k == 0 ||
 			    (dl == 1 && path[0] == '/'))
-				return cx_err(-errno,
-					      "cprxfer_connect: "
-					      "watching '%s': %s",
-					      w->dir, strerror(errno));
+				return cx_err(
+					-errno,
+					"cprxfer_connect: watching '%s': %s",
+					w->dir, strerror(errno));
 			/* The directory is missing: watch its parent. */
 			end = dl;
 			continue;
@@ -533,10 +529,10 @@ static int waiter_wait(struct waiter *w, int64_t deadline)
 		if (len < 0 && (errno == EAGAIN || errno == EINTR))
 			continue;
 		if (len < 0)
-			return cx_err(-errno,
-				      "cprxfer_connect: reading "
-				      "inotify events: %s",
-				      strerror(errno));
+			return cx_err(
+				-errno,
+				"cprxfer_connect: reading inotify events: %s",
+				strerror(errno));
 		for (q = u.buf; q < u.buf + len;) {
 			struct inotify_event *e = (struct inotify_event *)q;
 
@@ -576,15 +572,14 @@ static int try_connect(int fd, const struct sockaddr_un *sa, int64_t deadline)
 			return 1;
 		if (errno != EAGAIN && errno != EINPROGRESS)
 			return cx_err(-errno,
-				      "cprxfer_connect: connect '%s': "
-				      "%s",
+				      "cprxfer_connect: connect '%s': %s",
 				      sa->sun_path, strerror(errno));
 		ms = ms_left(deadline);
 		if (blocking || ms == 0)
-			return cx_err(-ETIMEDOUT,
-				      "cprxfer_connect: '%s': the "
-				      "listener's backlog stayed full",
-				      sa->sun_path);
+			return cx_err(
+				-ETIMEDOUT,
+				"cprxfer_connect: '%s': the listener's backlog stayed full",
+				sa->sun_path);
 		if (ms > 0) {
 			tv.tv_sec = ms / 1000;
 			tv.tv_usec = (ms % 1000) * 1000;
@@ -594,10 +589,10 @@ static int try_connect(int fd, const struct sockaddr_un *sa, int64_t deadline)
 		if (fcntl(fd, F_SETFL, 0) < 0 ||
 		    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) <
 			    0)
-			return cx_err(-errno,
-				      "cprxfer_connect: setting a "
-				      "connect timeout: %s",
-				      strerror(errno));
+			return cx_err(
+				-errno,
+				"cprxfer_connect: setting a connect timeout: %s",
+				strerror(errno));
 		blocking = true;
 	}
 }
@@ -605,8 +600,7 @@ static int try_connect(int fd, const struct sockaddr_un *sa, int64_t deadline)
 static int nobody(const char *path, int timeout_ms)
 {
 	return cx_err(-ETIMEDOUT,
-		      "cprxfer_connect: nobody listened on '%s' "
-		      "within %d ms",
+		      "cprxfer_connect: nobody listened on '%s' within %d ms",
 		      path, timeout_ms);
 }
 

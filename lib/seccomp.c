@@ -137,10 +137,10 @@ static int add(scmp_filter_ctx ctx, const char *name, unsigned cnt,
 		return 0; /* not a syscall on this architecture */
 	rc = seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, cnt, cmp);
 	if (rc < 0)
-		return cx_err(rc,
-			      "cprxfer_seccomp_allow: rule for %s: "
-			      "libseccomp error %d",
-			      name, rc);
+		return cx_err(
+			rc,
+			"cprxfer_seccomp_allow: rule for %s: libseccomp error %d",
+			name, rc);
 	return 0;
 }
 
@@ -191,16 +191,16 @@ CX_EXPORT int cprxfer_seccomp_allow(scmp_filter_ctx ctx, unsigned modes)
 	if (!ctx)
 		return cx_err(-EINVAL, "cprxfer_seccomp_allow: NULL filter");
 	if (!modes || (modes & ~known))
-		return cx_err(-EINVAL,
-			      "cprxfer_seccomp_allow: modes 0x%x: "
-			      "not a non-empty set of CPRXFER_MODE_* bits",
-			      modes);
+		return cx_err(
+			-EINVAL,
+			"cprxfer_seccomp_allow: modes 0x%x: not a non-empty set of CPRXFER_MODE_* bits",
+			modes);
 	rc = seccomp_attr_get(ctx, SCMP_FLTATR_ACT_DEFAULT, &def);
 	if (rc < 0)
-		return cx_err(rc,
-			      "cprxfer_seccomp_allow: reading the "
-			      "filter's default action: libseccomp error %d",
-			      rc);
+		return cx_err(
+			rc,
+			"cprxfer_seccomp_allow: reading the filter's default action: libseccomp error %d",
+			rc);
 	if (def == SCMP_ACT_ALLOW)
 		return 0; /* everything is allowed already */
 	for (i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "error.h"
 #include "state.h"
 
@@ -128,8 +129,7 @@ int cx_state_reserve(cprxfer_state *st, size_t n)
 		e = realloc(st->e, cap * sizeof(*e));
 		if (!e)
 			return cx_err(-ENOMEM,
-				      "state: out of memory for %zu "
-				      "entries",
+				      "state: out of memory for %zu entries",
 				      cap);
 		st->e = e;
 		st->cap = cap;
@@ -465,8 +465,7 @@ CX_EXPORT int cprxfer_get_fd(const cprxfer_state *st, const char *name, int *fd)
 		return rc;
 	if (e->v.fd < 0)
 		return cx_err(-EBADF,
-			      "cprxfer_get_fd: fd of record '%s' was "
-			      "taken",
+			      "cprxfer_get_fd: fd of record '%s' was taken",
 			      name);
 	*fd = e->v.fd;
 	return 0;
@@ -481,17 +480,16 @@ CX_EXPORT int cprxfer_take_fd(cprxfer_state *st, const char *name)
 	if (rc < 0)
 		return rc;
 	if (e->v.fd < 0)
-		return cx_err(-EBADF,
-			      "cprxfer_take_fd: fd of record '%s' was "
-			      "already taken",
-			      name);
+		return cx_err(
+			-EBADF,
+			"cprxfer_take_fd: fd of record '%s' was already taken",
+			name);
 	if (!e->owns_fd) {
 		/* A borrowed fd stays the caller's: hand out a duplicate. */
 		fd = fcntl(e->v.fd, F_DUPFD_CLOEXEC, 0);
 		if (fd < 0)
 			return cx_err(-errno,
-				      "cprxfer_take_fd: record '%s': "
-				      "dup: %s",
+				      "cprxfer_take_fd: record '%s': dup: %s",
 				      name, strerror(errno));
 		return fd;
 	}
@@ -512,10 +510,10 @@ CX_EXPORT int cprxfer_state_entry(const cprxfer_state *st, size_t i,
 	if (!st)
 		return cx_err(-EINVAL, "cprxfer_state_entry: NULL state");
 	if (i >= st->n)
-		return cx_err(-ERANGE,
-			      "cprxfer_state_entry: index %zu past "
-			      "the %zu entries",
-			      i, st->n);
+		return cx_err(
+			-ERANGE,
+			"cprxfer_state_entry: index %zu past the %zu entries",
+			i, st->n);
 	if (name)
 		*name = st->e[i].name;
 	if (type)

@@ -105,8 +105,8 @@ static int check(cprxfer_state *st)
 	if (cprxfer_get_u64(st, "pid", &pid) < 0 || pid != (uint64_t)getpid())
 		return report(6, "pid %llu, now %d\n", (unsigned long long)pid,
 			      getpid());
-	if (cprxfer_get_str(st, "hello", &str) < 0 || strcmp(str, "from the "
-								  "old image"))
+	if (cprxfer_get_str(st, "hello", &str) < 0 ||
+	    strcmp(str, "from the old image"))
 		return report(7, "string value lost\n");
 	if (cprxfer_get_i64(st, "neg", &neg) < 0 || neg != -42)
 		return report(8, "i64 value lost\n");

@@ -249,8 +249,8 @@ static void test_exec_fails(void **state)
 		assert_int_equal(cx_exec(st, "/nonexistent/cprxfer-target",
 					 argv, NULL, pass == 0),
 				 -ENOENT);
-		assert_non_null(strstr(cprxfer_errmsg(), "/nonexistent/"
-							 "cprxfer-target"));
+		assert_non_null(strstr(cprxfer_errmsg(),
+				       "/nonexistent/cprxfer-target"));
 		snap(&after);
 		same_snap(&before, &after);
 		assert_null(getenv("CPRXFER_EXEC_FD"));
@@ -353,9 +353,7 @@ static void test_blackout(void **state)
 		assert_int_equal(
 			sscanf(report, "%lld %lld %lld", &load, &ready, &pop),
 			3);
-		printf("# %zu MiB populated, teardown %s: main() after %.1f "
-		       "ms, RAM mapped after %.1f ms; prefault of resident "
-		       "pages %.1f ms\n",
+		printf("# %zu MiB populated, teardown %s: main() after %.1f ms, RAM mapped after %.1f ms; prefault of resident pages %.1f ms\n",
 		       b.size >> 20, b.defer ? "deferred" : "in execve",
 		       load / 1e6, ready / 1e6, pop / 1e6);
 	}

@@ -189,8 +189,8 @@ static void test_fd_table_full(void **unused)
 
 	/* valgrind emulates RLIMIT_NOFILE: the kernel's limit never drops. */
 	if (getenv("CPRXFER_UNDER_VALGRIND")) {
-		print_message("skipped under valgrind: it emulates "
-			      "setrlimit(RLIMIT_NOFILE)\n");
+		print_message(
+			"skipped under valgrind: it emulates setrlimit(RLIMIT_NOFILE)\n");
 		skip();
 	}
 

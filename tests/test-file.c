@@ -174,8 +174,7 @@ static void test_file_1gib(void **state)
 	assert_int_equal(pread(fd, &w, 8, 7 * 8), 8);
 	assert_int_equal(w, 0x7777);
 	close(fd);
-	printf("# %zu MiB saved by path and restored in a new process in "
-	       "%lld ms (frames %s)\n",
+	printf("# %zu MiB saved by path and restored in a new process in %lld ms (frames %s)\n",
 	       rp_big() >> 20, (long long)(tu_now_ms() - t),
 	       rc == 0 ? "the same" : "not readable");
 }
@@ -245,9 +244,9 @@ static void test_corrupted(void **state)
 			bad[i] ^= (uint8_t)(1u << bit);
 			spit(p->state, bad, len);
 			if (cprxfer_load_file(p->state, &st) != -EBADMSG)
-				fail_msg("flip of bit %d in byte %zu of %zu: "
-					 "%s",
-					 bit, i, len, cprxfer_errmsg());
+				fail_msg(
+					"flip of bit %d in byte %zu of %zu: %s",
+					bit, i, len, cprxfer_errmsg());
 			assert_null(st);
 		}
 	}

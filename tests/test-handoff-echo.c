@@ -227,9 +227,9 @@ static void test_echo_handoff(void **state)
 		total += cl[i].rcvd;
 		close(cl[i].fd);
 	}
-	print_message("%d clients, %llu bytes echoed through 2 handoffs and "
-		      "a rollback\n",
-		      ncl, (unsigned long long)total);
+	print_message(
+		"%d clients, %llu bytes echoed through 2 handoffs and a rollback\n",
+		ncl, (unsigned long long)total);
 	assert_true(total > 100000);
 	kill(pd, SIGTERM);
 	assert_int_equal(tu_wait(pd), 0);

@@ -118,9 +118,8 @@ static unsigned long long meminfo(const char *key)
 static bool shmem_thp_allowed(void)
 {
 	char buf[128] = "";
-	FILE *f =
-		fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r"
-									   "e");
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled",
+			"re");
 
 	if (f) {
 		if (!fgets(buf, sizeof(buf), f))

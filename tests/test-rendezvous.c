@@ -541,8 +541,8 @@ static void test_tag_mismatch(void **state)
 	 * as the listener's own errno and reason text.
 	 */
 	p.tag = NULL;
-	p.reason = "peer refused the handshake: peer's application tag '' "
-		   "differs from ours 'demo-vmm/1'";
+	p.reason =
+		"peer refused the handshake: peer's application tag '' differs from ours 'demo-vmm/1'";
 	pid = spawn(&p);
 	assert_int_equal(cprxfer_accept(l, 1000, &ch), -EBADE);
 	assert_int_equal(tu_wait(pid), 0);

@@ -496,8 +496,7 @@ static void test_incoming_faults(void **state)
 		pid_t pid = fork_incoming(e->point);
 
 		outgoing(NONE, e->point == HANG ? 300 : 10000, &r);
-		printf("  incoming %-16s -> outgoing %-14s %-12s in %4lld ms"
-		       ": %s\n",
+		printf("  incoming %-16s -> outgoing %-14s %-12s in %4lld ms: %s\n",
 		       point_name[e->point], step_name[r.step], strerror(-r.rc),
 		       (long long)r.ms, cprxfer_errmsg());
 		assert_int_equal(r.step, e->step);
@@ -510,12 +509,11 @@ static void test_incoming_faults(void **state)
 			assert_true(r.ms < 1000);
 		}
 		if (e->point == REFUSE)
-			assert_non_null(strstr(cprxfer_errmsg(), "not today: "
-								 "device "
-								 "busy"));
+			assert_non_null(strstr(cprxfer_errmsg(),
+					       "not today: device busy"));
 		if (e->point == BADLOAD)
-			assert_non_null(strstr(cprxfer_errmsg(), "exceeds "
-								 "limit"));
+			assert_non_null(
+				strstr(cprxfer_errmsg(), "exceeds limit"));
 		status = tu_wait(pid);
 		assert_int_equal(status, e->point >= REFUSE && e->point != HANG
 						 ? 0
@@ -565,8 +563,7 @@ static void test_outgoing_faults(void **state)
 		r.reap = pid;
 		r.reap_at = e->point;
 		incoming(l, NONE, in_hs ? 700 : 10000, &r);
-		printf("  outgoing %-16s -> incoming %-14s %-12s in %4lld ms"
-		       ": %s\n",
+		printf("  outgoing %-16s -> incoming %-14s %-12s in %4lld ms: %s\n",
 		       point_name[e->point], step_name[r.step], strerror(-r.rc),
 		       (long long)r.ms, cprxfer_errmsg());
 		assert_int_equal(r.step, e->step);

@@ -450,8 +450,8 @@ static void test_limits(void **unused)
 
 	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORD_BYTES, 2999);
 	assert_int_equal(feed_load(&f, o, NULL), -EMSGSIZE);
-	assert_non_null(strstr(cprxfer_errmsg(), "record 'b': length 3000 "
-						 "exceeds limit 2999"));
+	assert_non_null(strstr(cprxfer_errmsg(),
+			       "record 'b': length 3000 exceeds limit 2999"));
 	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_RECORD_BYTES, 3000);
 	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_STREAM_BYTES, b.len - 1);
 	assert_int_equal(feed_load(&f, o, NULL), -EFBIG);

@@ -176,10 +176,10 @@ int control_listen(const char *path, struct control **out, struct vmm_err *err)
 		if (!stale || unlink(path) < 0 ||
 		    bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 			close(fd);
-			return vmm_errf(err, -EADDRINUSE,
-					"control: %s is in use (another "
-					"demo-vmm listens there?)",
-					path);
+			return vmm_errf(
+				err, -EADDRINUSE,
+				"control: %s is in use (another demo-vmm listens there?)",
+				path);
 		}
 	}
 	if (listen(fd, 8) < 0) {
@@ -408,10 +408,10 @@ int control_request(const char *path, const char *cmd, int timeout_ms,
 			continue;
 		if (n <= 0) {
 			reply[got] = 0;
-			r = vmm_errf(err, -ECONNRESET,
-				     "'%s': connection closed without a "
-				     "reply%s%s",
-				     cmd, got ? ": " : "", reply);
+			r = vmm_errf(
+				err, -ECONNRESET,
+				"'%s': connection closed without a reply%s%s",
+				cmd, got ? ": " : "", reply);
 			goto out;
 		}
 		got += n;

@@ -230,8 +230,7 @@ static int check_and_print(struct demo *dm, const char *mode, unsigned int k,
 
 	printf("\n=== handoff %u/%u: %s mode, pid %d -> pid %d ===\n", k,
 	       nmodes, mode, (int)from, (int)kv(s, "pid", -1));
-	printf("  blackout     %6.0f us  (stop %.0f, save %.0f, %s %.0f, "
-	       "restore %.0f, to KVM_RUN %.0f)\n",
+	printf("  blackout     %6.0f us  (stop %.0f, save %.0f, %s %.0f, restore %.0f, to KVM_RUN %.0f)\n",
 	       kv(s, "blackout_us", -1), kv(s, "stop_us", -1),
 	       kv(s, "save_us", -1),
 	       !strcmp(mode, "transfer") ? "send"
@@ -240,11 +239,9 @@ static int check_and_print(struct demo *dm, const char *mode, unsigned int k,
 	       kv(s, "send_us", -1), kv(s, "restore_us", -1),
 	       kv(s, "run_us", -1));
 	if (strcmp(mode, "transfer"))
-		printf("               (the new image's main() ran %.0f us "
-		       "after the state was saved)\n",
+		printf("               (the new image's main() ran %.0f us after the state was saved)\n",
 		       kv(s, "main_us", -1));
-	printf("  guest pause  %6.0f us  (as the guest measured it; of it, "
-	       "before the stop / after KVM_RUN:",
+	printf("  guest pause  %6.0f us  (as the guest measured it; of it, before the stop / after KVM_RUN:",
 	       kv(s, "gap_us", -1));
 	for (unsigned int i = 0; i < dm->o->cpus; i++) {
 		double g, pre, post;
@@ -257,9 +254,7 @@ static int check_and_print(struct demo *dm, const char *mode, unsigned int k,
 		post = kv(s, key, -1);
 		if (g < 0)
 			printf("%s cpu%u n/a (%s)", i ? ";" : "", i,
-			       g == -2 ? "not recorded: it stopped while "
-					 "printing its tick line, which the "
-					 "guest does not time"
+			       g == -2 ? "not recorded: it stopped while printing its tick line, which the guest does not time"
 				       : "no iteration since the handoff");
 		else
 			printf("%s cpu%u %.0f us (%.0f / %.0f)", i ? ";" : "",
@@ -280,10 +275,8 @@ static int check_and_print(struct demo *dm, const char *mode, unsigned int k,
 					"%s: cpu%u counter did not continue",
 					mode, i);
 	}
-	printf("\n  RAM          %" PRIu64 " MiB in place: %.0f/%.0f sampled "
-	       "pages on the same page frames; 0 "
-	       "bytes of RAM copied (%.0f bytes of "
-	       "vCPU/device state)\n",
+	printf("\n  RAM          %" PRIu64
+	       " MiB in place: %.0f/%.0f sampled pages on the same page frames; 0 bytes of RAM copied (%.0f bytes of vCPU/device state)\n",
 	       dm->o->mem >> 20, kv(s, "pfn_same", -1), kv(s, "pfn_total", -1),
 	       kv(s, "state_bytes", -1));
 	if (!strstr(s, " guest=ok "))
@@ -292,9 +285,7 @@ static int check_and_print(struct demo *dm, const char *mode, unsigned int k,
 	if (kv(s, "pfn_same", -1) != kv(s, "pfn_total", -2))
 		return vmm_errf(err, -EIO, "%s: RAM moved: %s", mode, s);
 	if (dm->touch)
-		printf("  warm-up      guest touched all its RAM in %.1f ms "
-		       "after the handoff, %.1f ms in steady state before "
-		       "(--warm %s)\n",
+		printf("  warm-up      guest touched all its RAM in %.1f ms after the handoff, %.1f ms in steady state before (--warm %s)\n",
 		       dm->after_ms, dm->steady_ms, warm_arg(dm->warm));
 	fflush(stdout);
 	return 0;
@@ -310,17 +301,8 @@ static int write_json(struct demo *dm, const char *mode, bool first,
 	if (!f)
 		return vmm_errno(err, "open %s", dm->d->json);
 	fprintf(f,
-		"{\"mode\": \"%s\", \"ram_mib\": %" PRIu64 ", \"cpus\": %u, "
-		"\"warm\": \"%s\", "
-		"\"blackout_us\": "
-		"%.0f"
-		", \"guest_gap_us\": %.0f, \"guest_gap_pre_us\": %.0f"
-		", \"guest_gap_post_us\": %.0f"
-		", \"stop_us\": %.0f, \"save_us\": %.0f"
-		", \"send_us\": %.0f, \"restore_us\": %.0f, \"run_us\": %.0f"
-		", \"prepare_us\": %.0f, \"state_bytes\": %.0f"
-		", \"ram_bytes_copied\": 0, \"pfn_same\": %.0f"
-		", \"pfn_total\": %.0f",
+		"{\"mode\": \"%s\", \"ram_mib\": %" PRIu64
+		", \"cpus\": %u, \"warm\": \"%s\", \"blackout_us\": %.0f, \"guest_gap_us\": %.0f, \"guest_gap_pre_us\": %.0f, \"guest_gap_post_us\": %.0f, \"stop_us\": %.0f, \"save_us\": %.0f, \"send_us\": %.0f, \"restore_us\": %.0f, \"run_us\": %.0f, \"prepare_us\": %.0f, \"state_bytes\": %.0f, \"ram_bytes_copied\": 0, \"pfn_same\": %.0f, \"pfn_total\": %.0f",
 		mode, dm->o->mem >> 20, dm->o->cpus, warm_arg(dm->warm),
 		kv(s, "blackout_us", -1), kv(s, "gap_us", -1),
 		kv(s, "gap_pre_us", -1), kv(s, "gap_post_us", -1),
@@ -331,8 +313,7 @@ static int write_json(struct demo *dm, const char *mode, bool first,
 		kv(s, "pfn_total", -1));
 	if (dm->touch)
 		fprintf(f,
-			", \"warmup_after_ms\": %.1f, \"warmup_steady_ms\": "
-			"%.1f",
+			", \"warmup_after_ms\": %.1f, \"warmup_steady_ms\": %.1f",
 			dm->after_ms, dm->steady_ms);
 	fprintf(f, "}\n");
 	if (fclose(f) != 0)
@@ -463,8 +444,7 @@ int demo_run(const struct vmm_opts *o, const struct demo_opts *d,
 	dm.cur = -1;
 	if (r < 0)
 		goto fail;
-	printf("\ndemo-vmm --handoff: PASS: the guest carried on through %u "
-	       "handoff%s in %.1f s, no error, no byte of RAM copied\n",
+	printf("\ndemo-vmm --handoff: PASS: the guest carried on through %u handoff%s in %.1f s, no error, no byte of RAM copied\n",
 	       nmodes * repeat, nmodes * repeat > 1 ? "s" : "",
 	       (vmm_now_ns() - t0) / 1e9);
 	r = 0;

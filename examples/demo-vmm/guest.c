@@ -51,10 +51,10 @@ int guest_setup(void *mem, uint64_t mem_size, unsigned int ncpus,
 
 	if (mem_size < GUEST_MIN_MEM || mem_size > GUEST_MAX_MEM ||
 	    mem_size & ((2u << 20) - 1))
-		return vmm_errf(err, -EINVAL,
-				"guest RAM %llu bytes: need a multiple of 2 "
-				"MiB in 16 MiB..64 GiB",
-				(unsigned long long)mem_size);
+		return vmm_errf(
+			err, -EINVAL,
+			"guest RAM %llu bytes: need a multiple of 2 MiB in 16 MiB..64 GiB",
+			(unsigned long long)mem_size);
 	if (!ncpus || ncpus > GUEST_MAX_CPUS)
 		return vmm_errf(err, -EINVAL, "guest: %u vCPUs, 1..%d", ncpus,
 				GUEST_MAX_CPUS);
@@ -202,10 +202,10 @@ int guest_mailbox(void *mem, uint64_t cmd, uint64_t arg, int timeout_ms,
 	deadline = vmm_now_ns() + (uint64_t)timeout_ms * 1000000;
 	while (get64(mem, mb + MB_DONE_SEQ) != seq) {
 		if (vmm_now_ns() > deadline)
-			return vmm_errf(err, -ETIMEDOUT,
-					"guest mailbox: command %llu not done "
-					"in %d ms",
-					(unsigned long long)cmd, timeout_ms);
+			return vmm_errf(
+				err, -ETIMEDOUT,
+				"guest mailbox: command %llu not done in %d ms",
+				(unsigned long long)cmd, timeout_ms);
 		nanosleep(&pause, NULL);
 	}
 	if (get64(mem, mb + MB_STATUS))

@@ -108,10 +108,10 @@ static int get_frozen(const cprxfer_state *st, unsigned int ncpus,
 			 cpu < ncpus)
 			set = &f->cpu[cpu];
 		if (!set || type != CPRXFER_TYPE_BLOB)
-			return vmm_errf(err, -EPROTO,
-					"state: unknown record '%s' (from a "
-					"newer demo-vmm?)",
-					name);
+			return vmm_errf(
+				err, -EPROTO,
+				"state: unknown record '%s' (from a newer demo-vmm?)",
+				name);
 		r = cprxfer_get_blob(st, name, &data, &len);
 		if (r < 0)
 			return cx_fail(err, r, "state");
@@ -414,10 +414,10 @@ int handoff_transfer_out(struct vmm *v, const char *path,
 		if (r2 < 0) {
 			size_t n = strlen(err->msg);
 
-			snprintf(err->msg + n, sizeof(err->msg) - n,
-				 "; pid %d could not be fenced (%s): not "
-				 "resuming",
-				 (int)res->peer, strerror(-r2));
+			snprintf(
+				err->msg + n, sizeof(err->msg) - n,
+				"; pid %d could not be fenced (%s): not resuming",
+				(int)res->peer, strerror(-r2));
 			goto out;
 		}
 	}
@@ -924,11 +924,10 @@ int handoff_save_file(struct vmm *v, const char *file,
 
 	memset(res, 0, sizeof(*res));
 	if (!vmm_ram_is_file(v, path, sizeof(path)))
-		return vmm_errf(err, -EINVAL,
-				"file mode needs file-backed RAM: this guest's "
-				"RAM is %s; start the guest with --mem-path "
-				"(e.g. /dev/shm/guest.ram)",
-				path);
+		return vmm_errf(
+			err, -EINVAL,
+			"file mode needs file-backed RAM: this guest's RAM is %s; start the guest with --mem-path (e.g. /dev/shm/guest.ram)",
+			path);
 	st = cprxfer_state_new();
 	if (!st)
 		return vmm_errf(err, -ENOMEM, "state: no memory");

@@ -365,14 +365,13 @@ static int measure(void *mem, const char *who, struct vmm_err *err)
 	r = guest_mailbox(mem, MB_CMD_BENCH_PIO, 2000, 10000, &res, err);
 	if (r < 0)
 		return r;
-	printf("[%s] port I/O exit from ring 0 (UART SCR read): %.1f us each "
-	       "(%" PRIu64 " in %" PRIu64 " us)\n",
+	printf("[%s] port I/O exit from ring 0 (UART SCR read): %.1f us each (%" PRIu64
+	       " in %" PRIu64 " us)\n",
 	       who, (double)res.ns / 1000.0 / res.count, res.count, res.us);
 	r = guest_mailbox(mem, MB_CMD_BENCH_SYSCALL, 2000, 10000, &res, err);
 	if (r < 0)
 		return r;
-	printf("[%s] ring 3 -> ud2 -> ring 0 -> iretq round trip: %.1f us "
-	       "each\n",
+	printf("[%s] ring 3 -> ud2 -> ring 0 -> iretq round trip: %.1f us each\n",
 	       who, (double)res.ns / 1000.0 / res.count);
 	return 0;
 }
@@ -386,9 +385,8 @@ static int touch(void *mem, const char *who, const char *when,
 	r = guest_mailbox(mem, MB_CMD_TOUCH_READ, 0, 60000, &res, err);
 	if (r < 0)
 		return r;
-	printf("[%s] guest touched %" PRIu64 " pages (%" PRIu64 " MiB) %s: "
-	       "%" PRIu64 " us"
-	       "\n",
+	printf("[%s] guest touched %" PRIu64 " pages (%" PRIu64
+	       " MiB) %s: %" PRIu64 " us\n",
 	       who, res.count, res.count >> 8, when, res.us);
 	return 0;
 }
@@ -436,16 +434,15 @@ static int new_side_run(struct machine *m, void *mem, const char *who,
 	msleep(30);
 	snapshot(mem, m->ncpus, after);
 	for (unsigned int i = 0; i < m->ncpus; i++)
-		printf("[%s] cpu%u: pause the guest measured across the "
-		       "handoff: %" PRIu64 " us\n",
+		printf("[%s] cpu%u: pause the guest measured across the handoff: %" PRIu64
+		       " us\n",
 		       who, i, after[i].gap_max_cycles * 1000 / khz);
 	if (o->inject == INJECT_CORRUPT) {
 		msleep(100);
 		snapshot(mem, m->ncpus, after);
 		if (after[0].state == PC_STATE_ERROR &&
 		    after[0].error == PC_ERR_COUNTER) {
-			printf("[%s] injected corruption detected by the "
-			       "guest\n",
+			printf("[%s] injected corruption detected by the guest\n",
 			       who);
 			return 0;
 		}
@@ -464,8 +461,8 @@ static int new_side_run(struct machine *m, void *mem, const char *who,
 	snapshot(mem, m->ncpus, after);
 	for (unsigned int i = 0; i < m->ncpus; i++) {
 		printf("[%s] cpu%u counter %" PRIu64 " -> %" PRIu64
-		       " ticks %" PRIu64 " -> %" PRIu64 " gap-max since the "
-		       "stop %" PRIu64 " us\n",
+		       " ticks %" PRIu64 " -> %" PRIu64
+		       " gap-max since the stop %" PRIu64 " us\n",
 		       who, i, before[i].counter, after[i].counter,
 		       before[i].ticks, after[i].ticks,
 		       after[i].gap_max_cycles * 1000 / khz);
@@ -585,11 +582,9 @@ static int parse_options(int argc, char **argv, struct options *o,
 						"--inject corrupt|fault");
 			break;
 		default:
-			return vmm_errf(err, -EINVAL,
-					"usage: kvmcheck [--mem SIZE] [--cpus "
-					"N] [--run-ms MS] [--same-process] "
-					"[--rounds N] [--inject "
-					"corrupt|fault]");
+			return vmm_errf(
+				err, -EINVAL,
+				"usage: kvmcheck [--mem SIZE] [--cpus N] [--run-ms MS] [--same-process] [--rounds N] [--inject corrupt|fault]");
 		}
 	}
 	if (o->rounds > 1)
@@ -676,12 +671,12 @@ static int more_rounds(struct machine *cur, void *mem, const struct options *o,
 		gap = gap * 1000 / khz;
 		if (gap > worst)
 			worst = gap;
-		printf("[round %u] blackout %.0f us, guest-measured pause "
-		       "%" PRIu64 " us, counters continue\n",
+		printf("[round %u] blackout %.0f us, guest-measured pause %" PRIu64
+		       " us, counters continue\n",
 		       round, (t.first_run - t0) / 1e3, gap);
 	}
-	printf("[rounds] %u handoffs, worst guest-measured pause %" PRIu64 " us"
-	       "\n",
+	printf("[rounds] %u handoffs, worst guest-measured pause %" PRIu64
+	       " us\n",
 	       o->rounds, worst);
 	return 0;
 fail:
@@ -765,8 +760,8 @@ static int run(struct options *o, struct vmm_err *err)
 	r = guest_setup(mem, o->mem, o->cpus, a.vm->tsc_khz, PRINT_MS, err);
 	if (r < 0)
 		goto out;
-	printf("[old] %u vCPUs, %" PRIu64 " MiB, TSC %u kHz, MSR list %u, "
-	       "xsave %d bytes\n",
+	printf("[old] %u vCPUs, %" PRIu64
+	       " MiB, TSC %u kHz, MSR list %u, xsave %d bytes\n",
 	       o->cpus, o->mem >> 20, a.vm->tsc_khz, a.vm->msrs->nmsrs,
 	       a.vm->xsave_size);
 	r = machine_start(&a, false, err);
@@ -863,16 +858,13 @@ static int run(struct options *o, struct vmm_err *err)
 
 	printf("[handoff] new VM built before the stop: %.0f us\n",
 	       prep_ns / 1e3);
-	printf("[handoff] stop %.0f us, save %.0f us, transfer %.0f us, "
-	       "restore %.0f us, start %.0f us\n",
+	printf("[handoff] stop %.0f us, save %.0f us, transfer %.0f us, restore %.0f us, start %.0f us\n",
 	       (t_stopped - t_stop0) / 1e3, (t_saved - t_stopped) / 1e3,
 	       (t.recv_done - t_saved) / 1e3, (t.restored - t.recv_done) / 1e3,
 	       (t.first_run - t.restored) / 1e3);
-	printf("[handoff] blackout (stop requested -> all new vCPUs in "
-	       "KVM_RUN): %.0f us; old VM destroyed after in %.0f us\n",
+	printf("[handoff] blackout (stop requested -> all new vCPUs in KVM_RUN): %.0f us; old VM destroyed after in %.0f us\n",
 	       (t.first_run - t_stop0) / 1e3, t_destroy / 1e3);
-	printf("[handoff] vcpu0 state: %u blobs, %zu bytes, %u MSRs of the %u "
-	       "listed\n",
+	printf("[handoff] vcpu0 state: %u blobs, %zu bytes, %u MSRs of the %u listed\n",
 	       f.set[1].n, state_bytes(&f.set[1]), msr_count(&f.set[1]),
 	       o->msr_listed);
 	if (o->rounds > 1 && child < 0) {

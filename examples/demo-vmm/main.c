@@ -40,32 +40,7 @@ struct main_opts {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: demo-vmm --handoff [--mode transfer|exec|file] [--json "
-		"FILE]\n"
-		"                          [--mem SIZE] [--cpus N] [--warm "
-		"STRATEGY]\n"
-		"                          [--repeat N] [--no-touch]\n"
-		"       demo-vmm [--mem SIZE] [--cpus N] [--mem-path FILE] "
-		"[--control PATH]\n"
-		"       demo-vmm --incoming PATH [--control PATH] [--warm "
-		"STRATEGY]\n"
-		"       demo-vmm --restore FILE [--control PATH]\n"
-		"       demo-vmm --ctl PATH COMMAND [ARG]\n"
-		"  --mem SIZE        guest RAM, e.g. 256M (default), 4G\n"
-		"  --cpus N          vCPUs, 1..%d (default 2)\n"
-		"  --mem-path FILE   file-backed RAM (e.g. under /dev/shm), "
-		"for file mode\n"
-		"  --control PATH    control socket: status, handoff PATH, "
-		"handoff-exec,\n"
-		"                    save FILE, touch [read|write], quit, "
-		"help\n"
-		"  --warm STRATEGY   how a new VMM warms the RAM: none, "
-		"populate\n"
-		"                    (default), helper, best\n"
-		"  --timeout MS      bound on each handoff round (default "
-		"10000)\n"
-		"  --sandbox         run under the seccomp sandbox, if built "
-		"in\n",
+		"usage: demo-vmm --handoff [--mode transfer|exec|file] [--json FILE]\n                          [--mem SIZE] [--cpus N] [--warm STRATEGY]\n                          [--repeat N] [--no-touch]\n       demo-vmm [--mem SIZE] [--cpus N] [--mem-path FILE] [--control PATH]\n       demo-vmm --incoming PATH [--control PATH] [--warm STRATEGY]\n       demo-vmm --restore FILE [--control PATH]\n       demo-vmm --ctl PATH COMMAND [ARG]\n  --mem SIZE        guest RAM, e.g. 256M (default), 4G\n  --cpus N          vCPUs, 1..%d (default 2)\n  --mem-path FILE   file-backed RAM (e.g. under /dev/shm), for file mode\n  --control PATH    control socket: status, handoff PATH, handoff-exec,\n                    save FILE, touch [read|write], quit, help\n  --warm STRATEGY   how a new VMM warms the RAM: none, populate\n                    (default), helper, best\n  --timeout MS      bound on each handoff round (default 10000)\n  --sandbox         run under the seccomp sandbox, if built in\n",
 		GUEST_MAX_CPUS);
 }
 
@@ -147,10 +122,10 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 		switch (c) {
 		case O_MEM:
 			if (vmm_parse_size(optarg, &o->mem) < 0)
-				return vmm_errf(err, -EINVAL,
-						"--mem %s: not a size (e.g. "
-						"256M, 4G)",
-						optarg);
+				return vmm_errf(
+					err, -EINVAL,
+					"--mem %s: not a size (e.g. 256M, 4G)",
+					optarg);
 			break;
 		case O_CPUS:
 			o->cpus = strtoul(optarg, NULL, 10);
@@ -194,17 +169,15 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 			     tok = strtok_r(NULL, ",", &save)) {
 				if (m->demo.nwarm == 4 ||
 				    parse_warm(tok, &o->warm) < 0)
-					return vmm_errf(err, -EINVAL,
-							"--warm "
-							"none|populate|helper|"
-							"best[,...]");
+					return vmm_errf(
+						err, -EINVAL,
+						"--warm none|populate|helper|best[,...]");
 				m->demo.warm[m->demo.nwarm++] = o->warm;
 			}
 			if (!m->demo.nwarm)
-				return vmm_errf(err, -EINVAL,
-						"--warm "
-						"none|populate|helper|best[,..."
-						"]");
+				return vmm_errf(
+					err, -EINVAL,
+					"--warm none|populate|helper|best[,...]");
 			o->warm = m->demo.warm[0];
 			m->demo.warm_given = true;
 			break;
@@ -263,9 +236,9 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 	if (!!o->incoming + !!o->restore + !!o->exec_restore + m->handoff +
 		    !!m->ctl >
 	    1)
-		return vmm_errf(err, -EINVAL,
-				"--handoff, --incoming, --restore and --ctl "
-				"exclude each other");
+		return vmm_errf(
+			err, -EINVAL,
+			"--handoff, --incoming, --restore and --ctl exclude each other");
 	return 0;
 }
 
@@ -446,8 +419,8 @@ static size_t format_status(struct vmm *v, char *buf, size_t len)
 	size_t n;
 
 	n = snprintf(buf, len,
-		     "ok pid=%d mem_mib=%" PRIu64 " cpus=%u guest=%s "
-		     "handoffs=%u ram_addr=%p",
+		     "ok pid=%d mem_mib=%" PRIu64
+		     " cpus=%u guest=%s handoffs=%u ram_addr=%p",
 		     (int)getpid(), (uint64_t)(v->ram.size >> 20), v->m.ncpus,
 		     guest_health(v), v->handoffs, v->ram.addr);
 	for (unsigned int i = 0; i < v->m.ncpus && n < len; i++) {
@@ -464,8 +437,9 @@ static size_t format_status(struct vmm *v, char *buf, size_t len)
 		" save_us=%" PRId64 " send_us=%" PRId64 " restore_us=%" PRId64
 		" run_us=%" PRId64 " prepare_us=%" PRIu64 " main_us=%" PRId64
 		" gap_us=%" PRId64 " gap_pre_us=%" PRId64
-		" gap_post_us=%" PRId64 " gap_done=%d pfn_same=%u pfn_total=%u"
-		" state_bytes=%" PRIu64 " ram_copied=0",
+		" gap_post_us=%" PRId64
+		" gap_done=%d pfn_same=%u pfn_total=%u state_bytes=%" PRIu64
+		" ram_copied=0",
 		rep->mode, (int)rep->from_pid,
 		us_between(rep->t_stop, rep->t_running),
 		us_between(rep->t_stop, rep->t_stopped),
@@ -482,9 +456,9 @@ static size_t format_status(struct vmm *v, char *buf, size_t len)
 		rep->gap_done, rep->pfn_same, rep->pfn_total, rep->state_bytes);
 	for (unsigned int i = 0; i < v->m.ncpus && n < len; i++)
 		n += snprintf(buf + n, len - n,
-			      " gap%u=%" PRId64 " gappre%u=%" PRId64 " gappost%"
-			      "u="
-			      "%" PRId64 " stopc%u=%" PRIu64 " stsc%u=%" PRIu64,
+			      " gap%u=%" PRId64 " gappre%u=%" PRId64
+			      " gappost%u=%" PRId64 " stopc%u=%" PRIu64
+			      " stsc%u=%" PRIu64,
 			      i, rep->gap_us[i], i, rep->gap_pre_us[i], i,
 			      rep->gap_post_us[i], i, rep->counter_at_stop[i],
 			      i, rep->stop_tsc[i]);
@@ -502,26 +476,24 @@ static void print_report(struct vmm *v)
 		if (rep->gap_us[i] < 0)
 			n += snprintf(gaps + n, sizeof(gaps) - n,
 				      "%scpu%u n/a (%s)", i ? ", " : "", i,
-				      rep->gap_us[i] == -2 ? GAP_NOT_RECORDED
-							   : "no iteration "
-							     "since");
+				      rep->gap_us[i] == -2
+					      ? GAP_NOT_RECORDED
+					      : "no iteration since");
 		else
 			n += snprintf(gaps + n, sizeof(gaps) - n,
 				      "%scpu%u %" PRId64 " (%" PRId64
-				      " before the stop, %" PRId64 " after "
-				      "KVM_RUN)",
+				      " before the stop, %" PRId64
+				      " after KVM_RUN)",
 				      i ? ", " : "", i, rep->gap_us[i],
 				      rep->gap_pre_us[i], rep->gap_post_us[i]);
 	}
 	update_pfns(v);
-	printf("[demo-vmm %d] guest received (%s, from pid %d): blackout "
-	       "%" PRId64 " us (stop %" PRId64 " + save %" PRId64 " + send "
-	       "%" PRId64 " + restore %" PRId64 " + run %" PRId64 "); "
-	       "the guest saw a pause of: %s us; RAM "
-	       "%" PRIu64 " MiB in place (%u/%u sampled "
-	       "pages on the same frames), "
-	       "%" PRIu64 " bytes of state, 0 "
-	       "bytes of RAM copied\n",
+	printf("[demo-vmm %d] guest received (%s, from pid %d): blackout %" PRId64
+	       " us (stop %" PRId64 " + save %" PRId64 " + send %" PRId64
+	       " + restore %" PRId64 " + run %" PRId64
+	       "); the guest saw a pause of: %s us; RAM %" PRIu64
+	       " MiB in place (%u/%u sampled pages on the same frames), %" PRIu64
+	       " bytes of state, 0 bytes of RAM copied\n",
 	       (int)getpid(), rep->mode, (int)rep->from_pid,
 	       us_between(rep->t_stop, rep->t_running),
 	       us_between(rep->t_stop, rep->t_stopped),
@@ -618,10 +590,9 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 			control_reply(v->ctl, client, "%s", line);
 			break;
 		case CONTROL_HELP:
-			control_reply(v->ctl, client,
-				      "ok commands: status, handoff PATH, "
-				      "handoff-exec, save FILE, touch "
-				      "[read|write], quit");
+			control_reply(
+				v->ctl, client,
+				"ok commands: status, handoff PATH, handoff-exec, save FILE, touch [read|write], quit");
 			break;
 		case CONTROL_TOUCH:
 			r = guest_mailbox(v->ram.addr,
@@ -669,10 +640,10 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 		case CONTROL_SAVE:
 			r = handoff_save_file(v, cmd.arg, &res, &err);
 			if (r == 0) {
-				control_reply(v->ctl, client,
-					      "ok saved %s: restore with "
-					      "demo-vmm --restore %s",
-					      cmd.arg, cmd.arg);
+				control_reply(
+					v->ctl, client,
+					"ok saved %s: restore with demo-vmm --restore %s",
+					cmd.arg, cmd.arg);
 				vmm_cleanup(v, false);
 				return 0;
 			}
@@ -720,9 +691,9 @@ static int vmm_main(struct main_opts *mo, uint64_t t_main)
 #ifdef DEMO_VMM_HAVE_SANDBOX
 		r = sandbox_install(&v, &err);
 #else
-		r = vmm_errf(&err, -ENOTSUP,
-			     "--sandbox: this demo-vmm was built without the "
-			     "sandbox");
+		r = vmm_errf(
+			&err, -ENOTSUP,
+			"--sandbox: this demo-vmm was built without the sandbox");
 #endif
 		if (r < 0)
 			goto fail;

@@ -65,31 +65,27 @@ static const struct {
 	const char *why;
 } own[] = {
 	/* KVM: the vCPU run area is mmap()ed (libcprxfer's list) */
-	{ "access", "main(): is /dev/kvm usable; the loader's "
-		    "/etc/ld.so.preload check" },
+	{ "access",
+	  "main(): is /dev/kvm usable; the loader's /etc/ld.so.preload check" },
 
 	/* threads: vCPUs, the RAM warmer, the exec-mode VM builder */
 	{ "set_robust_list", "glibc: every new thread, every new image" },
 	{ "rseq", "glibc: every new thread, every new image" },
 	{ "futex", "mutexes, condition variables, pthread_join" },
-	{ "rt_sigprocmask", "pthread_create blocks signals; vCPU threads "
-			    "unblock the kick signal" },
+	{ "rt_sigprocmask",
+	  "pthread_create blocks signals; vCPU threads unblock the kick signal" },
 	{ "exit", "a thread's exit" },
 	{ "exit_group", "the process's exit" },
 	{ "gettid", "a vCPU thread's id, for its priority" },
-	{ "rt_sigaction", "the vCPU kick handler (SIGUSR1), SIGPIPE "
-			  "ignored, glibc's internal signal" },
+	{ "rt_sigaction",
+	  "the vCPU kick handler (SIGUSR1), SIGPIPE ignored, glibc's internal signal" },
 	{ "rt_sigreturn", "return from the kick handler" },
-	{ "restart_syscall", "a poll() or sleep stopped by SIGSTOP or a "
-			     "ptrace attach resumes through it (without it the "
-			     "serve loop's poll fails with EPERM)" },
-	{ "sched_setscheduler", "vCPU threads: SCHED_FIFO while they run "
-				"the handoff, SCHED_OTHER after (the policy is "
-				"a "
-				"register but the priority a pointer)" },
-	{ "sched_getaffinity", "glibc's pthread_getattr_np (the sanitizer "
-			       "runtimes call it on every new thread); "
-			       "read-only" },
+	{ "restart_syscall",
+	  "a poll() or sleep stopped by SIGSTOP or a ptrace attach resumes through it (without it the serve loop's poll fails with EPERM)" },
+	{ "sched_setscheduler",
+	  "vCPU threads: SCHED_FIFO while they run the handoff, SCHED_OTHER after (the policy is a register but the priority a pointer)" },
+	{ "sched_getaffinity",
+	  "glibc's pthread_getattr_np (the sanitizer runtimes call it on every new thread); read-only" },
 	{ "sched_get_priority_min", "pthread_attr_setschedparam checks" },
 	{ "sched_get_priority_max", "pthread_attr_setschedparam checks" },
 
@@ -98,8 +94,8 @@ static const struct {
 	{ "recvfrom", "recv(): the command lines" },
 
 	/* time */
-	{ "clock_nanosleep", "usleep(): the serve loop without a control "
-			     "socket, vCPU stop polling, the guest mailbox" },
+	{ "clock_nanosleep",
+	  "usleep(): the serve loop without a control socket, vCPU stop polling, the guest mailbox" },
 
 	/* transfer mode's fence: kill a new VMM that timed out */
 	{ "pidfd_open", "a handle on the new VMM, to wait for its death" },

@@ -132,10 +132,10 @@ int blob_payload(const struct blobset *set, const char *name, uint32_t version,
 				"state '%s': format version %u, expected %u",
 				name, v, version);
 	if (n != b->len - BLOB_HDR || n < min_len || n > max_len)
-		return vmm_errf(err, -EBADMSG,
-				"state '%s': payload %u bytes (blob %zu), "
-				"expected %zu..%zu",
-				name, n, b->len, min_len, max_len);
+		return vmm_errf(
+			err, -EBADMSG,
+			"state '%s': payload %u bytes (blob %zu), expected %zu..%zu",
+			name, n, b->len, min_len, max_len);
 	*payload = b->data + BLOB_HDR;
 	*len = n;
 	return 0;

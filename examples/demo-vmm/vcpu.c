@@ -330,10 +330,10 @@ static int handle_exit(struct vcpu *v, struct vmm_err *err)
 		v->exits_other++;
 		return 0;
 	case KVM_EXIT_SHUTDOWN:
-		return vmm_errf(err, -EFAULT,
-				"vcpu%u: guest shutdown (triple fault) near "
-				"rip 0x%llx",
-				v->id, (unsigned long long)guest_rip(v));
+		return vmm_errf(
+			err, -EFAULT,
+			"vcpu%u: guest shutdown (triple fault) near rip 0x%llx",
+			v->id, (unsigned long long)guest_rip(v));
 	case KVM_EXIT_FAIL_ENTRY:
 		return vmm_errf(
 			err, -EFAULT,
@@ -350,15 +350,14 @@ static int handle_exit(struct vcpu *v, struct vmm_err *err)
 			off += snprintf(
 				hex + off, sizeof(hex) - off, " %llx",
 				(unsigned long long)run->internal.data[i]);
-		return vmm_errf(err, -EFAULT,
-				"vcpu%u: KVM_EXIT_INTERNAL_ERROR suberror %u%s "
-				"at rip 0x%llx, data:%s",
-				v->id, run->internal.suberror,
-				run->internal.suberror ==
-						KVM_INTERNAL_ERROR_EMULATION
-					? " (instruction the emulator lacks)"
-					: "",
-				(unsigned long long)guest_rip(v), hex);
+		return vmm_errf(
+			err, -EFAULT,
+			"vcpu%u: KVM_EXIT_INTERNAL_ERROR suberror %u%s at rip 0x%llx, data:%s",
+			v->id, run->internal.suberror,
+			run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION
+				? " (instruction the emulator lacks)"
+				: "",
+			(unsigned long long)guest_rip(v), hex);
 	case KVM_EXIT_SYSTEM_EVENT:
 		return vmm_errf(err, -EFAULT,
 				"vcpu%u: guest system event %u (reset or off)",
@@ -832,11 +831,11 @@ static int restore_msrs(struct vcpu *v, const struct blobset *set,
 	if (r < 0)
 		r = vmm_errno(err, "vcpu%u: KVM_SET_MSRS", v->id);
 	else if ((uint32_t)r != n)
-		r = vmm_errf(err, -EINVAL,
-			     "vcpu%u: KVM_SET_MSRS set %d of %u, refused MSR "
-			     "0x%x = 0x%llx",
-			     v->id, r, n, m->entries[r].index,
-			     (unsigned long long)m->entries[r].data);
+		r = vmm_errf(
+			err, -EINVAL,
+			"vcpu%u: KVM_SET_MSRS set %d of %u, refused MSR 0x%x = 0x%llx",
+			v->id, r, n, m->entries[r].index,
+			(unsigned long long)m->entries[r].data);
 	else
 		r = 0;
 	free(m);

@@ -168,8 +168,7 @@ static int handoff(struct server *s)
 		rc = cprxfer_wait_ack(ch, HANDOFF_TIMEOUT_MS);
 	if (rc < 0)
 		fprintf(stderr,
-			"handoff-echo: handoff failed, still serving: "
-			"%s\n",
+			"handoff-echo: handoff failed, still serving: %s\n",
 			cprxfer_errmsg());
 	cprxfer_channel_close(ch);
 	cprxfer_state_free(st);
@@ -332,9 +331,8 @@ static int serve(struct server *s)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: handoff-echo --port PORT [--control PATH]\n"
-			"       handoff-echo --incoming PATH [--control PATH] "
-			"[--refuse]\n");
+	fprintf(stderr,
+		"usage: handoff-echo --port PORT [--control PATH]\n       handoff-echo --incoming PATH [--control PATH] [--refuse]\n");
 }
 
 int main(int argc, char **argv)

@@ -436,9 +436,7 @@ int main(int argc, char **argv)
 			break;
 		default:
 			fprintf(stderr,
-				"usage: %s [--json FILE] [--runs N] "
-				"[--quick] [--only fd|blob|blackout|copy|"
-				"warmup]\n",
+				"usage: %s [--json FILE] [--runs N] [--quick] [--only fd|blob|blackout|copy|warmup]\n",
 				argv[0]);
 			return c == 'h' ? 0 : 2;
 		}

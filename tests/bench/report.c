@@ -98,42 +98,33 @@ void report_print(const struct report *r, FILE *f)
 			"raw sendmsg/recvmsg", "lib/raw");
 		for (i = 0; i < r->nfd; i++)
 			fprintf(f,
-				"%8d %8.0f [%6.0f..%6.0f] %8.0f [%6.0f..%6.0f]"
-				" %7.2f\n",
+				"%8d %8.0f [%6.0f..%6.0f] %8.0f [%6.0f..%6.0f] %7.2f\n",
 				r->fd[i].nfds, S3(r->fd[i].lib),
 				S3(r->fd[i].raw),
 				r->fd[i].lib.med / r->fd[i].raw.med);
 	}
 	if (r->have_blob)
 		fprintf(f,
-			"\n2. 256 MiB blob (GB/s): libcprxfer %.2f [%.2f..%.2f]"
-			", raw write/read %.2f [%.2f..%.2f], lib/raw %.2f\n",
+			"\n2. 256 MiB blob (GB/s): libcprxfer %.2f [%.2f..%.2f], raw write/read %.2f [%.2f..%.2f], lib/raw %.2f\n",
 			S3(r->blob_lib), S3(r->blob_raw),
 			r->blob_lib.med / r->blob_raw.med);
 	if (r->nblackout) {
 		fprintf(f,
-			"\n3. handoff blackout, 2 vCPUs (us; median "
-			"[min..max])\n%8s %9s %28s %28s\n",
+			"\n3. handoff blackout, 2 vCPUs (us; median [min..max])\n%8s %9s %28s %28s\n",
 			"RAM MiB", "mode", "blackout", "guest-measured gap");
 		for (i = 0; i < r->nblackout; i++)
 			fprintf(f,
-				"%8zu %9s %9.0f [%7.0f..%7.0f] %9.0f "
-				"[%7.0f..%7.0f]\n",
+				"%8zu %9s %9.0f [%7.0f..%7.0f] %9.0f [%7.0f..%7.0f]\n",
 				r->blackout[i].ram_mib, r->blackout[i].mode,
 				S3(r->blackout[i].blackout_us),
 				S3(r->blackout[i].gap_us));
 		fprintf(f,
-			"   where it goes (us, medians): stop vCPUs, save "
-			"state, send (transfer) or exec+load (exec), restore "
-			"(exec: + build VM), wake to KVM_RUN;\n   and of the "
-			"guest's gap, before the stop / after its vCPU's "
-			"KVM_RUN\n%8s %9s %6s %6s %6s %7s %6s %8s %8s\n",
+			"   where it goes (us, medians): stop vCPUs, save state, send (transfer) or exec+load (exec), restore (exec: + build VM), wake to KVM_RUN;\n   and of the guest's gap, before the stop / after its vCPU's KVM_RUN\n%8s %9s %6s %6s %6s %7s %6s %8s %8s\n",
 			"RAM MiB", "mode", "stop", "save", "send", "restore",
 			"run", "gap-pre", "gap-post");
 		for (i = 0; i < r->nblackout; i++)
 			fprintf(f,
-				"%8zu %9s %6.0f %6.0f %6.0f %7.0f %6.0f "
-				"%8.0f %8.0f\n",
+				"%8zu %9s %6.0f %6.0f %6.0f %7.0f %6.0f %8.0f %8.0f\n",
 				r->blackout[i].ram_mib, r->blackout[i].mode,
 				r->blackout[i].part[0], r->blackout[i].part[1],
 				r->blackout[i].part[2], r->blackout[i].part[3],
@@ -141,21 +132,19 @@ void report_print(const struct report *r, FILE *f)
 				r->blackout[i].part[6]);
 	}
 	if (r->ncopy) {
-		fprintf(f, "\n4. copy-migration baseline (ms to send RAM byte "
-			   "for byte)\n");
+		fprintf(f,
+			"\n4. copy-migration baseline (ms to send RAM byte for byte)\n");
 		for (i = 0; i < r->ncopy; i++)
 			fprintf(f, "%8zu MiB %10.1f [%.1f..%.1f]\n",
 				r->copy[i].ram_mib, S3(r->copy[i].ms));
 	}
 	if (r->nwarmup) {
 		fprintf(f,
-			"\n5. guest touches all its RAM (ms): after the "
-			"handoff vs steady state\n%8s %12s %28s %28s %7s\n",
+			"\n5. guest touches all its RAM (ms): after the handoff vs steady state\n%8s %12s %28s %28s %7s\n",
 			"RAM MiB", "strategy", "after", "steady", "ratio");
 		for (i = 0; i < r->nwarmup; i++)
 			fprintf(f,
-				"%8zu %12s %9.1f [%7.1f..%7.1f] %9.1f "
-				"[%7.1f..%7.1f] %7.2f\n",
+				"%8zu %12s %9.1f [%7.1f..%7.1f] %9.1f [%7.1f..%7.1f] %7.2f\n",
 				r->warmup[i].ram_mib, r->warmup[i].strategy,
 				S3(r->warmup[i].after_ms),
 				S3(r->warmup[i].steady_ms),
@@ -166,8 +155,7 @@ void report_print(const struct report *r, FILE *f)
 	for (i = 0; i < r->nfd; i++)
 		if (r->fd[i].nfds >= 253)
 			fprintf(f,
-				"  fd passing lib/raw at %d fds <= 1.15: "
-				"%.2f %s\n",
+				"  fd passing lib/raw at %d fds <= 1.15: %.2f %s\n",
 				r->fd[i].nfds,
 				r->fd[i].lib.med / r->fd[i].raw.med,
 				verdict(r->fd[i].lib.med / r->fd[i].raw.med <=
@@ -182,8 +170,7 @@ void report_print(const struct report *r, FILE *f)
 
 		if (a > 0 && b > 0)
 			fprintf(f,
-				"  blackout(8 GiB)/blackout(256 MiB), %s, "
-				"<= 1.25: %.2f %s\n",
+				"  blackout(8 GiB)/blackout(256 MiB), %s, <= 1.25: %.2f %s\n",
 				m, b / a, verdict(b / a <= 1.25));
 	}
 	if (copy_of(r, 4096) > 0 && blackout_of(r, "transfer", 4096) > 0) {
@@ -197,8 +184,7 @@ void report_print(const struct report *r, FILE *f)
 		if (r->warmup[i].ram_mib == 4096 &&
 		    strcmp(r->warmup[i].strategy, "none"))
 			fprintf(f,
-				"  warm-up after/steady at 4 GiB (%s) <= 2: "
-				"%.2f %s\n",
+				"  warm-up after/steady at 4 GiB (%s) <= 2: %.2f %s\n",
 				r->warmup[i].strategy,
 				r->warmup[i].after_ms.med /
 					r->warmup[i].steady_ms.med,
@@ -207,8 +193,7 @@ void report_print(const struct report *r, FILE *f)
 					2));
 	if (blackout_of(r, "transfer", 4096) > 0)
 		fprintf(f,
-			"  blackout at 4 GiB, transfer, < 1000 us: %.0f "
-			"%s\n",
+			"  blackout at 4 GiB, transfer, < 1000 us: %.0f %s\n",
 			blackout_of(r, "transfer", 4096),
 			verdict(blackout_of(r, "transfer", 4096) < 1000));
 	if (r->note[0])

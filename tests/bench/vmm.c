@@ -97,8 +97,7 @@ static int run_vmm(const char *mode, size_t mib, const char *warm, bool touch,
 	unlink(json);
 	if (!WIFEXITED(st) || WEXITSTATUS(st) || k <= 0) {
 		fprintf(stderr,
-			"cprxfer-bench: demo-vmm --mode %s --mem %s "
-			"failed (status 0x%x)\n",
+			"cprxfer-bench: demo-vmm --mode %s --mem %s failed (status 0x%x)\n",
 			mode, mem, st);
 		return -1;
 	}
@@ -163,12 +162,11 @@ void bench_blackout(struct report *r)
 					for (int k = 0; k < BENCH_NPARTS; k++)
 						c->part[k][c->n] = json_num(
 							line, bench_parts[k]);
-					c->bo[c->n++] = json_num(line, "blackou"
-								       "t_us");
+					c->bo[c->n++] =
+						json_num(line, "blackout_us");
 					/* < 0: no pause recorded (n/a) */
-					c->gap[c->ng] = json_num(line, "guest_"
-								       "gap_"
-								       "us");
+					c->gap[c->ng] =
+						json_num(line, "guest_gap_us");
 					c->ng += c->gap[c->ng] >= 0;
 					line = strchr(line, '\n') + 1;
 				}

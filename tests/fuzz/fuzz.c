@@ -183,9 +183,8 @@ static void check_cloexec(const char *name, int fd)
 
 	if (fl < 0 || !(fl & FD_CLOEXEC)) {
 		fprintf(stderr,
-			"entry '%s': fd %d closed or not "
-			"close-on-exec\n",
-			name, fd);
+			"entry '%s': fd %d closed or not close-on-exec\n", name,
+			fd);
 		abort();
 	}
 }
@@ -240,9 +239,8 @@ void fz_check_state(struct cprxfer_state *st)
 		}
 		if (rc < 0) {
 			fprintf(stderr,
-				"entry '%s' of type %d unreadable: "
-				"%s\n",
-				name, type, cprxfer_errmsg());
+				"entry '%s' of type %d unreadable: %s\n", name,
+				type, cprxfer_errmsg());
 			abort();
 		}
 	}
