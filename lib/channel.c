@@ -417,11 +417,14 @@ CX_EXPORT int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms)
 			ch->decide = CX_D_ACKED;
 		return 0;
 	}
-	if (rc == -ETIMEDOUT)
+	if (rc == -ETIMEDOUT && cx_io_buffered(&ch->io))
 		return cx_err(
 			rc,
-			"cprxfer_wait_ack: no ack within %d ms (%zu bytes of it kept for the next call)",
+			"cprxfer_wait_ack: no whole ack within %d ms (%zu bytes of it kept for the next call)",
 			timeout_ms, cx_io_buffered(&ch->io));
+	if (rc == -ETIMEDOUT)
+		return cx_err(rc, "cprxfer_wait_ack: no ack within %d ms",
+			      timeout_ms);
 	if (rc == -ECONNRESET)
 		return cx_err(
 			rc,
