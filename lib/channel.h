@@ -40,6 +40,10 @@ struct cprxfer_channel {
 	int peer_pidfd;
 	int64_t eof_ns; /* when wait_commit first saw end of stream */
 
+	/* cprxfer_channel_fd()'s epoll fd (socket + watched pidfd). */
+	bool have_poll_fd;
+	int poll_fd;
+
 	/* The successor this channel leads to (cprxfer_spawn), or NULL. */
 	struct cprxfer_successor *succ;
 };

@@ -149,6 +149,13 @@ int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms);
 int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms);
 
 /*
+ * An fd to poll for POLLIN in an event loop (owned by the channel): when
+ * it is readable, step with cprxfer_wait_ack(ch, 0) or
+ * cprxfer_wait_commit(ch, 0); -ETIMEDOUT means "not yet".
+ */
+int cprxfer_channel_fd(cprxfer_channel *ch);
+
+/*
  * The decision: exactly one process owns the workload after any outcome.
  * Outgoing side, after cprxfer_wait_ack() == 0: cprxfer_commit() (then
  * never resume) or cprxfer_abort() (then resume); closing an undecided
