@@ -98,6 +98,9 @@ static int race_incoming(void *arg)
 static void test_ack_timeout_race_has_one_owner(void **unused)
 {
 	int iter = getenv("CPRXFER_UNDER_VALGRIND") ? 100 : RACE_ITER;
+#ifdef __SANITIZE_ADDRESS__
+	iter = 500; /* a fork of a sanitized process costs ~50 ms */
+#endif
 	struct race *r =
 		mmap(NULL, sizeof(*r) * RACE_ITER, PROT_READ | PROT_WRITE,
 		     MAP_SHARED | MAP_ANONYMOUS, -1, 0);

@@ -122,7 +122,7 @@ static void test_ack_and_commit_waits_never_block_the_loop(void **u)
 				     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	struct loop_stats out;
 	struct child c = { .stats = in };
-	cprxfer_state *st = cprxfer_state_new();
+	cprxfer_state *st;
 	cprxfer_channel *ch;
 	int sv[2];
 	pid_t pid;
@@ -133,6 +133,8 @@ static void test_ack_and_commit_waits_never_block_the_loop(void **u)
 	c.sock = sv[1];
 	pid = tu_fork(incoming, &c);
 	close(sv[1]);
+	/* Made after the fork: the child owns no copy of it. */
+	st = cprxfer_state_new();
 	assert_int_equal(cprxfer_channel_open(sv[0], &ch), 0);
 	/* Without a successor, the fd is the channel's socket. */
 	assert_true(cprxfer_channel_fd(ch) >= 0);
@@ -167,8 +169,14 @@ static void test_channel_fd_wakes_when_successor_dies(void **u)
 	cprxfer_channel *ch;
 	struct loop_stats out;
 	int64_t t0;
+	int rc = cprxfer_spawn(target, argv, NULL, NULL, &s);
 
-	assert_int_equal(cprxfer_spawn(target, argv, NULL, NULL, &s), 0);
+	if (rc == -ENOSYS && getenv("CPRXFER_UNDER_VALGRIND")) {
+		cprxfer_state_free(st);
+		print_message("skipped: valgrind does not know pidfd_open\n");
+		skip();
+	}
+	assert_int_equal(rc, 0);
 	assert_int_equal(cprxfer_successor_channel(s, &ch), 0);
 	/* An epoll fd holding the socket and the successor's pidfd. */
 	assert_true(cprxfer_channel_fd(ch) >= 0);

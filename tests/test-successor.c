@@ -23,6 +23,18 @@
 
 static char target[512];
 
+/* valgrind 3.19 does not know pidfd_open(): cprxfer_spawn is -ENOSYS. */
+static void skip_without_pidfd(int rc, cprxfer_successor *s, int fd)
+{
+	if (rc == -ENOSYS && getenv("CPRXFER_UNDER_VALGRIND")) {
+		close(fd);
+		print_message("skipped: valgrind does not know pidfd_open\n");
+		skip();
+	}
+	assert_int_equal(rc, 0);
+	(void)s;
+}
+
 /* Start the target in mode; argv also lists fds that must not cross. */
 static cprxfer_successor *spawn(const char *mode, int extra_fd)
 {
@@ -32,7 +44,9 @@ static cprxfer_successor *spawn(const char *mode, int extra_fd)
 
 	/* A close-on-exec fd of ours must not cross. */
 	snprintf(a, sizeof(a), "%d", extra_fd);
-	assert_int_equal(cprxfer_spawn(target, argv, NULL, NULL, &s), 0);
+	skip_without_pidfd(cprxfer_spawn(target, argv, NULL, NULL, &s), s,
+			   extra_fd);
+	assert_non_null(s);
 	assert_non_null(s);
 	return s;
 }
@@ -233,10 +247,14 @@ static void test_spawn_bad_arguments(void **u)
 {
 	cprxfer_successor *s = NULL;
 	char *argv[] = { "nope", NULL };
+	int rc;
 
-	assert_int_equal(
-		cprxfer_spawn("/nonexistent/successor", argv, NULL, NULL, &s),
-		-ENOENT);
+	/* valgrind runs posix_spawn's vfork as a fork: the child's exec
+	 * failure is not seen, then pidfd_open is unknown to it. */
+	rc = cprxfer_spawn("/nonexistent/successor", argv, NULL, NULL, &s);
+	assert_int_equal(rc, getenv("CPRXFER_UNDER_VALGRIND") && rc == -ENOSYS
+				     ? -ENOSYS
+				     : -ENOENT);
 	assert_null(s);
 	assert_int_equal(cprxfer_spawn(NULL, argv, NULL, NULL, &s), -EINVAL);
 	assert_int_equal(cprxfer_spawn(target, NULL, NULL, NULL, &s), -EINVAL);
