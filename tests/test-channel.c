@@ -265,6 +265,60 @@ static void test_wait_ack_partial_frame_completes_next_call(void **unused)
 	}
 }
 
+/* The incoming side of the handshake below: its verdict is its exit. */
+static int open_child(void *arg)
+{
+	cprxfer_channel *ch;
+	int rc = cprxfer_channel_open(*(int *)arg, &ch);
+
+	if (rc == 0)
+		cprxfer_channel_close(ch);
+	return rc == -EPROTONOSUPPORT ? 0 : 1;
+}
+
+/*
+ * The decision is a required feature (bit 16): a library without it,
+ * played here by hand, finds the bit in our HELLO and refuses, and our
+ * side fails with its -EPROTONOSUPPORT instead of handing off without
+ * a decision.
+ */
+static void test_hello_requires_decide_feature(void **unused)
+{
+	static const char why[] =
+		"peer requires features 0x00010000 that this library lacks";
+	uint8_t h[CX_HDR + CX_HELLO_LEN + CX_TAG_MAX], v[CX_HDR + CX_ACK_LEN];
+	struct cx_frame f;
+	int sv[2];
+	pid_t pid;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	pid = tu_fork(open_child, &sv[1]);
+	close(sv[1]);
+	/* Our HELLO: no features, no tag. */
+	cx_frame_put(h, CX_F_HELLO, 0, CX_HELLO_LEN);
+	memset(h + CX_HDR, 0, CX_HELLO_LEN);
+	assert_int_equal(write(sv[0], h, CX_HDR + CX_HELLO_LEN),
+			 CX_HDR + CX_HELLO_LEN);
+	/* Theirs: bit 16 offered, and required by its position. */
+	assert_int_equal(read(sv[0], h, CX_HDR + CX_HELLO_LEN),
+			 CX_HDR + CX_HELLO_LEN);
+	assert_int_equal(cx_frame_parse(h, &f), 0);
+	assert_int_equal(f.type, CX_F_HELLO);
+	assert_int_equal(cx_get32(h + CX_HDR) & 0xffff0000u, CX_FEAT_DECIDE);
+	assert_int_equal(CX_FEAT_DECIDE, 1u << 16);
+	/* The old library's verdict. */
+	cx_frame_put(v, CX_F_ACK, 0, CX_ACK_LEN + sizeof(why) - 1);
+	cx_put32(v + CX_HDR, (uint32_t)-EPROTONOSUPPORT);
+	cx_put16(v + CX_HDR + 4, CX_ACK_HELLO);
+	cx_put16(v + CX_HDR + 6, sizeof(why) - 1);
+	assert_int_equal(write(sv[0], v, sizeof(v)), (ssize_t)sizeof(v));
+	assert_int_equal(write(sv[0], why, sizeof(why) - 1),
+			 (ssize_t)sizeof(why) - 1);
+	assert_int_equal(tu_wait(pid), 0);
+	close(sv[0]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -273,6 +327,7 @@ int main(void)
 		tu_test(test_fd_queue_stays_bounded),
 		tu_test(test_fd_queue_shrinks_after_large_stream),
 		tu_test(test_wait_ack_partial_frame_completes_next_call),
+		tu_test(test_hello_requires_decide_feature),
 	};
 
 	tu_raise_nofile();
