@@ -24,8 +24,6 @@
 #include "successor.h"
 #include "wire.h"
 
-static void take_peer_pidfd(cprxfer_channel *ch);
-
 int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 		   cprxfer_channel **out)
 {
@@ -410,6 +408,38 @@ CX_EXPORT int cprxfer_load(cprxfer_channel *ch, cprxfer_state **out)
 	return cx_err(rc, "cprxfer_load: %s", why);
 }
 
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+/* After end of stream, how long the peer gets to be seen exiting. */
+#define CX_DEATH_GRACE_NS (1000 * 1000000ll)
+
+/*
+ * Take a pidfd of the peer (the process SO_PEERCRED names) while it is
+ * still there, to tell later whether it died or just closed.
+ */
+static void take_peer_pidfd(cprxfer_channel *ch)
+{
+	socklen_t len = sizeof(int);
+	int fd = -1;
+
+	if (ch->peer_pidfd_taken)
+		return;
+	ch->peer_pidfd_taken = true;
+	ch->peer_pidfd = -1;
+	if (getsockopt(ch->io.fd, SOL_SOCKET, SO_PEERPIDFD, &fd, &len) == 0 &&
+	    fd >= 0) {
+		int fl = fcntl(fd, F_GETFD);
+
+		if (fl >= 0 && !(fl & FD_CLOEXEC))
+			fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+		ch->peer_pidfd = fd;
+	} else if (errno == ESRCH) {
+		ch->peer_gone = true;
+	}
+}
+
 CX_EXPORT int cprxfer_ack(cprxfer_channel *ch, int status, const char *reason)
 {
 	int rc = check(ch, "cprxfer_ack");
@@ -471,38 +501,6 @@ CX_EXPORT int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms)
 }
 
 /* ---- the decision --------------------------------------------------- */
-
-#ifndef SO_PEERPIDFD
-#define SO_PEERPIDFD 77
-#endif
-
-/* After end of stream, how long the peer gets to be seen exiting. */
-#define CX_DEATH_GRACE_NS (1000 * 1000000ll)
-
-/*
- * Take a pidfd of the peer (the process SO_PEERCRED names) while it is
- * still there, to tell later whether it died or just closed.
- */
-static void take_peer_pidfd(cprxfer_channel *ch)
-{
-	socklen_t len = sizeof(int);
-	int fd = -1;
-
-	if (ch->peer_pidfd_taken)
-		return;
-	ch->peer_pidfd_taken = true;
-	ch->peer_pidfd = -1;
-	if (getsockopt(ch->io.fd, SOL_SOCKET, SO_PEERPIDFD, &fd, &len) == 0 &&
-	    fd >= 0) {
-		int fl = fcntl(fd, F_GETFD);
-
-		if (fl >= 0 && !(fl & FD_CLOEXEC))
-			fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
-		ch->peer_pidfd = fd;
-	} else if (errno == ESRCH) {
-		ch->peer_gone = true;
-	}
-}
 
 /* The connection ended without a decision: did the peer die? */
 static int undecided_eof(cprxfer_channel *ch)

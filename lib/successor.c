@@ -37,6 +37,8 @@ extern char **environ;
 
 /* How long a SIGKILLed successor may take to be reaped. */
 #define CX_KILL_WAIT_MS 5000
+/* After the connection ended, how long the successor gets to be seen dead. */
+#define CX_DEATH_GRACE_MS 1000
 
 struct cprxfer_successor {
 	pid_t pid;
@@ -216,6 +218,22 @@ CX_EXPORT int cprxfer_inherit(const cprxfer_opts *o, cprxfer_channel **out)
 	return cprxfer_channel_open_opts((int)fd, o, out);
 }
 
+/*
+ * A failure that may be the successor's death (the connection ended, or
+ * the watch fired): the socket closes a moment before the pidfd is
+ * readable, so give it that moment, and name the death if it is one.
+ */
+static int death_or(cprxfer_successor *s, int rc)
+{
+	struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
+
+	if (rc != -ECONNRESET && rc != -ECHILD && rc != -EPIPE)
+		return rc;
+	while (poll(&p, 1, CX_DEATH_GRACE_MS) < 0 && errno == EINTR)
+		;
+	return p.revents ? cx_child_err(s->pid, s->pidfd) : rc;
+}
+
 /* Attach a fresh channel to s: its waits watch the successor. */
 static int attach(cprxfer_successor *s, cprxfer_channel *ch)
 {
@@ -252,6 +270,7 @@ CX_EXPORT int cprxfer_successor_channel(cprxfer_successor *s,
 	if (rc == 0)
 		rc = cx_handshake(ch);
 	if (rc < 0) {
+		rc = death_or(s, rc);
 		cprxfer_channel_close(ch);
 		return cx_err_prefix(rc, "cprxfer_successor_channel");
 	}

@@ -97,19 +97,20 @@ static int race_incoming(void *arg)
 
 static void test_ack_timeout_race_has_one_owner(void **unused)
 {
-	int iter = getenv("CPRXFER_UNDER_VALGRIND") ? 100 : RACE_ITER;
-#ifdef __SANITIZE_ADDRESS__
-	iter = 500; /* a fork of a sanitized process costs ~50 ms */
-#endif
 	struct race *r =
 		mmap(NULL, sizeof(*r) * RACE_ITER, PROT_READ | PROT_WRITE,
 		     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	cprxfer_state *st = small_state();
-	int64_t delay = RACE_ACK_MS * 1000000ll;
+	int64_t delay = RACE_ACK_MS * 1000000ll, t_start = now_ns();
 	int commits = 0, aborts = 0, close_calls = 0, i;
+	int iter = getenv("CPRXFER_UNDER_VALGRIND") ? 100 : RACE_ITER;
 
+#ifdef __SANITIZE_ADDRESS__
+	iter = 500; /* a fork of a sanitized process costs ~50 ms */
+#endif
 	assert_true(r != MAP_FAILED);
 	srand(11);
+
 	for (i = 0; i < iter; i++) {
 		struct race_child c = { .r = &r[i] };
 		cprxfer_channel *ch;
@@ -159,6 +160,11 @@ static void test_ack_timeout_race_has_one_owner(void **unused)
 		} else {
 			aborts++;
 			delay -= 20000;
+		}
+		/* A machine under heavy load: stop before the test timeout. */
+		if (now_ns() - t_start > 80 * 1000000000ll && i >= 500) {
+			print_message("stopping early: 80 s elapsed\n");
+			iter = i + 1;
 		}
 	}
 	{
