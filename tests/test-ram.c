@@ -694,6 +694,7 @@ static void test_peer_state_ram_get_refuses_file(void **state)
 static void test_ram_check_fd_codes(void **state)
 {
 	struct cprxfer_ram r;
+	cprxfer_opts *o;
 	int fd, p[2];
 
 	(void)state;
@@ -714,6 +715,11 @@ static void test_ram_check_fd_codes(void **state)
 	fd = open("/dev/null", O_RDWR | O_CLOEXEC);
 	assert_int_equal(cx_ram_check_fd("n", fd, MIB, true), -EBADFD);
 	close(fd);
+	assert_int_equal(cprxfer_opts_allow_file_ram(NULL, 1), -EINVAL);
+	o = cprxfer_opts_new();
+	assert_int_equal(cprxfer_opts_allow_file_ram(o, 2), -EINVAL);
+	assert_int_equal(cprxfer_opts_allow_file_ram(o, 0), 0);
+	cprxfer_opts_free(o);
 }
 
 /* Exec mode: the RAM comes from this very process: files still pass. */
