@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -142,7 +143,8 @@ static void test_hugepage(void **state)
 	int b, want;
 
 	(void)state;
-	if (meminfo("HugePages_Free:") * meminfo("Hugepagesize:") * 1024 >=
+	if ((meminfo("HugePages_Free:") - meminfo("HugePages_Rsvd:")) *
+		    meminfo("Hugepagesize:") * 1024 >=
 	    size)
 		want = CPRXFER_BACKING_HUGETLB;
 	else if (shmem_thp_allowed())
@@ -418,6 +420,127 @@ static void test_open_file(void **state)
 			 -EINVAL);
 	assert_int_equal(cprxfer_ram_open_file("/nonexistent/x", MIB, 0, &r),
 			 -ENOENT);
+}
+
+/* ---- hugetlb pages that are free but reserved ---------------------------- */
+
+static long saved_nr_hugepages = -1;
+
+static long nr_hugepages(long set)
+{
+	const char *path = "/proc/sys/vm/nr_hugepages";
+	long v = -1;
+	FILE *f;
+
+	if (set >= 0) {
+		f = fopen(path, "we");
+		if (!f)
+			return -1;
+		fprintf(f, "%ld\n", set);
+		if (fclose(f) != 0)
+			return -1;
+	}
+	f = fopen(path, "re");
+	if (f && fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/* Give the pages back whatever the test's outcome. */
+static int restore_hugepages(void **state)
+{
+	if (saved_nr_hugepages >= 0)
+		nr_hugepages(saved_nr_hugepages);
+	saved_nr_hugepages = -1;
+	return tu_fd_teardown(state);
+}
+
+/*
+ * Fault injection: this mmap() wins over libc's for the library linked
+ * statically into this test (malloc uses its own internal mmap), so a
+ * hugetlb reservation can fail after the check said the pages fit.
+ */
+static int fail_hugetlb_mmap;
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	struct statfs sf;
+
+	if (fail_hugetlb_mmap && fd >= 0 && fstatfs(fd, &sf) == 0 &&
+	    sf.f_type == 0x958458f6 /* HUGETLBFS_MAGIC */) {
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+/*
+ * Free huge pages that existing mappings have reserved are not ours to
+ * take: HUGEPAGE falls back to THP or base pages, as documented, instead
+ * of failing in mmap() (on 077bcd1: -ENOMEM from cprxfer_ram_create). A
+ * hugetlb mmap() that fails although the pages looked free falls back
+ * the same way.
+ */
+static void test_hugepage_reserved_pages_fall_back(void **state)
+{
+	const size_t huge = 2 * MIB;
+	struct cprxfer_ram r;
+	unsigned long long fr, rs;
+	void *hold;
+	long n;
+	int fd, b;
+
+	(void)state;
+	if (meminfo("Hugepagesize:") != 2048 || geteuid() != 0)
+		skip();
+	saved_nr_hugepages = nr_hugepages(-1);
+	n = nr_hugepages(saved_nr_hugepages + 4);
+	if (saved_nr_hugepages < 0 || n < saved_nr_hugepages + 4) {
+		print_message("# skip: cannot add 4 huge pages (%ld)\n", n);
+		skip();
+	}
+	n = (long)(meminfo("HugePages_Free:") - meminfo("HugePages_Rsvd:"));
+	assert_true(n >= 4);
+
+	/* Reserve every free page: a shared mapping, never touched. */
+	fd = memfd_create("hold", MFD_CLOEXEC | MFD_HUGETLB);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)(n * huge)), 0);
+	hold = mmap(NULL, n * huge, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(hold != MAP_FAILED);
+	fr = meminfo("HugePages_Free:");
+	rs = meminfo("HugePages_Rsvd:");
+	print_message("# HugePages_Free %llu, HugePages_Rsvd %llu\n", fr, rs);
+	assert_true(fr >= 4 && fr - rs == 0);
+	assert_int_equal(
+		cprxfer_ram_create("huge", 4 * huge,
+				   CPRXFER_RAM_HUGEPAGE | CPRXFER_RAM_POPULATE,
+				   &r),
+		0);
+	b = cprxfer_ram_backing(&r);
+	assert_true(b == CPRXFER_BACKING_THP || b == CPRXFER_BACKING_PAGES);
+	memset(r.addr, 1, r.size);
+	cprxfer_ram_release(&r);
+	munmap(hold, n * huge);
+	close(fd);
+
+	/* The pages are free now, but the hugetlb mmap() still fails. */
+	fail_hugetlb_mmap = 1;
+	assert_int_equal(
+		cprxfer_ram_create("huge", 4 * huge, CPRXFER_RAM_HUGEPAGE, &r),
+		0);
+	fail_hugetlb_mmap = 0;
+	b = cprxfer_ram_backing(&r);
+	assert_true(b == CPRXFER_BACKING_THP || b == CPRXFER_BACKING_PAGES);
+	cprxfer_ram_release(&r);
+	/* And when it works, hugetlb it is. */
+	assert_int_equal(
+		cprxfer_ram_create("huge", 4 * huge, CPRXFER_RAM_HUGEPAGE, &r),
+		0);
+	assert_int_equal(cprxfer_ram_backing(&r), CPRXFER_BACKING_HUGETLB);
+	cprxfer_ram_release(&r);
 }
 
 /* ---- cprxfer_ram_open_file: whose file, and never through a link ------ */
@@ -881,6 +1004,9 @@ int main(void)
 		tu_test(test_exec_mode_keeps_file_ram),
 		tu_test(test_open_file_refuses_others_file),
 		tu_test(test_open_file_never_follows_symlinks),
+		cmocka_unit_test_setup_teardown(
+			test_hugepage_reserved_pages_fall_back, tu_fd_setup,
+			restore_hugepages),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
