@@ -682,11 +682,13 @@ static int file_ram_receiver(void *arg)
 	if (!o || cprxfer_opts_allow_file_ram(o, p->allow) < 0 ||
 	    cprxfer_channel_open_opts(p->sock, o, &ch) < 0)
 		return 10;
+	cprxfer_opts_free(o);
 	rc = cprxfer_load(ch, &st);
 	if (!p->allow) {
 		if (rc != -EPERM ||
 		    !strstr(cprxfer_errmsg(), "cprxfer_opts_allow_file_ram"))
 			return 11;
+		cprxfer_channel_close(ch);
 		return 0;
 	}
 	if (rc < 0 || cprxfer_ram_get(st, "ram", 0, &g) < 0 ||
@@ -710,16 +712,17 @@ static pid_t start_file_ram_peer(struct peer *p, const char *path,
 	unlink(path);
 	assert_int_equal(cprxfer_ram_open_file(path, p->size, 0, r), 0);
 	memset(r->addr, 7, p->size);
-	*st = cprxfer_state_new();
-	assert_int_equal(cprxfer_ram_put(*st, "ram", r), 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
 			 0);
 	assert_int_equal(pipe2(p->go, O_CLOEXEC), 0);
 	p->sock = sv[1];
+	/* Fork first: the child inherits no heap memory it must free. */
 	pid = tu_fork(file_ram_receiver, p);
 	assert_true(pid > 0);
 	close(sv[1]);
 	close(p->go[0]);
+	*st = cprxfer_state_new();
+	assert_int_equal(cprxfer_ram_put(*st, "ram", r), 0);
 	assert_int_equal(cprxfer_channel_open(sv[0], ch), 0);
 	assert_int_equal(cprxfer_save(*ch, *st), 0);
 	return pid;
