@@ -583,7 +583,9 @@ CX_EXPORT int cprxfer_ram_put(cprxfer_state *st, const char *name,
 
 	if (!st || !r)
 		return cx_err(-EINVAL, "%s: NULL argument", what);
-	rc = cx_name_check(what, name, name ? strnlen(name, 256) : 0);
+	if (!name)
+		return cx_err(-EINVAL, "%s: NULL name", what);
+	rc = cx_name_check(what, name, strnlen(name, 256));
 	if (rc < 0)
 		return rc;
 	if (r->fd < 0 || fcntl(r->fd, F_GETFD) < 0)
@@ -641,7 +643,9 @@ CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 
 	if (!st)
 		return cx_err(-EINVAL, "%s: NULL state", what);
-	rc = cx_name_check(what, name, name ? strnlen(name, 256) : 0);
+	if (!name)
+		return cx_err(-EINVAL, "%s: NULL name", what);
+	rc = cx_name_check(what, name, strnlen(name, 256));
 	if (rc < 0)
 		return rc;
 	rc = check_out(what, 1, flags, out);
