@@ -297,7 +297,7 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 			.msg_controllen = sizeof(u.buf),
 		};
 		ssize_t r;
-		short rev;
+		short rev = 0;
 		int rc;
 
 		hook(io->fd, CX_HOOK_RECV, &iov.iov_len);
@@ -399,7 +399,7 @@ int cx_io_fill(struct cx_io *io, size_t n)
 
 int cx_io_wait_readable(struct cx_io *io)
 {
-	short rev;
+	short rev = 0;
 	int rc;
 
 	if (cx_io_buffered(io))
@@ -440,7 +440,7 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 		struct iovec iov = { .iov_base = (void *)src, .iov_len = n };
 		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
 		ssize_t r;
-		short rev;
+		short rev = 0;
 		int rc;
 
 		if (nfds) {
@@ -450,6 +450,9 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 			m.msg_control = u.buf;
 			m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
 			c = CMSG_FIRSTHDR(&m);
+			if (!c) /* cannot be: msg_controllen holds one */
+				return cx_err(-EINVAL,
+					      "sendmsg: no room for fds");
 			c->cmsg_level = SOL_SOCKET;
 			c->cmsg_type = SCM_RIGHTS;
 			c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
