@@ -9,6 +9,8 @@
  *   hang        take the channel and wait to be killed
  *   take        take the channel, load, ack, wait for the decision:
  *               exit 0 on commit (counter 42 received), 20 on abort
+ *   listen      as take, over a channel accepted on the path in
+ *               CX_TEST_LISTEN_PATH instead of the inherited socket
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -52,13 +54,22 @@ int main(int argc, char **argv)
 		segv();
 	if (!strcmp(argv[1], "exit3"))
 		return 3;
-	if (cprxfer_inherit(NULL, &ch) < 0) {
+	if (!strcmp(argv[1], "listen")) {
+		const char *path = getenv("CX_TEST_LISTEN_PATH");
+		cprxfer_listener *l;
+
+		if (!path || cprxfer_listen(path, &l) < 0)
+			return 4;
+		rc = cprxfer_accept(l, 10000, &ch);
+		cprxfer_listener_close(l);
+		if (rc < 0)
+			return 4;
+	} else if (cprxfer_inherit(NULL, &ch) < 0) {
 		fprintf(stderr, "successor: %s\n", cprxfer_errmsg());
 		return 4;
+	} else if (getenv("CPRXFER_SUCCESSOR_FD")) {
+		return 5; /* taken once: the variable is gone */
 	}
-	/* Taken once: the variable is gone. */
-	if (getenv("CPRXFER_SUCCESSOR_FD"))
-		return 5;
 	if (!strcmp(argv[1], "hang"))
 		for (;;)
 			pause();
