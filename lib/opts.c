@@ -124,3 +124,14 @@ CX_EXPORT int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid)
 	o->pids[o->npids++] = pid;
 	return 0;
 }
+
+CX_EXPORT int cprxfer_opts_set_exec_fallback(cprxfer_opts *o, const char *path,
+					     char *const argv[])
+{
+	if (!o)
+		return cx_err(-EINVAL,
+			      "cprxfer_opts_set_exec_fallback: NULL options");
+	o->exec_path = path;
+	o->exec_argv = argv;
+	return 0;
+}

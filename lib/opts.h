@@ -22,6 +22,9 @@ struct cprxfer_opts {
 	unsigned nuids;
 	pid_t pids[CX_ALLOW_MAX];
 	unsigned npids;
+	/* cprxfer_exec_opts: the program its fallback runs (NULL: the old) */
+	const char *exec_path;
+	char *const *exec_argv;
 };
 
 /* Fill o with the documented defaults. */
