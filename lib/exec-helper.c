@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -152,55 +153,49 @@ static __attribute__((noreturn)) void fallback(struct cx_helper *h)
 		sys1(SYS_exit_group, 127);
 }
 
-/*
- * After the exec, with a confirmation: wait for it, for the new image's
- * death, or for the deadline.
- */
-static __attribute__((noreturn)) void confirm_wait(struct cx_helper *h)
+/* Done: drop every file before the old address space goes. */
+static __attribute__((noreturn)) void release(void)
 {
-	struct pollfd p[2] = {
-		{ .fd = h->pidfd, .events = POLLIN },
-		{ .fd = h->confirm_fd, .events = POLLIN },
-	};
-	int64_t deadline = h->timeout_ms < 0 ? -1 : mono_ms() + h->timeout_ms;
-	unsigned n = 2;
-	char c;
+	sys3(SYS_close_range, 0, ~0u, 0);
+	die(0);
+}
 
-	for (;;) {
-		long r = wait_in(p, n, deadline);
+/* The new image will not confirm in time: kill it, then fall back. */
+static __attribute__((noreturn)) void kill_and_fall_back(struct cx_helper *h)
+{
+	struct pollfd p = { .fd = h->pidfd, .events = POLLIN };
 
-		if (r < 0)
-			break; /* cannot wait: act as on a timeout */
-		if (r == 0)
-			break; /* timeout */
-		if (p[0].revents)
-			fallback(h); /* the new image is gone */
-		if (n == 2 && p[1].revents) {
-			r = sys3(SYS_read, h->confirm_fd, &c, 1);
-			if (r == 1 && c == CX_CONFIRM_COMMIT) {
-				c = CX_CONFIRM_OK;
-				sys3(SYS_write, h->confirm_fd, &c, 1);
-				die(0); /* the new image owns everything */
-			}
-			/*
-			 * Closed without a confirmation: it refused the
-			 * state and should exit; wait for that, or kill it
-			 * at the deadline.
-			 */
-			if (r <= 0)
-				n = 1;
-		}
-	}
-	/* Too late: whatever it sent meanwhile gets no answer. */
+	/* Whatever it sent meanwhile gets no answer: it dies first. */
 	sys4(SYS_pidfd_send_signal, h->pidfd, SIGKILL, NULL, 0);
-	p[0].revents = 0;
-	wait_in(p, 1, -1);
+	wait_in(&p, 1, -1);
 	fallback(h);
 }
 
+enum {
+	W_PIPE,
+	W_PROC,
+	W_CONFIRM
+};
+
+/*
+ * One wait for everything: the pipe (a byte: execve failed; EOF: the
+ * exec closed the last write end), the process (its pidfd: it died) and
+ * the confirmation socket. A child that another thread forked during
+ * cprxfer_exec may hold the pipe's write end and delay its EOF; the
+ * confirmation and the pidfd still reach us, and the deadline, counted
+ * from just before the exec, still holds.
+ */
 static int helper_main(void *arg)
 {
 	struct cx_helper *h = arg;
+	bool confirm = h->confirm_fd >= 0;
+	int64_t deadline =
+		confirm && h->timeout_ms >= 0 ? mono_ms() + h->timeout_ms : -1;
+	struct pollfd p[3] = {
+		[W_PIPE] = { .fd = h->rfd, .events = POLLIN },
+		[W_PROC] = { .fd = confirm ? h->pidfd : -1, .events = POLLIN },
+		[W_CONFIRM] = { .fd = h->confirm_fd, .events = POLLIN },
+	};
 	char c;
 	long r;
 
@@ -208,17 +203,53 @@ static int helper_main(void *arg)
 	sys1(SYS_close, h->wfd);
 	if (h->peer_fd >= 0)
 		sys1(SYS_close, h->peer_fd);
-	do
-		r = sys3(SYS_read, h->rfd, &c, 1);
-	while (r == -EINTR);
-	/*
-	 * A byte: execve() failed. EOF in phase EXEC: the exec closed the
-	 * last write end. EOF before: the caller died before its exec.
-	 */
-	if (r != 0 || h->phase != CX_HELPER_EXEC || h->confirm_fd < 0)
-		die(0);
-	sys1(SYS_close, h->rfd);
-	confirm_wait(h);
+	/* Without a confirmation, hold nothing but the pipe. */
+	if (!confirm) {
+		if (h->rfd > 0)
+			sys3(SYS_close_range, 0, h->rfd - 1, 0);
+		sys3(SYS_close_range, h->rfd + 1, ~0u, 0);
+	}
+	for (;;) {
+		r = wait_in(p, 3, deadline);
+		if (r <= 0 && h->phase == CX_HELPER_EXEC)
+			kill_and_fall_back(h); /* too late, or cannot wait */
+		if (r < 0)
+			die(0);
+		if (r == 0) {
+			deadline = -1; /* still before the exec */
+			continue;
+		}
+		if (p[W_PIPE].revents) {
+			r = sys3(SYS_read, h->rfd, &c, 1);
+			/* A byte: execve failed. EOF before the exec: the
+			 * caller died. Either way, nothing to do. */
+			if (r != 0 || h->phase != CX_HELPER_EXEC)
+				die(0);
+			if (!confirm)
+				release();
+			p[W_PIPE].fd = -1;
+		}
+		if (p[W_PROC].revents) {
+			if (h->phase != CX_HELPER_EXEC)
+				die(0); /* the caller died before its exec */
+			fallback(h);	/* the new image is gone */
+		}
+		if (p[W_CONFIRM].revents) {
+			r = sys3(SYS_read, h->confirm_fd, &c, 1);
+			if (r == 1 && c == CX_CONFIRM_COMMIT) {
+				c = CX_CONFIRM_OK;
+				sys3(SYS_write, h->confirm_fd, &c, 1);
+				release(); /* the new image owns everything */
+			}
+			/*
+			 * Closed without a confirmation: it refused the
+			 * state and should exit; wait for that, or kill it
+			 * at the deadline.
+			 */
+			if (r <= 0)
+				p[W_CONFIRM].fd = -1;
+		}
+	}
 }
 
 /* The intermediate: signal handlers off, start the helper, exit. */

@@ -696,15 +696,27 @@ static int fallback_target(void)
 		return 1;
 	if (cprxfer_get_fd(st, "out", &out) < 0 ||
 	    cprxfer_get_fd(st, "sock", &sock) < 0 ||
-	    cprxfer_get_u64(st, "pid", &pid) < 0 ||
-	    cprxfer_ram_get(st, "ram", 0, &r) < 0)
+	    cprxfer_get_u64(st, "pid", &pid) < 0)
 		return 2;
+	/* cprxfer_ram_get needs /proc; without it, the region's fd. */
+	if (access("/proc/self/fd", F_OK) == 0) {
+		if (cprxfer_ram_get(st, "ram", 0, &r) < 0)
+			return 2;
+	} else {
+		r.size = FB_RAM;
+		r.fd = cprxfer_take_fd(st, "ramfd");
+		r.addr = mmap(NULL, r.size, PROT_READ | PROT_WRITE, MAP_SHARED,
+			      r.fd, 0);
+		if (r.fd < 0 || r.addr == MAP_FAILED)
+			return 2;
+	}
 	ok = pid != (uint64_t)getpid() &&
 	     rp_check(r.addr, r.size, FB_SEED) < 0 &&
 	     write(sock, "sock-ok", 7) == 7 && cprxfer_exec_commit() == 0 &&
 	     (fcntl(out, F_GETFD) & FD_CLOEXEC);
 	((uint64_t *)r.addr)[1] = FB_MARK;
-	dprintf(out, "fallback pid=%d ok=%d\n", getpid(), ok);
+	dprintf(out, "fallback pid=%d ok=%d proc=%s\n", getpid(), ok,
+		access("/proc/self/fd", F_OK) ? "no" : "yes");
 	cprxfer_ram_release(&r);
 	cprxfer_state_free(st);
 	return 0;
@@ -712,6 +724,8 @@ static int fallback_target(void)
 
 struct confirm_case {
 	const char *step;
+	const char *fb_path; /* NULL: /proc/self/exe */
+	bool no_proc;	     /* unmount /proc first */
 	int out, sock;
 	struct cprxfer_ram ram;
 };
@@ -729,28 +743,53 @@ static int exec_confirmed(void *arg)
 	    cprxfer_put_fd(st, "out", c->out) < 0 ||
 	    cprxfer_put_fd(st, "sock", c->sock) < 0 ||
 	    cprxfer_ram_put(st, "ram", &c->ram) < 0 ||
+	    cprxfer_put_fd(st, "ramfd", c->ram.fd) < 0 ||
 	    cprxfer_opts_set_tag(o, FB_TAG) < 0 ||
 	    cprxfer_opts_set_timeout(o, !strcmp(c->step, "hang") ? 300 : 5000) <
 		    0 ||
-	    cprxfer_opts_set_exec_fallback(o, NULL, fb_argv) < 0)
+	    cprxfer_opts_set_exec_fallback(o, c->fb_path, fb_argv) < 0) {
+		fprintf(stderr, "exec_confirmed: %s\n", cprxfer_errmsg());
 		return 98;
+	}
+	/* (cprxfer_ram_put needs /proc: the state is made before.) */
+	if (c->no_proc &&
+	    (unshare(CLONE_NEWNS) < 0 ||
+	     mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+	     umount2("/proc", MNT_DETACH) < 0))
+		return 97;
 	cprxfer_exec_opts(st, FB_SELF, argv, NULL, o);
+	/* Without /proc and without a path: refused, with the reason. */
+	if (c->no_proc && !c->fb_path &&
+	    strstr(cprxfer_errmsg(), "/proc/self/exe"))
+		return 42;
 	fprintf(stderr, "cprxfer_exec_opts: %s\n", cprxfer_errmsg());
 	return 99;
 }
 
 static void test_exec_new_image_killed_at_each_step_old_one_resumes(void **state)
 {
-	static const char *const steps[] = { "before-load", "after-load",
-					     "refuse",	    "exit",
-					     "hang",	    "commit" };
+	static const struct confirm_case cases[] = {
+		{ .step = "before-load" },
+		{ .step = "after-load" },
+		{ .step = "refuse" },
+		{ .step = "exit" },
+		{ .step = "hang" },
+		{ .step = "commit" },
+		/* No /proc: the fallback needs its path. */
+		{ .step = "after-load", .no_proc = true, .fb_path = FB_SELF },
+		{ .step = "after-load", .no_proc = true },
+	};
 	size_t i;
 
 	(void)state;
 	/* The helper, and a fallback, are orphans: let them come to us. */
 	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
-	for (i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
-		struct confirm_case c = { .step = steps[i] };
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct confirm_case c = cases[i];
+		bool refused = c.no_proc && !c.fb_path;
+
+		if (c.no_proc && geteuid() != 0)
+			continue; /* unshare(CLONE_NEWNS) needs root */
 		bool commit = !strcmp(c.step, "commit");
 		char report[256], sbuf[16], expect[64];
 		int p[2], sv[2], reaped = 0, st, fbpid = 0;
@@ -771,16 +810,20 @@ static void test_exec_new_image_killed_at_each_step_old_one_resumes(void **state
 		close(p[1]);
 		close(sv[1]);
 		read_all(p[0], report, sizeof(report));
+		report[strcspn(report, "\n")] = 0;
 		st = tu_wait(pid);
 		/* Then whatever is left: the helper or the fallback. */
 		while ((w = waitpid(-1, NULL, 0)) > 0)
 			reaped++;
-		printf("# %-11s: new image ended %d; %d more child(ren) reaped; %lld ms; says: %s",
-		       c.step, st, reaped, (long long)(tu_now_ms() - t0),
-		       report);
-		if (commit) {
-			snprintf(expect, sizeof(expect),
-				 "new pid=%d commit=1\n", pid);
+		printf("# %-11s%s: new image ended %d; %d more child(ren) reaped; %lld ms; says: %s\n",
+		       c.step, c.no_proc ? " (no /proc)" : "", st, reaped,
+		       (long long)(tu_now_ms() - t0), report);
+		if (refused) {
+			assert_int_equal(st, 42);
+			reaped = 1;
+		} else if (commit) {
+			snprintf(expect, sizeof(expect), "new pid=%d commit=1",
+				 pid);
 			assert_string_equal(report, expect);
 			assert_int_equal(((uint64_t *)c.ram.addr)[1],
 					 rp_word(1, FB_SEED));
