@@ -11,7 +11,7 @@
  *    that table;
  *  - the intermediate has exit signal 0 and is reaped with __WCLONE, so
  *    the application sees no SIGCHLD and its waitpid(-1) finds nothing;
- *  - the helper is reached through a pidfd (CLONE_PIDFD), never a pid;
+ *  - the helper is reached through a pidfd, never a pid;
  *  - the helper and the intermediate make raw system calls only (the
  *    intermediate's one libc call is clone(), whose child side touches
  *    nothing and whose failure errno the caller restores).
@@ -36,14 +36,14 @@
 #include "exec-helper.h"
 #include "exec.h"
 
-#ifndef CLONE_PIDFD
-#define CLONE_PIDFD 0x00001000
-#endif
 #ifndef __WCLONE
 #define __WCLONE 0x80000000
 #endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
 #endif
 
 #define CX_HELPER_STACK (64 * 1024)
@@ -257,7 +257,7 @@ static int spawn_main(void *arg)
 {
 	struct cx_helper *h = arg;
 	struct ksigaction sa, dfl = { 0 };
-	int sig, pidfd = -1;
+	int sig;
 
 	for (sig = 1; sig <= CX_NSIG; sig++) {
 		if (sig == SIGKILL || sig == SIGSTOP)
@@ -268,8 +268,7 @@ static int spawn_main(void *arg)
 			sys4(SYS_rt_sigaction, sig, &dfl, NULL, 8);
 	}
 	h->pid = clone(helper_main, h->stack + CX_HELPER_STACK / 2,
-		       CLONE_VM | CLONE_PIDFD | SIGCHLD, h, &pidfd);
-	h->hpidfd = h->pid > 0 ? pidfd : -1;
+		       CLONE_VM | SIGCHLD, h);
 	return 0;
 }
 
@@ -289,17 +288,30 @@ void cx_helper_start(struct cx_helper *h)
 		goto out;
 	}
 	sys4(SYS_rt_sigprocmask, SIG_SETMASK, &all, &h->mask, 8);
-	/* CLONE_FILES: the helper's pidfd lands in our fd table. */
+	/* Exit signal 0: no SIGCHLD, and only __WCLONE waits for it. */
 	mid = clone(spawn_main, h->stack + CX_HELPER_STACK,
-		    CLONE_VM | CLONE_VFORK | CLONE_FILES, h);
+		    CLONE_VM | CLONE_VFORK, h);
 	if (mid > 0)
 		while (waitpid((pid_t)mid, &st, __WCLONE) < 0 && errno == EINTR)
 			;
+	/*
+	 * The helper cannot exit before we tell it to (it waits on the
+	 * pipe, every signal blocked): its pid is its own until then, and
+	 * from now on we reach it through the pidfd only.
+	 */
+	if (h->pid > 0)
+		h->hpidfd = (int)sys2(SYS_pidfd_open, h->pid, 0);
 	sys4(SYS_rt_sigprocmask, SIG_SETMASK, &h->mask, NULL, 8);
+	if (h->pid > 0 && h->hpidfd < 0) {
+		/* No pidfd (Linux < 5.3): let it go; it exits at once. */
+		char c = 'A';
+
+		h->phase = CX_HELPER_ABORT;
+		sys3(SYS_write, h->wfd, &c, 1);
+	}
 	if (h->pid < 0 || h->hpidfd < 0) {
-		if (h->hpidfd >= 0)
-			close(h->hpidfd);
 		h->pid = -1;
+		h->hpidfd = -1;
 		h->hpidfd = -1;
 		munmap(h->stack, CX_HELPER_STACK);
 		h->stack = NULL;

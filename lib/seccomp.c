@@ -121,7 +121,7 @@ static const struct {
 	{ "wait4", X },		 /* reap the intermediate */
 	{ "rt_sigprocmask", X }, /* signals blocked around the clone */
 	{ "rt_sigaction", X },	 /* the helper resets handlers */
-	{ "pidfd_open", X },	 /* confirmation: the new image */
+	{ "pidfd_open", X },	 /* the helper; the new image */
 	{ "socketpair", X },	 /* confirmation socket */
 	{ "sendto", X },	 /* cprxfer_exec_commit */
 	{ "recvfrom", X },
@@ -161,11 +161,10 @@ static int add_exec_args(scmp_filter_ctx ctx)
 		SCMP_A0(SCMP_CMP_EQ, PR_GET_CHILD_SUBREAPER),
 	};
 	const struct scmp_arg_cmp spawn[] = {
-		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | CLONE_VFORK | CLONE_FILES),
+		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | CLONE_VFORK),
 	};
 	const struct scmp_arg_cmp helper[] = {
-		SCMP_A0(SCMP_CMP_EQ,
-			CLONE_VM | 0x1000 /* CLONE_PIDFD */ | SIGCHLD),
+		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | SIGCHLD),
 	};
 	const struct scmp_arg_cmp sigkill[] = {
 		SCMP_A1(SCMP_CMP_EQ, SIGKILL),
