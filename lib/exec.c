@@ -71,13 +71,13 @@ int cx_exec_encode(const cprxfer_state *st, const char *tag, bool seal,
 	struct cx_io io;
 	int rc;
 
-	if (strlen(tag) > CX_TAG_MAX)
+	if (tag && strlen(tag) > CX_TAG_MAX)
 		return cx_err(-ENAMETOOLONG, "tag longer than %d bytes",
 			      CX_TAG_MAX);
 	fd = memfd_create(CX_EXEC_MEMFD, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return cx_err(-errno, "memfd_create: %s", strerror(errno));
-	rc = write_hello(fd, tag);
+	rc = tag ? write_hello(fd, tag) : 0;
 	if (rc < 0)
 		return rc;
 	rc = cx_io_init(&io, fd, false);
@@ -222,7 +222,8 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 	if (!st || !path || !argv)
 		return cx_err(-EINVAL, "cprxfer_exec: NULL argument");
 	cx_opts_copy(&o, opts);
-	rc = cx_exec_encode(st, o.tag, true, &memfd);
+	/* A plain cprxfer_exec has no options, hence no tag to check. */
+	rc = cx_exec_encode(st, confirm ? o.tag : NULL, true, &memfd);
 	if (rc < 0)
 		return cx_err_prefix(rc, "cprxfer_exec");
 	if (confirm) {

@@ -4,8 +4,8 @@
  * (the helper process) and load-exec.c (cprxfer_load_exec), and the
  * hooks the tests reach.
  *
- * The state memfd holds a HELLO frame (the application tag) followed by
- * the state stream. The environment variable names it, and, when the
+ * The state memfd holds the state stream, behind a HELLO frame with the
+ * application tag when cprxfer_exec_opts wrote it. The environment variable names it, and, when the
  * old image waits for a confirmation, the new image's end of the
  * confirmation socket: CPRXFER_EXEC_FD=<memfd>[,<confirm fd>].
  */
@@ -26,7 +26,8 @@
 #define CX_CONFIRM_OK	  'K' /* helper -> new image: no fallback now */
 
 /*
- * Encode st, behind a HELLO frame carrying tag, into a new memfd
+ * Encode st, behind a HELLO frame carrying tag (none if tag is NULL: a
+ * plain cprxfer_exec, whose loader checks no tag), into a new memfd
  * (close-on-exec); seal it unless !seal (the tests corrupt it first).
  */
 int cx_exec_encode(const cprxfer_state *st, const char *tag, bool seal,

@@ -44,6 +44,7 @@ struct named {
 typedef struct scan cx_scan;
 
 struct scan {
+	bool tagged; /* a HELLO frame came first (cprxfer_exec_opts) */
 	char tag[CX_TAG_MAX + 1];
 	off_t stream; /* where the state stream starts */
 	struct named *v;
@@ -200,6 +201,7 @@ static int scan(struct scan *s, int fd, off_t size)
 		s->tag[tlen] = 0;
 		if (strlen(s->tag) != tlen)
 			return cx_err(-EBADMSG, "tag contains a NUL byte");
+		s->tagged = true;
 		off = CX_HDR + (off_t)f.len;
 	}
 	s->stream = off;
@@ -299,7 +301,7 @@ static int load(int memfd, int confirm, const struct cprxfer_opts *o,
 	}
 	if (rc < 0)
 		return rc; /* not a state memfd of ours: left open */
-	if (o->tag[0] && strcmp(o->tag, s->tag)) {
+	if (s->tagged && o->tag[0] && strcmp(o->tag, s->tag)) {
 		rc = cx_err(
 			-EBADE,
 			"the old image's application tag '%s' differs from ours '%s'",

@@ -32,9 +32,10 @@
  *   execve, pread64, and for the helper that unmaps the old image after
  *   the exec (lib/exec-helper.c): pipe2, prctl (PR_GET_CHILD_SUBREAPER
  *   only), clone (the two flag sets it uses only), wait4, rt_sigprocmask,
- *   rt_sigaction, poll/ppoll, pidfd_send_signal (SIGKILL only), exit;
+ *   rt_sigaction, close_range, poll/ppoll, pidfd_open, pidfd_send_signal
+ *   (SIGKILL only), exit;
  *   for cprxfer_exec_opts' confirmation and fallback: socketpair
- *   (AF_UNIX), pidfd_open, sendto/recvfrom, execveat, exit_group
+ *   (AF_UNIX), sendto/recvfrom, execveat, exit_group
  *
  * CPRXFER_MODE_FILE (cprxfer_save_file, cprxfer_load_file):
  *   fsync, rename (renameat, renameat2), unlink (unlinkat), pread64,
@@ -121,6 +122,7 @@ static const struct {
 	{ "wait4", X },		 /* reap the intermediate */
 	{ "rt_sigprocmask", X }, /* signals blocked around the clone */
 	{ "rt_sigaction", X },	 /* the helper resets handlers */
+	{ "close_range", X },	 /* the helper drops its files */
 	{ "pidfd_open", X },	 /* the helper; the new image */
 	{ "socketpair", X },	 /* confirmation socket */
 	{ "sendto", X },	 /* cprxfer_exec_commit */

@@ -469,6 +469,30 @@ static void test_load_failure_leaves_no_named_fd_open(void **state)
 	close(p[1]);
 }
 
+/* A plain cprxfer_exec has no tag: a loader with one takes its state. */
+static void test_plain_exec_state_loads_under_any_tag(void **state)
+{
+	cprxfer_state *st = cprxfer_state_new(), *got = NULL;
+	cprxfer_opts *o = cprxfer_opts_new();
+	uint64_t v = 0;
+	int memfd;
+
+	(void)state;
+	assert_int_equal(cprxfer_put_u64(st, "v", 7), 0);
+	assert_int_equal(cx_exec_encode(st, NULL, true, &memfd), 0);
+	as_after_exec(memfd, NULL, 0);
+	assert_int_equal(cprxfer_opts_set_tag(o, "demo-vmm/1"), 0);
+	assert_int_equal(cprxfer_load_exec_opts(o, &got), 0);
+	assert_int_equal(cprxfer_get_u64(got, "v", &v), 0);
+	assert_int_equal(v, 7);
+	/* Nothing waits for a confirmation. */
+	assert_int_equal(cprxfer_exec_commit(), 0);
+	assert_true(fcntl(memfd, F_GETFD) < 0);
+	cprxfer_state_free(got);
+	cprxfer_state_free(st);
+	cprxfer_opts_free(o);
+}
+
 /* ---- a loader without /proc ------------------------------------------------ */
 
 static int exec_self(void *arg);
@@ -925,6 +949,7 @@ int main(int argc, char **argv)
 		tu_test(test_exec_fails),
 		tu_test(test_load_not_exec),
 		tu_test(test_load_failure_leaves_no_named_fd_open),
+		tu_test(test_plain_exec_state_loads_under_any_tag),
 		tu_test(test_load_without_proc_finds_the_state),
 		tu_test(test_exec_helper_runs_no_handler_in_another_pid),
 		tu_test(test_exec_new_image_killed_at_each_step_old_one_resumes),
