@@ -173,14 +173,15 @@ struct confirm {
 	int pidfd, exe_fd;
 };
 
+/* Scope-exit cleanup of a struct confirm: closes what it still holds. */
 static void confirm_close(struct confirm *c)
 {
-	cx_close(c->sv[0]);
-	cx_close(c->sv[1]);
-	cx_close(c->pidfd);
-	cx_close(c->exe_fd);
-	c->sv[0] = c->sv[1] = c->pidfd = c->exe_fd = -1;
+	cx_closep(&c->sv[0]);
+	cx_closep(&c->sv[1]);
+	cx_closep(&c->pidfd);
+	cx_closep(&c->exe_fd);
 }
+#define cx_autoconfirm __attribute__((cleanup(confirm_close)))
 
 static int confirm_prepare(struct confirm *c, const struct cprxfer_opts *o)
 {
@@ -210,7 +211,7 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 	    bool defer)
 {
 	char var[sizeof(CX_EXEC_ENV) + 32], fvar[sizeof(CX_EXEC_ENV) + 16];
-	struct confirm c = { { -1, -1 }, -1, -1 };
+	cx_autoconfirm struct confirm c = { { -1, -1 }, -1, -1 };
 	cx_autofree struct fdflag *fds = NULL;
 	cx_autofree char **env = NULL, **fenv = NULL;
 	cx_autoclose int memfd = -1;
@@ -228,10 +229,8 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 		return cx_err_prefix(rc, "cprxfer_exec");
 	if (confirm) {
 		rc = confirm_prepare(&c, &o);
-		if (rc < 0) {
-			confirm_close(&c);
+		if (rc < 0)
 			return cx_err_prefix(rc, "cprxfer_exec");
-		}
 		snprintf(var, sizeof(var), CX_EXEC_ENV "=%d,%d", memfd,
 			 c.sv[0]);
 	} else {
@@ -245,10 +244,8 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 		rc = build_env(envp, fvar, &fenv);
 	if (rc == 0)
 		rc = collect_fds(st, extra, confirm ? 2 : 1, &fds, &nfds);
-	if (rc < 0) {
-		confirm_close(&c);
+	if (rc < 0)
 		return cx_err_prefix(rc, "cprxfer_exec");
-	}
 	for (i = 0; i < nfds; i++) {
 		if ((fds[i].flags & FD_CLOEXEC) &&
 		    fcntl(fds[i].fd, F_SETFD, fds[i].flags & ~FD_CLOEXEC) < 0) {
@@ -257,7 +254,6 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 				"cprxfer_exec: clearing close-on-exec on fd %d: %s",
 				fds[i].fd, strerror(errno));
 			restore_flags(fds, i);
-			confirm_close(&c);
 			return rc;
 		}
 	}
@@ -280,16 +276,14 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 	}
 	if (confirm && h.pid < 0) {
 		restore_flags(fds, nfds);
-		confirm_close(&c);
 		return cx_err(
 			-EAGAIN,
 			"cprxfer_exec: cannot start the helper process that a confirmed exec needs");
 	}
 	/* The helper has its copies; ours need not cross the exec. */
-	cx_close(c.sv[1]);
-	cx_close(c.pidfd);
-	cx_close(c.exe_fd);
-	c.sv[1] = c.pidfd = c.exe_fd = -1;
+	cx_closep(&c.sv[1]);
+	cx_closep(&c.pidfd);
+	cx_closep(&c.exe_fd);
 	if (h.pid > 0)
 		cx_helper_exec_issued(&h);
 	execve(path, argv, env);
@@ -299,7 +293,6 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 		cx_close(h.wfd);
 	}
 	restore_flags(fds, nfds);
-	confirm_close(&c);
 	return cx_err(-err, "cprxfer_exec: execve %s: %s", path, strerror(err));
 }
 

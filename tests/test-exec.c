@@ -689,7 +689,7 @@ static void test_exec_helper_runs_no_handler_in_another_pid(void **state)
  * "hang" (until the helper's timeout), "commit" (then killed: too late
  * for a fallback).
  */
-static int confirm_target(const char *step)
+static int confirm_target(const char *step, int race_ms)
 {
 	cprxfer_opts *o = cprxfer_opts_new();
 	cprxfer_state *st;
@@ -714,6 +714,17 @@ static int confirm_target(const char *step)
 	if (!strcmp(step, "hang"))
 		for (;;)
 			pause();
+	if (race_ms >= 0) {
+		/* Work until about the old side's deadline, then confirm. */
+		struct timespec ts = { race_ms / 1000,
+				       (race_ms % 1000) * 1000000L };
+
+		nanosleep(&ts, NULL);
+		rc = cprxfer_exec_commit();
+		dprintf(out, "new pid=%d commit=%d\n", getpid(), rc);
+		cprxfer_state_free(st);
+		return 0;
+	}
 	rc = cprxfer_exec_commit();
 	dprintf(out, "new pid=%d commit=%d\n", getpid(), rc);
 	raise(SIGKILL);
@@ -760,6 +771,8 @@ static int fallback_target(void)
 
 struct confirm_case {
 	const char *step;
+	const char *race_ms; /* "race": confirm after this long */
+	int timeout_ms;	     /* 0: 5000 */
 	const char *fb_path; /* NULL: /proc/self/exe */
 	bool no_proc;	     /* unmount /proc first */
 	int out, sock;
@@ -770,7 +783,7 @@ static int exec_confirmed(void *arg)
 {
 	struct confirm_case *c = arg;
 	char *argv[] = { "test-exec", "--confirm-target", (char *)c->step,
-			 NULL };
+			 (char *)c->race_ms, NULL };
 	char *fb_argv[] = { "test-exec", "--fallback-target", NULL };
 	cprxfer_state *st = cprxfer_state_new();
 	cprxfer_opts *o = cprxfer_opts_new();
@@ -781,7 +794,7 @@ static int exec_confirmed(void *arg)
 	    cprxfer_ram_put(st, "ram", &c->ram) < 0 ||
 	    cprxfer_put_fd(st, "ramfd", c->ram.fd) < 0 ||
 	    cprxfer_opts_set_tag(o, FB_TAG) < 0 ||
-	    cprxfer_opts_set_timeout(o, !strcmp(c->step, "hang") ? 300 : 5000) <
+	    cprxfer_opts_set_timeout(o, c->timeout_ms ? c->timeout_ms : 5000) <
 		    0 ||
 	    cprxfer_opts_set_exec_fallback(o, c->fb_path, fb_argv) < 0) {
 		fprintf(stderr, "exec_confirmed: %s\n", cprxfer_errmsg());
@@ -809,7 +822,7 @@ static void test_exec_new_image_killed_at_each_step_old_one_resumes(void **state
 		{ .step = "after-load" },
 		{ .step = "refuse" },
 		{ .step = "exit" },
-		{ .step = "hang" },
+		{ .step = "hang", .timeout_ms = 300 },
 		{ .step = "commit" },
 		/* No /proc: the fallback needs its path. */
 		{ .step = "after-load", .no_proc = true, .fb_path = FB_SELF },
@@ -883,6 +896,66 @@ static void test_exec_new_image_killed_at_each_step_old_one_resumes(void **state
 	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 0), 0);
 }
 
+/*
+ * The confirmation and the timeout in the same few milliseconds, again
+ * and again: every time exactly one process owns the state afterwards,
+ * the new image (its cprxfer_exec_commit returned 1) or the fallback.
+ */
+static void test_exec_commit_racing_the_timeout_leaves_one_owner(void **state)
+{
+	int i, news = 0, fallbacks = 0;
+
+	(void)state;
+	if (getenv("CPRXFER_UNDER_VALGRIND"))
+		skip();
+	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+	for (i = 0; i < 40; i++) {
+		char ms[16], report[256], *line2;
+		struct confirm_case c = { .step = "race",
+					  .race_ms = ms,
+					  .timeout_ms = 100 };
+		int p[2], sv[2], owners = 0;
+		pid_t pid;
+
+		/* 40..118 ms of work (after the exec and the load) against
+		 * a 100 ms deadline counted from just before the exec. */
+		snprintf(ms, sizeof(ms), "%d", 40 + 2 * i);
+		assert_int_equal(cprxfer_ram_create("race", FB_RAM, 0, &c.ram),
+				 0);
+		rp_fill(c.ram.addr, FB_RAM, FB_SEED);
+		assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+		assert_int_equal(
+			socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			0);
+		c.out = p[1];
+		c.sock = sv[1];
+		pid = tu_fork(exec_confirmed, &c);
+		assert_true(pid > 0);
+		close(p[1]);
+		close(sv[1]);
+		read_all(p[0], report, sizeof(report));
+		tu_wait(pid);
+		while (waitpid(-1, NULL, 0) > 0)
+			;
+		owners += strstr(report, "new pid=") &&
+			  strstr(report, "commit=1");
+		owners += strstr(report, "fallback pid=") != NULL;
+		line2 = strchr(report, '\n');
+		if (owners != 1 || (line2 && line2[1]))
+			fail_msg("%s ms: %d owners: %s", ms, owners, report);
+		if (strstr(report, "fallback"))
+			fallbacks++;
+		else
+			news++;
+		close(p[0]);
+		close(sv[0]);
+		cprxfer_ram_release(&c.ram);
+	}
+	printf("# commit vs. 100 ms timeout, 40 runs: %d times the new image, %d times the fallback, never both or neither\n",
+	       news, fallbacks);
+	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 0), 0);
+}
+
 /* ---- the blackout, with and without the teardown helper ------------------ */
 
 struct bench {
@@ -953,6 +1026,7 @@ int main(int argc, char **argv)
 		tu_test(test_load_without_proc_finds_the_state),
 		tu_test(test_exec_helper_runs_no_handler_in_another_pid),
 		tu_test(test_exec_new_image_killed_at_each_step_old_one_resumes),
+		tu_test(test_exec_commit_racing_the_timeout_leaves_one_owner),
 		tu_test(test_blackout),
 	};
 
@@ -961,7 +1035,7 @@ int main(int argc, char **argv)
 	if (argc > 1 && !strcmp(argv[1], "--storm-target"))
 		return storm_target();
 	if (argc > 2 && !strcmp(argv[1], "--confirm-target"))
-		return confirm_target(argv[2]);
+		return confirm_target(argv[2], argc > 3 ? atoi(argv[3]) : -1);
 	if (argc > 1 && !strcmp(argv[1], "--fallback-target"))
 		return fallback_target();
 	return cmocka_run_group_tests(tests, NULL, NULL);
