@@ -303,17 +303,22 @@ void cx_helper_start(struct cx_helper *h)
 		h->hpidfd = (int)sys2(SYS_pidfd_open, h->pid, 0);
 	sys4(SYS_rt_sigprocmask, SIG_SETMASK, &h->mask, NULL, 8);
 	if (h->pid > 0 && h->hpidfd < 0) {
-		/* No pidfd (Linux < 5.3): let it go; it exits at once. */
+		/*
+		 * No pidfd (Linux < 5.3, or refused by a filter): let it
+		 * go. It exits at once, but we cannot tell when, so its
+		 * stack is left mapped (64 KiB, on this path only).
+		 */
 		char c = 'A';
 
 		h->phase = CX_HELPER_ABORT;
 		sys3(SYS_write, h->wfd, &c, 1);
+		h->stack = NULL;
 	}
 	if (h->pid < 0 || h->hpidfd < 0) {
 		h->pid = -1;
 		h->hpidfd = -1;
-		h->hpidfd = -1;
-		munmap(h->stack, CX_HELPER_STACK);
+		if (h->stack)
+			munmap(h->stack, CX_HELPER_STACK);
 		h->stack = NULL;
 	}
 out:
