@@ -262,6 +262,8 @@ static int spawn_main(void *arg)
 	for (sig = 1; sig <= CX_NSIG; sig++) {
 		if (sig == SIGKILL || sig == SIGSTOP)
 			continue;
+		/* (No struct assignment here: it could become a memset.) */
+		sa.handler = (void *)SIG_DFL;
 		if (sys4(SYS_rt_sigaction, sig, NULL, &sa, 8) == 0 &&
 		    sa.handler != (void *)SIG_DFL &&
 		    sa.handler != (void *)SIG_IGN)
