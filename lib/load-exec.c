@@ -119,14 +119,32 @@ static int recognise(int fd, const struct stat *sb)
 	return 0;
 }
 
+/* Reads of the memfd through one buffer: a pread per 64 KiB, not per frame. */
+struct rd {
+	int fd;
+	off_t at;
+	size_t len;
+	uint8_t buf[64 * 1024];
+};
+
+static bool rd_get(struct rd *r, off_t off, void *dst, size_t n)
+{
+	if (off < r->at || (uint64_t)(off - r->at) + n > r->len) {
+		ssize_t k = pread(r->fd, r->buf, sizeof(r->buf), off);
+
+		if (k < 0 || (size_t)k < n)
+			return false;
+		r->at = off;
+		r->len = (size_t)k;
+	}
+	memcpy(dst, r->buf + (off - r->at), n);
+	return true;
+}
+
 static int scan_add(struct scan *s, int fd)
 {
 	struct named *v;
-	size_t i;
 
-	for (i = 0; i < s->n; i++)
-		if (s->v[i].fd == fd)
-			return 0;
 	if (s->n == s->cap) {
 		size_t cap = s->cap ? s->cap * 2 : 64;
 
@@ -141,13 +159,13 @@ static int scan_add(struct scan *s, int fd)
 }
 
 /* The fd numbers of one inline FDS frame. */
-static int scan_fds(struct scan *s, int fd, off_t off, uint64_t len)
+static int scan_fds(struct scan *s, struct rd *r, off_t off, uint64_t len)
 {
 	uint8_t b[CX_FDS_HDR + 4 * 64];
 	uint32_t count, i, k;
 	int rc;
 
-	if (len < CX_FDS_HDR || pread(fd, b, CX_FDS_HDR, off) != CX_FDS_HDR)
+	if (len < CX_FDS_HDR || !rd_get(r, off, b, CX_FDS_HDR))
 		return cx_err(-EBADMSG, "malformed fd batch");
 	count = cx_get32(b);
 	if (count > CX_FDS_BATCH || len != CX_FDS_HDR + 4ull * count)
@@ -155,7 +173,7 @@ static int scan_fds(struct scan *s, int fd, off_t off, uint64_t len)
 	off += CX_FDS_HDR;
 	for (i = 0; i < count; i += k) {
 		k = count - i < 64 ? count - i : 64;
-		if (pread(fd, b, 4 * k, off) != (ssize_t)(4 * k))
+		if (!rd_get(r, off, b, 4 * k))
 			return cx_err(-EBADMSG, "truncated fd batch");
 		off += 4 * k;
 		for (uint32_t j = 0; j < k; j++) {
@@ -171,6 +189,27 @@ static int scan_fds(struct scan *s, int fd, off_t off, uint64_t len)
 	return 0;
 }
 
+static int named_cmp(const void *a, const void *b)
+{
+	const struct named *x = a, *y = b;
+
+	return (x->fd > y->fd) - (x->fd < y->fd);
+}
+
+/* Each fd once (a state may name one twice). */
+static void scan_unique(struct scan *s)
+{
+	size_t i, k = 0;
+
+	if (!s->n)
+		return;
+	qsort(s->v, s->n, sizeof(*s->v), named_cmp);
+	for (i = 1; i < s->n; i++)
+		if (s->v[i].fd != s->v[k].fd)
+			s->v[++k] = s->v[i];
+	s->n = k + 1;
+}
+
 /*
  * Walk the frames: the tag, where the stream starts, and every fd the
  * FDS batches name (all of them, before the decoder trusts any).
@@ -178,11 +217,17 @@ static int scan_fds(struct scan *s, int fd, off_t off, uint64_t len)
 static int scan(struct scan *s, int fd, off_t size)
 {
 	uint8_t h[CX_HDR], p[CX_HELLO_LEN];
+	cx_autofree struct rd *r = malloc(sizeof(*r));
 	struct cx_frame f;
 	off_t off = 0;
 	int rc;
 
-	if (pread(fd, h, CX_HDR, 0) != CX_HDR)
+	if (!r)
+		return cx_err(-ENOMEM, "out of memory");
+	r->fd = fd;
+	r->at = 0;
+	r->len = 0;
+	if (!rd_get(r, 0, h, CX_HDR))
 		return cx_err(-EBADMSG, "state memfd too short");
 	rc = cx_frame_parse(h, &f);
 	if (rc < 0)
@@ -191,12 +236,11 @@ static int scan(struct scan *s, int fd, off_t size)
 		size_t tlen;
 
 		if (f.len < CX_HELLO_LEN || f.len > CX_HELLO_LEN + CX_TAG_MAX ||
-		    pread(fd, p, CX_HELLO_LEN, CX_HDR) != CX_HELLO_LEN)
+		    !rd_get(r, CX_HDR, p, CX_HELLO_LEN))
 			return cx_err(-EBADMSG, "malformed HELLO frame");
 		tlen = cx_get16(p + 12);
 		if (tlen != f.len - CX_HELLO_LEN ||
-		    pread(fd, s->tag, tlen, CX_HDR + CX_HELLO_LEN) !=
-			    (ssize_t)tlen)
+		    !rd_get(r, CX_HDR + CX_HELLO_LEN, s->tag, tlen))
 			return cx_err(-EBADMSG, "malformed HELLO frame");
 		s->tag[tlen] = 0;
 		if (strlen(s->tag) != tlen)
@@ -206,7 +250,7 @@ static int scan(struct scan *s, int fd, off_t size)
 	}
 	s->stream = off;
 	while (off + CX_HDR <= size) {
-		if (pread(fd, h, CX_HDR, off) != CX_HDR)
+		if (!rd_get(r, off, h, CX_HDR))
 			return cx_err(-EBADMSG, "unreadable frame");
 		rc = cx_frame_parse(h, &f);
 		if (rc < 0)
@@ -214,7 +258,7 @@ static int scan(struct scan *s, int fd, off_t size)
 		if (f.len > (uint64_t)(size - off - CX_HDR))
 			return cx_err(-EBADMSG, "frame runs past the memfd");
 		if (f.type == CX_F_FDS && (f.flags & CX_FDS_INLINE)) {
-			rc = scan_fds(s, fd, off + CX_HDR, f.len);
+			rc = scan_fds(s, r, off + CX_HDR, f.len);
 			if (rc < 0)
 				return rc;
 		}
@@ -276,7 +320,7 @@ static int load(int memfd, int confirm, const struct cprxfer_opts *o,
 	struct scan sc = { .stream = 0 };
 	struct stat sb;
 	struct cx_io io;
-	int rc, fl;
+	int rc, rs, fl;
 
 	fl = fcntl(memfd, F_GETFD);
 	if (fl < 0)
@@ -286,34 +330,32 @@ static int load(int memfd, int confirm, const struct cprxfer_opts *o,
 			      strerror(errno));
 	s = &sc;
 	rc = recognise(memfd, &sb);
-	/*
-	 * A memfd we do not trust (unsealed, or with no stream magic): it
-	 * and what it names stay here, close-on-exec. Anything else the
-	 * variable names is not ours to touch.
-	 */
-	if (rc != -EBADF && S_ISREG(sb.st_mode)) {
-		fcntl(memfd, F_SETFD, fl | FD_CLOEXEC);
-		int rs = scan(s, memfd, sb.st_size);
-
-		named_cloexec(s);
-		if (rc == 0 && rs < 0)
-			rc = rs;
-	}
+	/* Not a memfd at all: not ours to touch. */
+	if (rc == -EBADF || !S_ISREG(sb.st_mode))
+		return rc;
+	/* From here on nothing the memfd names crosses a later exec. */
+	fcntl(memfd, F_SETFD, fl | FD_CLOEXEC);
+	rs = scan(s, memfd, sb.st_size);
+	scan_unique(s);
+	named_cloexec(s);
+	/* A memfd we do not trust (unsealed, no stream magic): it and what
+	 * it names stay open, close-on-exec. */
 	if (rc < 0)
-		return rc; /* not a state memfd of ours: left open */
-	if (s->tagged && o->tag[0] && strcmp(o->tag, s->tag)) {
+		return rc;
+	/* From here on a failure closes what the memfd names. */
+	rc = rs;
+	if (rc == 0 && s->tagged && o->tag[0] && strcmp(o->tag, s->tag))
 		rc = cx_err(
 			-EBADE,
 			"the old image's application tag '%s' differs from ours '%s'",
 			s->tag, o->tag);
-	} else if (lseek(memfd, s->stream, SEEK_SET) < 0) {
+	if (rc == 0 && lseek(memfd, s->stream, SEEK_SET) < 0)
 		rc = cx_err(-errno, "lseek: %s", strerror(errno));
-	} else {
+	if (rc == 0)
 		rc = cx_io_init(&io, memfd, false);
-		if (rc == 0) {
-			rc = cx_decode(&io, o, CX_MODE_EXEC, out);
-			cx_io_fini(&io);
-		}
+	if (rc == 0) {
+		rc = cx_decode(&io, o, CX_MODE_EXEC, out);
+		cx_io_fini(&io);
 	}
 	if (rc < 0) {
 		named_close(s);
