@@ -274,25 +274,31 @@ static int spawn_main(void *arg)
 	return 0;
 }
 
-void cx_helper_start(struct cx_helper *h)
+struct cx_helper *cx_helper_start(const struct cx_helper *conf)
 {
 	uint64_t all = ~0ull;
 	int saved = errno, st;
+	struct cx_helper *h;
+	uint8_t *stack;
 	long mid;
 
+	stack = mmap(NULL, CX_HELPER_STACK, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	if (stack == MAP_FAILED) {
+		errno = saved;
+		return NULL;
+	}
+	/* The helper's copy lives with its stacks, not in our frame. */
+	h = (struct cx_helper *)stack;
+	*h = *conf;
+	h->stack = stack;
 	h->pid = -1;
 	h->hpidfd = -1;
 	h->phase = CX_HELPER_WAIT;
-	h->stack = mmap(NULL, CX_HELPER_STACK, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-	if (h->stack == MAP_FAILED) {
-		h->stack = NULL;
-		goto out;
-	}
 	sys4(SYS_rt_sigprocmask, SIG_SETMASK, &all, &h->mask, 8);
 	/* Exit signal 0: no SIGCHLD, and only __WCLONE waits for it. */
-	mid = clone(spawn_main, h->stack + CX_HELPER_STACK,
-		    CLONE_VM | CLONE_VFORK, h);
+	mid = clone(spawn_main, stack + CX_HELPER_STACK, CLONE_VM | CLONE_VFORK,
+		    h);
 	if (mid > 0)
 		while (waitpid((pid_t)mid, &st, __WCLONE) < 0 && errno == EINTR)
 			;
@@ -304,27 +310,25 @@ void cx_helper_start(struct cx_helper *h)
 	if (h->pid > 0)
 		h->hpidfd = (int)sys2(SYS_pidfd_open, h->pid, 0);
 	sys4(SYS_rt_sigprocmask, SIG_SETMASK, &h->mask, NULL, 8);
+	errno = saved;
 	if (h->pid > 0 && h->hpidfd < 0) {
 		/*
 		 * No pidfd (Linux < 5.3, or refused by a filter): let it
 		 * go. It exits at once, but we cannot tell when, so its
-		 * stack is left mapped (64 KiB, on this path only).
+		 * stack and its copy of h stay mapped (64 KiB, on this
+		 * path only).
 		 */
 		char c = 'A';
 
 		h->phase = CX_HELPER_ABORT;
 		sys3(SYS_write, h->wfd, &c, 1);
-		h->stack = NULL;
+		return NULL;
 	}
-	if (h->pid < 0 || h->hpidfd < 0) {
-		h->pid = -1;
-		h->hpidfd = -1;
-		if (h->stack)
-			munmap(h->stack, CX_HELPER_STACK);
-		h->stack = NULL;
+	if (h->pid < 0) {
+		munmap(stack, CX_HELPER_STACK);
+		return NULL;
 	}
-out:
-	errno = saved;
+	return h;
 }
 
 void cx_helper_exec_issued(struct cx_helper *h)
@@ -338,8 +342,6 @@ void cx_helper_stop(struct cx_helper *h)
 	int saved = errno;
 	char c = 'A';
 
-	if (h->pid < 0)
-		return;
 	__atomic_store_n(&h->phase, CX_HELPER_ABORT, __ATOMIC_SEQ_CST);
 	/* A byte, not only EOF: a child that another thread forked
 	 * meanwhile may hold a copy of the write end. */
@@ -352,9 +354,6 @@ void cx_helper_stop(struct cx_helper *h)
 			;
 	}
 	close(h->hpidfd);
-	h->hpidfd = -1;
-	h->pid = -1;
-	munmap(h->stack, CX_HELPER_STACK);
-	h->stack = NULL;
+	munmap(h->stack, CX_HELPER_STACK); /* h with it */
 	errno = saved;
 }

@@ -33,7 +33,7 @@ struct cx_helper {
 	char *const *fb_envp;
 	int timeout_ms; /* confirmation timeout; < 0: none */
 
-	/* Set by cx_helper_start(). */
+	/* Set by cx_helper_start() in its copy. */
 	uint64_t mask; /* the caller's signal mask, restored by the fallback */
 	uint8_t *stack;
 	int hpidfd;	    /* pidfd of the helper (caller's fd table) */
@@ -48,17 +48,20 @@ enum {
 };
 
 /*
- * Start the helper; h->pid < 0 afterwards if it could not be started
- * (the exec then runs without one). Signals are blocked around the
- * clone, so no handler of the application runs in the new processes.
- * Never changes errno.
+ * Start the helper with a copy of conf (kept with its stacks); NULL if it
+ * could not be started (the exec then runs without one). Signals are
+ * blocked around the clone, so no handler of the application runs in
+ * the new processes. Never changes errno.
  */
-void cx_helper_start(struct cx_helper *h);
+struct cx_helper *cx_helper_start(const struct cx_helper *conf);
 
 /* Right before execve(): from now on EOF on the pipe means "exec done". */
 void cx_helper_exec_issued(struct cx_helper *h);
 
-/* After a failed execve(): tell the helper to exit, wait, free its stack. */
+/*
+ * After a failed execve(): tell the helper to exit, wait for it, unmap
+ * its stacks (and h). The caller still owns and closes conf->wfd.
+ */
 void cx_helper_stop(struct cx_helper *h);
 
 /* A raw system call: returns the result or -errno, never touches errno. */

@@ -216,7 +216,7 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 	cx_autofree char **env = NULL, **fenv = NULL;
 	cx_autoclose int memfd = -1;
 	struct cprxfer_opts o;
-	struct cx_helper h = { .rfd = -1, .wfd = -1, .pid = -1 };
+	struct cx_helper conf = { .rfd = -1, .wfd = -1 }, *h = NULL;
 	int extra[2], p[2], rc, err;
 	size_t nfds = 0, i;
 
@@ -259,22 +259,22 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 	}
 	if ((defer || confirm) && helper_possible() &&
 	    pipe2(p, O_CLOEXEC) == 0) {
-		h.rfd = p[0];
-		h.wfd = p[1];
-		h.confirm_fd = confirm ? c.sv[1] : -1;
-		h.peer_fd = confirm ? c.sv[0] : -1;
-		h.pidfd = c.pidfd;
-		h.exe_fd = c.exe_fd;
-		h.fb_path = o.exec_path;
-		h.fb_argv = o.exec_argv ? o.exec_argv : argv;
-		h.fb_envp = fenv;
-		h.timeout_ms = o.timeout_ms;
-		cx_helper_start(&h);
-		cx_close(h.rfd); /* only the helper reads */
-		if (h.pid < 0)
-			cx_close(h.wfd);
+		conf.rfd = p[0];
+		conf.wfd = p[1];
+		conf.confirm_fd = confirm ? c.sv[1] : -1;
+		conf.peer_fd = confirm ? c.sv[0] : -1;
+		conf.pidfd = c.pidfd;
+		conf.exe_fd = c.exe_fd;
+		conf.fb_path = o.exec_path;
+		conf.fb_argv = o.exec_argv ? o.exec_argv : argv;
+		conf.fb_envp = fenv;
+		conf.timeout_ms = o.timeout_ms;
+		h = cx_helper_start(&conf);
+		cx_close(conf.rfd); /* only the helper reads */
+		if (!h)
+			cx_close(conf.wfd);
 	}
-	if (confirm && h.pid < 0) {
+	if (confirm && !h) {
 		restore_flags(fds, nfds);
 		return cx_err(
 			-EAGAIN,
@@ -284,13 +284,13 @@ int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
 	cx_closep(&c.sv[1]);
 	cx_closep(&c.pidfd);
 	cx_closep(&c.exe_fd);
-	if (h.pid > 0)
-		cx_helper_exec_issued(&h);
+	if (h)
+		cx_helper_exec_issued(h);
 	execve(path, argv, env);
 	err = errno;
-	if (h.pid > 0) {
-		cx_helper_stop(&h);
-		cx_close(h.wfd);
+	if (h) {
+		cx_helper_stop(h);
+		cx_close(conf.wfd);
 	}
 	restore_flags(fds, nfds);
 	return cx_err(-err, "cprxfer_exec: execve %s: %s", path, strerror(err));
