@@ -44,6 +44,7 @@ struct cprxfer_state {
 	size_t n, cap;
 	uint64_t *tab; /* hash << 32 | (entry index + 1); 0: empty */
 	size_t tabcap; /* a power of two */
+	const struct cprxfer_blockers *blockers; /* borrowed; NULL: none */
 };
 
 /*
