@@ -203,7 +203,7 @@ static int save(cprxfer_sd *sd, int lfd, const struct cprxfer_ram *ram,
 
 static int serve(void)
 {
-	double t_main = mono(), t_freeze;
+	double t_main = mono(), t_freeze, t_live;
 	const char *names = getenv("LISTEN_FDNAMES");
 	char how[16] = "fresh", check[300];
 	struct cprxfer_ram ram = { NULL, 0, -1 };
@@ -221,12 +221,6 @@ static int serve(void)
 		ev("event=ERROR what=open err=\"%s\"", cprxfer_errmsg());
 		return 1;
 	}
-	rc = cprxfer_sd_check(sd, 2);
-	snprintf(check, sizeof(check), "%d:%s", rc,
-		 rc < 0 ? cprxfer_errmsg() : "ok");
-	for (char *p = check; *p; p++)
-		if (*p == ' ' || *p == '"')
-			*p = '_';
 	rc = cprxfer_sd_load(sd, NULL, &st);
 	if (rc == 0) {
 		strcpy(how, "restored");
@@ -269,21 +263,29 @@ static int serve(void)
 		memset(h, 0, sizeof(*h));
 		h->magic = RAM_MAGIC;
 	}
-	/* Long-lived parts stay in the store: a crash brings them back. */
-	if (cprxfer_sd_keep(sd, "listen", lfd) < 0 ||
-	    cprxfer_sd_keep(sd, "guest RAM", ram.fd) < 0)
-		ev("event=ERROR what=keep err=\"%s\"", cprxfer_errmsg());
 	h->gen++;
 	tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
 	timerfd_settime(tfd, 0, &its, NULL);
 	sd_notifyf(0, "READY=1\nSTATUS=gen %" PRIu64 " (%s)", h->gen, how);
-	ev("event=READY svc=serve how=%s gen=%" PRIu64 " prev_gen=%" PRIu64
-	   " ticks=%" PRIu64 " saved_ticks=%" PRIu64 " ram_ino=%" PRIu64
-	   " listen_ino=%" PRIu64 " pfn=%" PRIu64
+	t_live = mono(); /* the blackout ends: the rest is off its path */
+	/* Long-lived parts stay in the store: a crash brings them back. */
+	if (cprxfer_sd_keep(sd, "listen", lfd) < 0 ||
+	    cprxfer_sd_keep(sd, "guest RAM", ram.fd) < 0)
+		ev("event=ERROR what=keep err=\"%s\"", cprxfer_errmsg());
+	/* Will the next save fit? (Type=notify: READY=1 already sent.) */
+	rc = cprxfer_sd_check(sd, 2);
+	snprintf(check, sizeof(check), "%d:%s", rc,
+		 rc < 0 ? cprxfer_errmsg() : "ok");
+	for (char *p = check; *p; p++)
+		if (*p == ' ' || *p == '"')
+			*p = '_';
+	ev("event=READY svc=serve live=%.6f how=%s gen=%" PRIu64
+	   " prev_gen=%" PRIu64 " ticks=%" PRIu64 " saved_ticks=%" PRIu64
+	   " ram_ino=%" PRIu64 " listen_ino=%" PRIu64 " pfn=%" PRIu64
 	   " check=%s t_main=%.6f start_ms=%.3f",
-	   how, h->gen, prev_gen, h->ticks, saved_ticks, ino_of(ram.fd),
+	   t_live, how, h->gen, prev_gen, h->ticks, saved_ticks, ino_of(ram.fd),
 	   ino_of(lfd), pfn_of(ram.addr), check, t_main,
-	   (mono() - t_main) * 1000);
+	   (t_live - t_main) * 1000);
 
 	for (;;) {
 		struct pollfd p[3] = { { sfd, POLLIN, 0 },
