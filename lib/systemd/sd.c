@@ -647,29 +647,39 @@ static int find_fd(const cprxfer_sd *sd, const char *nonce, size_t i,
 		i);
 }
 
-/* Remove from the store and close every save's fds (ours, not kept). */
+/*
+ * Remove from the store every save's fds (ours, not kept), then close
+ * them. If the manager cannot be told, nothing is closed.
+ */
 static int consume(cprxfer_sd *sd)
 {
 	size_t i;
 	int rc = 0, any = 0;
 
+	for (i = 0; rc == 0 && i < sd->n; i++) {
+		struct rfd *r = &sd->v[i];
+
+		if (r->kind != R_STATE && r->kind != R_MAP && r->kind != R_FD)
+			continue;
+		rc = drop(r->name);
+		any = 1;
+	}
+	if (rc == 0 && any)
+		rc = barrier();
+	if (rc < 0)
+		return rc;
 	for (i = 0; i < sd->n; i++) {
 		struct rfd *r = &sd->v[i];
 
 		if (r->kind != R_STATE && r->kind != R_MAP && r->kind != R_FD)
 			continue;
-		if (rc == 0)
-			rc = drop(r->name);
-		any = 1;
 		if (r->held)
 			cx_close(r->fd);
 		r->held = false;
 		r->kind = R_UNKNOWN;
 		r->fd = -1;
 	}
-	if (rc == 0 && any)
-		rc = barrier();
-	return rc;
+	return 0;
 }
 
 CX_EXPORT int cprxfer_sd_load(cprxfer_sd *sd, const cprxfer_opts *o,
