@@ -7,6 +7,8 @@
  *   cx-restart-svc trivial  READY=1 at once, exit on SIGTERM (systemd's
  *                           own restart time, for comparison)
  *   cx-restart-svc client   connect to /run/cxsvc.sock, print its line
+ *   cx-restart-svc check    log what cprxfer_sd_check says of the store
+ *                           (for 2 state fds), READY=1, exit on SIGTERM
  *
  * serve: at first start it makes a listening socket and a 4 MiB memfd
  * RAM region and keeps both in the fd store (cprxfer_sd_keep), so that a
@@ -159,6 +161,21 @@ static int trivial(void)
 		return 1;
 	ev("event=FREEZE svc=trivial");
 	return 0;
+}
+
+static int check_only(void)
+{
+	struct signalfd_siginfo si;
+	int sfd = signals(), rc;
+	cprxfer_sd *sd;
+
+	if (cprxfer_sd_open(&sd) < 0)
+		return 1;
+	rc = cprxfer_sd_check(sd, 2);
+	ev("event=CHECK rc=%d err=\"%s\"", rc, rc < 0 ? cprxfer_errmsg() : "");
+	cprxfer_sd_close(sd);
+	sd_notify(0, "READY=1");
+	return read(sfd, &si, sizeof(si)) == sizeof(si) ? 0 : 1;
 }
 
 /* Save on SIGTERM: the blackout starts here. */
@@ -331,10 +348,12 @@ int main(int argc, char **argv)
 		log_path = "/dev/null";
 	if (argc > 1 && !strcmp(argv[1], "trivial"))
 		return trivial();
+	if (argc > 1 && !strcmp(argv[1], "check"))
+		return check_only();
 	if (argc > 1 && !strcmp(argv[1], "client"))
 		return client();
 	if (argc > 1 && !strcmp(argv[1], "serve"))
 		return serve();
-	fprintf(stderr, "usage: %s serve|trivial|client\n", argv[0]);
+	fprintf(stderr, "usage: %s serve|trivial|client|check\n", argv[0]);
 	return 2;
 }
