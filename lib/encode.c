@@ -95,6 +95,10 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 				      x->name);
 		if (fd < 0)
 			continue;
+		/* A borrowed fd closed and its number reused: -ESTALE. */
+		rc = cx_entry_check_fd(x);
+		if (rc < 0)
+			return rc;
 		if (e->mode == CX_MODE_FILE && x->type == CPRXFER_TYPE_FD)
 			return cx_err(
 				-EOPNOTSUPP,
