@@ -22,6 +22,8 @@ struct cprxfer_opts {
 	unsigned nuids;
 	pid_t pids[CX_ALLOW_MAX];
 	unsigned npids;
+	mode_t socket_mode; /* a listener's socket: 0600 by default */
+	gid_t socket_gid;   /* its group; (gid_t)-1: left as created */
 };
 
 /* Fill o with the documented defaults. */

@@ -111,6 +111,12 @@ int cprxfer_opts_set_tag(cprxfer_opts *o, const char *tag);
 /* Also accept a peer running as this effective uid / with this pid. */
 int cprxfer_opts_allow_uid(cprxfer_opts *o, uid_t uid);
 int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid);
+/*
+ * A listener's socket file: its permission bits (default 0600) and its
+ * group (default: as created), set before the socket appears at the path.
+ */
+int cprxfer_opts_set_socket_mode(cprxfer_opts *o, mode_t mode);
+int cprxfer_opts_set_socket_group(cprxfer_opts *o, gid_t gid);
 
 /* ---- channel: a connected unix socket with a handshake ------------- */
 
