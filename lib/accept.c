@@ -131,15 +131,17 @@ static int step_pending(cprxfer_listener *l, const struct pollfd *pfd,
 		if (pfd[i].revents)
 			rc = cx_hs_step(&p->hs);
 		else if (now >= p->hs.deadline)
-			rc = cx_err(-ETIMEDOUT,
-				    "handshake: timed out waiting for the peer");
+			rc = cx_err(
+				-ETIMEDOUT,
+				"handshake: timed out waiting for the peer");
 		else
 			continue;
 		if (rc == -EAGAIN && now < p->hs.deadline)
 			continue;
 		if (rc == -EAGAIN)
-			rc = cx_err(-ETIMEDOUT,
-				    "handshake: timed out waiting for the peer");
+			rc = cx_err(
+				-ETIMEDOUT,
+				"handshake: timed out waiting for the peer");
 		p = take(l, i);
 		if (rc == 0) {
 			*done = cx_steal_ptr(&p->ch);

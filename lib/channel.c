@@ -77,8 +77,8 @@ int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 		return cx_err(-ENOTCONN, "fd %d: socket is not connected",
 			      sockfd);
 	fl = fcntl(fd, F_GETFD);
-	if (fl < 0 || (!(fl & FD_CLOEXEC) &&
-		       fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0))
+	if (fl < 0 ||
+	    (!(fl & FD_CLOEXEC) && fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0))
 		return cx_err(-errno, "fd %d: making it close-on-exec: %s",
 			      sockfd, strerror(errno));
 	rc = clear_pass_options(fd);

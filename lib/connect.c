@@ -55,9 +55,10 @@ static int refused_why(const char *path)
 		return 1;
 	if (S_ISSOCK(st.st_mode))
 		return 1;
-	return cx_err(-ENOTSOCK,
-		      "cprxfer_connect: '%s' is %s, not a socket; nothing will listen there",
-		      path, cx_kind_of(st.st_mode));
+	return cx_err(
+		-ENOTSOCK,
+		"cprxfer_connect: '%s' is %s, not a socket; nothing will listen there",
+		path, cx_kind_of(st.st_mode));
 }
 
 /*

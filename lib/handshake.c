@@ -331,9 +331,9 @@ int cx_hs_step(struct cx_hs *hs)
 
 	for (;;) {
 		if (hs->state == CX_HS_DONE)
-			return hs->result < 0 ? cx_err(hs->result, "%s",
-						       hs->msg)
-					      : 0;
+			return hs->result < 0
+				       ? cx_err(hs->result, "%s", hs->msg)
+				       : 0;
 		rc = flush_out(hs);
 		if (rc == -EAGAIN) {
 			hs->events = POLLOUT;
@@ -360,7 +360,8 @@ int cx_hs_step(struct cx_hs *hs)
 				continue;
 			}
 			if (rc < 0)
-				return finish(hs, cx_err_prefix(rc, "handshake"));
+				return finish(hs,
+					      cx_err_prefix(rc, "handshake"));
 			rc = judge_hello(hs);
 			if (rc < 0) {
 				refuse(hs, rc, "");
@@ -403,11 +404,15 @@ int cx_hs_run(struct cx_hs *hs, int watch_fd)
 			return finish(hs, cx_err(-errno, "handshake: poll: %s",
 						 strerror(errno)));
 		if (n > 0 && watch_fd >= 0 && p[1].revents)
-			return finish(hs, cx_err(-ECHILD,
-						 "handshake: the watched fd became readable"));
+			return finish(
+				hs,
+				cx_err(-ECHILD,
+				       "handshake: the watched fd became readable"));
 		if (n == 0 && ms == 0)
-			return finish(hs, cx_err(-ETIMEDOUT,
-						 "handshake: timed out waiting for the peer"));
+			return finish(
+				hs,
+				cx_err(-ETIMEDOUT,
+				       "handshake: timed out waiting for the peer"));
 	}
 }
 

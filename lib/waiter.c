@@ -13,9 +13,9 @@
 #include "error.h"
 #include "waiter.h"
 
-#define CX_WATCH_MASK                                                \
-	(IN_CREATE | IN_MOVED_TO | IN_ATTRIB | IN_DELETE_SELF |      \
-	 IN_MOVE_SELF | IN_ONLYDIR)
+#define CX_WATCH_MASK                                                          \
+	(IN_CREATE | IN_MOVED_TO | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | \
+	 IN_ONLYDIR)
 
 void cx_waiter_init(struct cx_waiter *w, const char *path)
 {
