@@ -145,7 +145,8 @@ static void queue_verdict(struct cx_hs *hs, int status, const char *reason)
 	cx_put32(p + CX_HDR, (uint32_t)status);
 	cx_put16(p + CX_HDR + 4, CX_ACK_HELLO);
 	cx_put16(p + CX_HDR + 6, (uint16_t)rlen);
-	memcpy(p + CX_HDR + CX_ACK_LEN, reason, rlen);
+	if (rlen)
+		memcpy(p + CX_HDR + CX_ACK_LEN, reason, rlen);
 	hs->olen += CX_HDR + CX_ACK_LEN + rlen;
 }
 

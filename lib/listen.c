@@ -229,8 +229,7 @@ static int listen_at(int fd, const char *path, const struct cprxfer_opts *o,
 
 static void listener_free(cprxfer_listener *l)
 {
-	cx_accept_drop_pending(l);
-	free(l->pending);
+	cx_accept_fini(l);
 	cx_close(l->fd);
 	free(l->path);
 	free(l);
@@ -253,7 +252,7 @@ CX_EXPORT int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 	l = calloc(1, sizeof(*l));
 	if (!l)
 		return cx_err(-ENOMEM, "cprxfer_listen: out of memory");
-	l->fd = -1;
+	l->fd = l->epfd = l->tfd = -1;
 	l->path = strdup(path);
 	if (!l->path)
 		return cx_err(-ENOMEM, "cprxfer_listen: out of memory");
@@ -262,6 +261,9 @@ CX_EXPORT int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 	if (l->fd < 0)
 		return cx_err(-errno, "cprxfer_listen: socket: %s",
 			      strerror(errno));
+	rc = cx_accept_init(l);
+	if (rc < 0)
+		return rc;
 	rc = listen_at(l->fd, path, &l->o, &st);
 	if (rc < 0)
 		return rc;
@@ -274,6 +276,13 @@ CX_EXPORT int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 CX_EXPORT int cprxfer_listen(const char *path, cprxfer_listener **out)
 {
 	return cprxfer_listen_opts(path, NULL, out);
+}
+
+CX_EXPORT int cprxfer_listener_fd(const cprxfer_listener *l)
+{
+	if (!l)
+		return cx_err(-EINVAL, "cprxfer_listener_fd: NULL listener");
+	return l->epfd;
 }
 
 CX_EXPORT void cprxfer_listener_close(cprxfer_listener *l)

@@ -10,6 +10,7 @@
 #ifndef CX_RENDEZVOUS_H
 #define CX_RENDEZVOUS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -28,6 +29,14 @@ struct cprxfer_listener {
 	/* Handshakes in progress, owned here across accept calls. */
 	struct cx_pending **pending;
 	size_t npending;
+	/*
+	 * cprxfer_listener_fd(): an epoll instance holding fd (while a
+	 * handshake slot is free), every pending handshake's socket and
+	 * tfd, a timerfd armed at the earliest handshake deadline.
+	 */
+	int epfd;
+	int tfd;
+	bool listening; /* fd is in epfd's interest list */
 };
 
 /* Milliseconds left until deadline (ns; INT64_MAX: none): -1 forever. */
@@ -42,8 +51,13 @@ int cx_fill_addr(struct sockaddr_un *sa, const char *path, const char *what);
 /* What a mode_t is, in words ("a regular file", "a FIFO", ...). */
 const char *cx_kind_of(mode_t m);
 
-/* Close every handshake the listener holds (listener_close). */
-void cx_accept_drop_pending(struct cprxfer_listener *l);
+/*
+ * Make the listener's epoll and timer fds and its pending table (after
+ * l->fd exists); 0 or -errno. cx_accept_fini() undoes it and closes
+ * every pending handshake (listener_close).
+ */
+int cx_accept_init(struct cprxfer_listener *l);
+void cx_accept_fini(struct cprxfer_listener *l);
 
 /*
  * Connect to the listener at path and complete the handshake: waits up

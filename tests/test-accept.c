@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,6 +190,86 @@ static void test_accept_drops_expired_handshakes(void **state)
 	cprxfer_listener_close(l);
 }
 
+/* ---- the event-loop form: cprxfer_listener_fd + accept(l, 0) ------- */
+
+static void test_listener_fd_event_loop_never_blocks(void **state)
+{
+	cprxfer_opts *o = cprxfer_opts_new();
+	struct peer good = { .want = 0 };
+	cprxfer_listener *l;
+	cprxfer_channel *ch = NULL;
+	int silent[2], lfd, i, accepted = 0, wakeups = 0, rc;
+	int64_t t0, longest = 0;
+	pid_t pids[3];
+	char buf[256];
+
+	snprintf(good.path, sizeof(good.path), "%s/loop.sock", dir);
+	assert_int_equal(cprxfer_opts_set_timeout(o, 300), 0);
+	assert_int_equal(cprxfer_listen_opts(good.path, o, &l), 0);
+	cprxfer_opts_free(o);
+	assert_int_equal(cprxfer_listener_fd(NULL), -EINVAL);
+	lfd = cprxfer_listener_fd(l);
+	assert_true(lfd >= 0);
+	assert_true(fcntl(lfd, F_GETFD) & FD_CLOEXEC);
+	/* Nothing there: not readable, and accept(0) says so at once. */
+	{
+		struct pollfd p = { .fd = lfd, .events = POLLIN };
+
+		assert_int_equal(poll(&p, 1, 0), 0);
+	}
+	assert_int_equal(cprxfer_accept(l, 0, &ch), -EAGAIN);
+	for (i = 0; i < 2; i++) {
+		silent[i] = raw_connect(good.path);
+		assert_true(silent[i] >= 0);
+	}
+	for (i = 0; i < 3; i++) {
+		pids[i] = tu_fork(connector, &good);
+		assert_true(pids[i] > 0);
+	}
+	/* The loop: poll the fd, then accept without blocking. */
+	t0 = tu_now_ms();
+	while (tu_now_ms() - t0 < 5000) {
+		struct pollfd p = { .fd = lfd, .events = POLLIN };
+		bool gone = true;
+
+		for (i = 0; i < 2; i++) {
+			struct pollfd q = { .fd = silent[i], .events = POLLIN };
+
+			/* Our HELLO is there; EOF once the listener dropped us. */
+			gone = gone && poll(&q, 1, 0) == 1 &&
+			       recv(silent[i], buf, sizeof(buf),
+				    MSG_DONTWAIT | MSG_PEEK) > 0 &&
+			       (q.revents & POLLHUP);
+		}
+		if (accepted == 3 && gone)
+			break;
+		assert_true(poll(&p, 1, 2000) >= 0);
+		wakeups++;
+		for (;;) {
+			int64_t c0 = tu_now_ms();
+
+			rc = cprxfer_accept(l, 0, &ch);
+			if (tu_now_ms() - c0 > longest)
+				longest = tu_now_ms() - c0;
+			if (rc != 0)
+				break;
+			accepted++;
+			cprxfer_channel_close(ch);
+		}
+		assert_int_equal(rc, -EAGAIN);
+	}
+	printf("# 3 peers accepted, 2 silent ones dropped: %d wakeups, longest accept(0) %lld ms\n",
+	       wakeups, (long long)longest);
+	assert_int_equal(accepted, 3);
+	assert_true(wakeups < 40);
+	assert_true(longest < 100);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(tu_wait(pids[i]), 0);
+	for (i = 0; i < 2; i++)
+		close(silent[i]);
+	cprxfer_listener_close(l);
+}
+
 /* ---- item 7: credentials judged before the first receive ------------ */
 
 struct evil {
@@ -203,6 +284,7 @@ static int evil_listener(void *arg)
 	char buf[4096];
 	int lfd, fd, nul;
 
+	alarm(10); /* never outlive a failed test */
 	if (drop_to(NOBODY) < 0)
 		return 2;
 	nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -348,6 +430,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		tu_test(test_accept_bounded_with_silent_peers),
 		tu_test(test_accept_drops_expired_handshakes),
+		tu_test(test_listener_fd_event_loop_never_blocks),
 		tu_test(test_unauthenticated_fds_never_installed),
 		tu_test(test_handshake_fds_refused),
 		tu_test(test_socket_mode_lets_allowed_uid_connect),

@@ -128,6 +128,11 @@ int cprxfer_listen(const char *path, cprxfer_listener **out);
 int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 			cprxfer_listener **out);
 int cprxfer_accept(cprxfer_listener *l, int timeout_ms, cprxfer_channel **out);
+/*
+ * For an event loop: an fd that is readable when cprxfer_accept(l, 0,
+ * ...) can make progress; that call never blocks (-EAGAIN: not yet).
+ */
+int cprxfer_listener_fd(const cprxfer_listener *l);
 void cprxfer_listener_close(cprxfer_listener *l);
 
 /* outgoing (old process) */
