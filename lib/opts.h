@@ -3,6 +3,7 @@
 #ifndef CX_OPTS_H
 #define CX_OPTS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -22,8 +23,9 @@ struct cprxfer_opts {
 	unsigned nuids;
 	pid_t pids[CX_ALLOW_MAX];
 	unsigned npids;
-	mode_t socket_mode; /* a listener's socket: 0600 by default */
-	gid_t socket_gid;   /* its group; (gid_t)-1: left as created */
+	mode_t socket_mode;  /* a listener's socket: 0600 by default */
+	gid_t socket_gid;    /* its group; (gid_t)-1: left as created */
+	bool allow_file_ram; /* a peer's RAM may be a file, not a memfd */
 };
 
 /* Fill o with the documented defaults. */

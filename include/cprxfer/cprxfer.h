@@ -117,6 +117,13 @@ int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid);
  */
 int cprxfer_opts_set_socket_mode(cprxfer_opts *o, mode_t mode);
 int cprxfer_opts_set_socket_group(cprxfer_opts *o, gid_t gid);
+/*
+ * Let a loader accept RAM regions a peer sends as a file or dax device,
+ * not only as a memfd sealed against shrinking (allow: 1; default 0).
+ * This trusts the peer and every writer of the file not to truncate it:
+ * a truncation is a SIGBUS in the process that maps the region.
+ */
+int cprxfer_opts_allow_file_ram(cprxfer_opts *o, int allow);
 
 /* ---- channel: a connected unix socket with a handshake ------------- */
 
