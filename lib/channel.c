@@ -57,7 +57,7 @@ int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 {
 	cx_autoclose int fd = sockfd;
 	cx_autofree cprxfer_channel *ch = NULL;
-	struct sockaddr_storage sa;
+	struct sockaddr_storage sa = { 0 };
 	socklen_t salen = sizeof(sa);
 	struct ucred cred;
 	socklen_t len;

@@ -240,6 +240,7 @@ CX_EXPORT int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 				  cprxfer_listener **out)
 {
 	cx_auto(cprxfer_listener) *l = NULL;
+	cx_autofree char *name = NULL;
 	struct sockaddr_un sa;
 	struct stat st;
 	int rc;
@@ -249,13 +250,14 @@ CX_EXPORT int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 	rc = cx_fill_addr(&sa, path, "cprxfer_listen");
 	if (rc < 0)
 		return rc;
+	name = strdup(path);
+	if (!name)
+		return cx_err(-ENOMEM, "cprxfer_listen: out of memory");
 	l = calloc(1, sizeof(*l));
 	if (!l)
 		return cx_err(-ENOMEM, "cprxfer_listen: out of memory");
 	l->fd = l->epfd = l->tfd = -1;
-	l->path = strdup(path);
-	if (!l->path)
-		return cx_err(-ENOMEM, "cprxfer_listen: out of memory");
+	l->path = cx_steal_ptr(&name);
 	cx_opts_copy(&l->o, o);
 	l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (l->fd < 0)
