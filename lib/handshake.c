@@ -16,8 +16,10 @@
  * frame is discarded by the kernel uninstalled (MSG_CTRUNC) and fails
  * the handshake with -EPROTO.
  */
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -55,22 +57,54 @@ static inline void hook(int fd, int op, size_t *len)
 }
 
 /*
- * Is the process that connected still the one with pid? 1 yes (or the
- * kernel cannot tell: SO_PEERCRED alone then), 0 no.
+ * The pid the pidfd pfd names now, from /proc/self/fdinfo (kernels
+ * before PIDFD_GET_INFO): the pid, -1 if the process is gone, or -2 if
+ * this cannot be read.
+ */
+static pid_t fdinfo_pid(int pfd)
+{
+	char path[64], line[128];
+	cx_autoclose int fd = -1;
+	ssize_t n;
+	char *p;
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", pfd);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -2;
+	n = read(fd, line, sizeof(line) - 1);
+	if (n <= 0)
+		return -2;
+	line[n] = 0;
+	p = strstr(line, "\nPid:");
+	if (!p)
+		return -2;
+	return (pid_t)strtol(p + 5, NULL, 10);
+}
+
+/*
+ * Is the process that connected still alive, with pid? 1 yes, or the
+ * kernel cannot tell (before SO_PEERPIDFD: SO_PEERCRED alone decides);
+ * 0 no: it exited, and its pid may name another process by now.
  */
 static int peer_still_is(int sock, pid_t pid)
 {
 	struct cx_pidfd_info info = { .mask = CX_PIDFD_INFO_PID };
 	socklen_t len = sizeof(int);
 	cx_autoclose int pfd = -1;
+	pid_t now;
 
 	if (getsockopt(sock, SOL_SOCKET, SO_PEERPIDFD, &pfd, &len) < 0) {
 		pfd = -1;
-		return errno == ENOPROTOOPT || errno == EINVAL;
+		return errno == ENOPROTOOPT;
 	}
-	if (ioctl(pfd, CX_PIDFD_GET_INFO, &info) < 0)
-		return errno == ENOTTY || errno == EINVAL || errno == ENOSYS;
-	return (pid_t)info.pid == pid;
+	if (ioctl(pfd, CX_PIDFD_GET_INFO, &info) == 0)
+		return (pid_t)info.pid == pid;
+	if (errno == ESRCH)
+		return 0;
+	/* No PIDFD_GET_INFO (before 6.13), or a filter forbids ioctl. */
+	now = fdinfo_pid(pfd);
+	return now == -2 || now == pid;
 }
 
 /* Judge the peer's kernel credentials: 0 or -EPERM with the reason. */

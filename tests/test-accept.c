@@ -467,6 +467,82 @@ static void test_handshake_fds_refused(void **state)
 	close(nul);
 }
 
+/* ---- a peer allowed by pid: judged through its pidfd ---------------- */
+
+struct pid_peer {
+	char path[108];
+	int go[2];	 /* the parent says when to connect */
+	bool exit_early; /* connect raw, then exit before being judged */
+};
+
+static int pid_peer(void *arg)
+{
+	struct pid_peer *p = arg;
+	char c;
+
+	alarm(10);
+	close(p->go[1]);
+	if (drop_to(NOBODY) < 0)
+		return 2;
+	if (read(p->go[0], &c, 1) != 1)
+		return 3;
+	if (p->exit_early)
+		return raw_connect(p->path) >= 0 ? 0 : 4;
+	{
+		struct peer q = { .want = 0 };
+
+		snprintf(q.path, sizeof(q.path), "%s", p->path);
+		return connector(&q);
+	}
+}
+
+static void test_allowed_pid_judged_by_pidfd(void **state)
+{
+	cprxfer_opts *o = cprxfer_opts_new();
+	struct pid_peer p = { .exit_early = false };
+	cprxfer_listener *l;
+	cprxfer_channel *ch = NULL;
+	pid_t pid, peer;
+	int round;
+
+	if (geteuid() != 0)
+		skip();
+	assert_int_equal(chmod(dir, 0711), 0);
+	snprintf(p.path, sizeof(p.path), "%s/bypid.sock", dir);
+	for (round = 0; round < 2; round++) {
+		p.exit_early = round == 1;
+		assert_int_equal(pipe2(p.go, O_CLOEXEC), 0);
+		pid = tu_fork(pid_peer, &p);
+		assert_true(pid > 0);
+		close(p.go[0]);
+		assert_int_equal(cprxfer_opts_allow_pid(o, pid), 0);
+		assert_int_equal(cprxfer_opts_set_socket_mode(o, 0666), 0);
+		assert_int_equal(cprxfer_listen_opts(p.path, o, &l), 0);
+		assert_int_equal(write(p.go[1], "x", 1), 1);
+		close(p.go[1]);
+		if (!p.exit_early) {
+			/* Alive: accepted although its uid is not ours. */
+			assert_int_equal(cprxfer_accept(l, 5000, &ch), 0);
+			assert_int_equal(
+				cprxfer_channel_peer(ch, &peer, NULL, NULL), 0);
+			assert_int_equal(peer, pid);
+			cprxfer_channel_close(ch);
+			ch = NULL;
+			assert_int_equal(tu_wait(pid), 0);
+		} else {
+			/* Gone (and reaped) before we judge it: refused. */
+			assert_int_equal(tu_wait(pid), 0);
+			assert_int_equal(cprxfer_accept(l, 1000, &ch), -EPERM);
+			assert_null(ch);
+			assert_non_null(strstr(cprxfer_errmsg(), "exited"));
+			print_message("# %s\n", cprxfer_errmsg());
+		}
+		cprxfer_listener_close(l);
+	}
+	cprxfer_opts_free(o);
+	assert_int_equal(chmod(dir, 0700), 0);
+}
+
 /* ---- item 10: the socket's mode and group --------------------------- */
 
 static void test_socket_mode_lets_allowed_uid_connect(void **state)
@@ -536,6 +612,7 @@ int main(void)
 		tu_test(test_unauthenticated_fds_never_installed),
 		tu_test(test_unauthenticated_fds_never_installed_socketpair),
 		tu_test(test_handshake_fds_refused),
+		tu_test(test_allowed_pid_judged_by_pidfd),
 		tu_test(test_socket_mode_lets_allowed_uid_connect),
 	};
 
