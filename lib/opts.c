@@ -150,6 +150,17 @@ CX_EXPORT int cprxfer_opts_set_socket_group(cprxfer_opts *o, gid_t gid)
 	return 0;
 }
 
+CX_EXPORT int cprxfer_opts_set_exec_fallback(cprxfer_opts *o, const char *path,
+					     char *const argv[])
+{
+	if (!o)
+		return cx_err(-EINVAL,
+			      "cprxfer_opts_set_exec_fallback: NULL options");
+	o->exec_path = path;
+	o->exec_argv = argv;
+	return 0;
+}
+
 CX_EXPORT int cprxfer_opts_allow_file_ram(cprxfer_opts *o, int allow)
 {
 	if (!o)
