@@ -31,6 +31,8 @@
 #include "channel.h"
 #include "cleanup.h"
 #include "error.h"
+#include "handshake.h"
+#include "rendezvous.h"
 #include "successor.h"
 
 extern char **environ;
@@ -259,7 +261,7 @@ CX_EXPORT int cprxfer_successor_channel(cprxfer_successor *s,
 		return cx_err(
 			-EINVAL,
 			"cprxfer_successor_channel: NULL successor or output");
-	if (s->sock < 0)
+	if (s->sock < 0 || s->ch)
 		return cx_err(
 			-EALREADY,
 			"cprxfer_successor_channel: the successor's socket was already taken");
@@ -267,12 +269,45 @@ CX_EXPORT int cprxfer_successor_channel(cprxfer_successor *s,
 	if (rc < 0)
 		return cx_err_prefix(rc, "cprxfer_successor_channel");
 	rc = attach(s, ch);
-	if (rc == 0)
-		rc = cx_handshake(ch);
+	if (rc == 0) {
+		struct cx_hs hs;
+
+		/* The handshake ends at once if the successor dies. */
+		cx_hs_start(&hs, ch);
+		rc = cx_hs_run(&hs, ch->io.watch_fd);
+	}
 	if (rc < 0) {
 		rc = death_or(s, rc);
 		cprxfer_channel_close(ch);
 		return cx_err_prefix(rc, "cprxfer_successor_channel");
+	}
+	*out = ch;
+	return 0;
+}
+
+CX_EXPORT int cprxfer_successor_connect(cprxfer_successor *s, const char *path,
+					int timeout_ms, cprxfer_channel **out)
+{
+	cprxfer_channel *ch;
+	int rc;
+
+	if (!s || !path || !out)
+		return cx_err(
+			-EINVAL,
+			"cprxfer_successor_connect: NULL successor, path or output");
+	if (s->ch)
+		return cx_err(
+			-EALREADY,
+			"cprxfer_successor_connect: the successor has a channel already");
+	/* Waiting for its listener ends at once if it dies meanwhile. */
+	rc = cx_connect(path, timeout_ms, &s->o, s->pidfd, &ch);
+	if (rc < 0)
+		return cx_err_prefix(death_or(s, rc),
+				     "cprxfer_successor_connect");
+	rc = attach(s, ch);
+	if (rc < 0) {
+		cprxfer_channel_close(ch);
+		return cx_err_prefix(rc, "cprxfer_successor_connect");
 	}
 	*out = ch;
 	return 0;

@@ -218,6 +218,70 @@ static void test_successor_abort(void **u)
 	close(efd);
 }
 
+/*
+ * A successor that listens on a path and crashes before it listens:
+ * the connect ends at once, not after its 10 s (077bcd1: a plain
+ * cprxfer_connect waited the whole timeout).
+ */
+static void test_successor_crash_before_listening_ends_connect_at_once(void **u)
+{
+	int efd = eventfd(0, EFD_CLOEXEC);
+	cprxfer_successor *s = spawn("crash", efd);
+	cprxfer_channel *ch = NULL;
+	pid_t pid = cprxfer_successor_pid(s);
+	char *dir = tu_tmpdir(), path[256];
+	int64_t t0 = tu_now_ms(), ms;
+
+	snprintf(path, sizeof(path), "%s/never.sock", dir);
+	assert_int_equal(cprxfer_successor_connect(s, path, 10000, &ch),
+			 -ECHILD);
+	ms = tu_now_ms() - t0;
+	print_message("crash before listening: -ECHILD after %lld ms: %s\n",
+		      (long long)ms, cprxfer_errmsg());
+	assert_null(ch);
+	assert_true(ms < 1000);
+	assert_non_null(strstr(cprxfer_errmsg(), "killed by signal 11"));
+	cprxfer_successor_free(s);
+	assert_reaped(pid);
+	tu_rmdir(dir);
+	free(dir);
+	close(efd);
+}
+
+/* The whole handoff by path, to a successor that listens. */
+static void test_successor_connect_by_path(void **u)
+{
+	int efd = eventfd(0, EFD_CLOEXEC);
+	char *dir = tu_tmpdir(), path[256];
+	cprxfer_successor *s;
+	cprxfer_state *st = small_state();
+	cprxfer_channel *ch;
+	pid_t pid;
+	int status;
+
+	snprintf(path, sizeof(path), "%s/successor.sock", dir);
+	setenv("CX_TEST_LISTEN_PATH", path, 1);
+	s = spawn("listen", efd);
+	unsetenv("CX_TEST_LISTEN_PATH");
+	pid = cprxfer_successor_pid(s);
+	assert_int_equal(cprxfer_successor_connect(s, path, 10000, &ch), 0);
+	assert_int_equal(cprxfer_successor_connect(s, path, 10000, &ch),
+			 -EALREADY);
+	assert_int_equal(cprxfer_successor_connect(NULL, path, 0, &ch),
+			 -EINVAL);
+	assert_int_equal(cprxfer_save(ch, st), 0);
+	assert_int_equal(cprxfer_wait_ack(ch, 10000), 0);
+	assert_int_equal(cprxfer_commit(ch), 0);
+	cprxfer_channel_close(ch);
+	cprxfer_successor_free(s);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	cprxfer_state_free(st);
+	tu_rmdir(dir);
+	free(dir);
+	close(efd);
+}
+
 static void test_inherit_refuses_what_is_not_ours(void **u)
 {
 	cprxfer_channel *ch = NULL;
@@ -275,6 +339,8 @@ int main(void)
 		tu_test(test_successor_free_uncommitted_kills),
 		tu_test(test_successor_commit_lets_it_go),
 		tu_test(test_successor_abort),
+		tu_test(test_successor_crash_before_listening_ends_connect_at_once),
+		tu_test(test_successor_connect_by_path),
 		tu_test(test_inherit_refuses_what_is_not_ours),
 		tu_test(test_spawn_bad_arguments),
 	};

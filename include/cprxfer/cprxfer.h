@@ -214,6 +214,9 @@ int cprxfer_spawn(const char *path, char *const argv[], char *const envp[],
 int cprxfer_inherit(const cprxfer_opts *o, cprxfer_channel **out);
 /* In the starter: the channel to the successor (handshake done). */
 int cprxfer_successor_channel(cprxfer_successor *s, cprxfer_channel **out);
+/* Or connect to the successor's listener at path (cprxfer_connect). */
+int cprxfer_successor_connect(cprxfer_successor *s, const char *path,
+			      int timeout_ms, cprxfer_channel **out);
 pid_t cprxfer_successor_pid(const cprxfer_successor *s);
 /* The successor's pidfd, owned by s: poll it, do not close it. */
 int cprxfer_successor_pidfd(const cprxfer_successor *s);
