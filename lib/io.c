@@ -105,6 +105,7 @@ static int io_wait(struct cx_io *io, short events, short *revents)
 	}
 }
 
+#ifdef CX_TEST_HOOKS
 void (*cx_io_fault_hook)(int fd, int op, size_t *len);
 
 static inline void hook(int fd, int op, size_t *len)
@@ -112,6 +113,12 @@ static inline void hook(int fd, int op, size_t *len)
 	if (cx_io_fault_hook)
 		cx_io_fault_hook(fd, op, len);
 }
+#else
+/* Release builds (the installed libraries) have no hook. */
+static inline void hook(int fd, int op, size_t *len)
+{
+}
+#endif
 
 static int timeout_err(const char *what)
 {

@@ -83,6 +83,8 @@ enum {
 	CX_HOOK_RECV,
 	CX_HOOK_RECVD
 };
+#ifdef CX_TEST_HOOKS /* only in the tests' copy of the library */
 extern void (*cx_io_fault_hook)(int fd, int op, size_t *len);
+#endif
 
 #endif

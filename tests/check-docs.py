@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 """Every exported function has a reference page and a test.
 
-For each function in the global list of lib/libcprxfer.sym:
+For each function in the public version nodes of lib/libcprxfer.sym and
+lib/libcprxfer-seccomp.sym (not the *_PRIVATE ones):
   - docs/ref/<name>.md exists and has the sections SYNOPSIS, DESCRIPTION,
     RETURN VALUE and EXAMPLE;
   - the name is used (outside comments and string literals) by a test
@@ -29,10 +30,13 @@ def read(path):
 
 
 def exported():
-    text = read(os.path.join(root, 'lib', 'libcprxfer.sym'))
-    m = re.search(r'global:(.*?)local:', text, re.S)
-    return sorted(set(re.findall(r'\b(cprxfer_\w+)\s*;',
-                                 m.group(1) if m else text)))
+    names = set()
+    for sym in ('libcprxfer.sym', 'libcprxfer-seccomp.sym'):
+        text = read(os.path.join(root, 'lib', sym))
+        for m in re.finditer(r'^([\w.]+)\s*\{(.*?)\}', text, re.M | re.S):
+            if not m.group(1).endswith('_PRIVATE'):
+                names |= set(re.findall(r'\b(cprxfer_\w+)\s*;', m.group(2)))
+    return sorted(names)
 
 
 def strip_c(text):
