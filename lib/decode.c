@@ -234,6 +234,7 @@ static int on_fds(struct dec *d, const struct cx_frame *f)
  *   decode_bytes      CPRXFER_TYPE_BLOB, CPRXFER_TYPE_STR
  *   decode_fd         CPRXFER_TYPE_FD
  *   decode_ram        CPRXFER_TYPE_RAM
+ *   decode_fd_array   CPRXFER_TYPE_FDS
  *   decode_unknown    any other type: skipped, or refused if critical
  *
  * A decode function reads the value, checks it, claims its fds and
@@ -397,6 +398,73 @@ static int decode_ram(struct dec *d, struct rec *r)
 	return 0;
 }
 
+/* n fds owned together: each closed, then the array freed. */
+struct fdvec {
+	int *fds;
+	size_t n;
+};
+
+static void fdvec_clear(struct fdvec *v)
+{
+	if (v->fds)
+		cx_close_all(v->fds, v->n);
+	free(v->fds);
+	v->fds = NULL;
+}
+
+/* Claim the n fds an array names: the next ones, in order. */
+static int claim_fds(struct dec *d, const char *name, uint32_t first,
+		     uint32_t n, struct fdvec *v)
+{
+	if (first != d->fds_claimed || n > d->fds_announced - d->fds_claimed)
+		return cx_err(
+			-EBADMSG,
+			"record '%s': names %u fds from fd %u, expected fd %llu with %llu announced",
+			name, n, first, (unsigned long long)d->fds_claimed,
+			(unsigned long long)d->fds_announced);
+	/* Bounded: n fds were announced, within the loader's fd limit. */
+	v->fds = malloc(n ? (size_t)n * sizeof(int) : 1);
+	if (!v->fds)
+		return cx_err(-ENOMEM, "record '%s': out of memory for %u fds",
+			      name, n);
+	for (v->n = 0; v->n < n; v->n++) {
+		v->fds[v->n] = cx_io_take_fd(d->io);
+		if (v->fds[v->n] < 0)
+			return cx_err(
+				-EBADMSG,
+				"record '%s': fd %llu announced but never arrived",
+				name, (unsigned long long)(first + v->n));
+		d->fds_claimed++;
+	}
+	return 0;
+}
+
+/* fd array: u32 count, u32 index of its first fd (CX_FDA_LEN). */
+static int decode_fd_array(struct dec *d, struct rec *r)
+{
+	uint8_t v[CX_FDA_LEN];
+	__attribute__((cleanup(fdvec_clear))) struct fdvec fds = { 0 };
+	struct cx_entry *x;
+	int rc;
+
+	rc = rtake(d, r, v, sizeof(v));
+	if (rc < 0)
+		return rc;
+	if (d->mode == CX_MODE_FILE)
+		return cx_err(-EBADMSG, "record '%s': fd array in a state file",
+			      r->name);
+	rc = claim_fds(d, r->name, cx_get32(v + 4), cx_get32(v), &fds);
+	if (rc < 0)
+		return rc;
+	rc = add_entry(d, r, &x);
+	if (rc < 0)
+		return rc;
+	x->v.fda.fds = cx_steal_ptr(&fds.fds);
+	x->v.fda.n = fds.n;
+	x->owns_fd = true;
+	return 0;
+}
+
 /* A type this version lacks: a later version's optional record is
  * skipped; one marked critical is refused. */
 static int decode_unknown(struct dec *d, struct rec *r)
@@ -427,6 +495,8 @@ static const struct rec_type rec_types[] = {
 	[CPRXFER_TYPE_FD] = { "fd", 4, 4, decode_fd },
 	[CPRXFER_TYPE_RAM] = { "RAM", CX_RAM_LEN, CX_RAM_LEN + PATH_MAX - 1,
 			       decode_ram },
+	[CPRXFER_TYPE_FDS] = { "fd array", CX_FDA_LEN, CX_FDA_LEN,
+			       decode_fd_array },
 };
 
 static const struct rec_type unknown_type = { "unknown", 0, UINT64_MAX,

@@ -64,6 +64,8 @@ static size_t value_len(const struct cx_entry *x)
 		return 4;
 	case CPRXFER_TYPE_RAM:
 		return CX_RAM_LEN + (x->v.ram.path ? strlen(x->v.ram.path) : 0);
+	case CPRXFER_TYPE_FDS:
+		return CX_FDA_LEN;
 	}
 	return 0;
 }
@@ -73,39 +75,53 @@ static uint64_t fds_frame_len(const struct enc *e, size_t n)
 	return CX_FDS_HDR + (e->mode == CX_MODE_EXEC ? 4 * n : 0);
 }
 
+/* Check one entry's fds against what the mode can carry. */
+static int plan_entry(const struct enc *e, const struct cx_entry *x,
+		      size_t *nfds)
+{
+	const int *fds;
+	size_t n = cx_entry_fds(x, &fds), k;
+
+	if ((x->type == CPRXFER_TYPE_FD && x->v.fd < 0) ||
+	    (x->type == CPRXFER_TYPE_FDS && !x->v.fda.fds))
+		return cx_err(-EBADF, "record '%s': its fd was taken", x->name);
+	if (!n && x->type != CPRXFER_TYPE_FDS)
+		return 0;
+	if (e->mode == CX_MODE_FILE && x->type != CPRXFER_TYPE_RAM)
+		return cx_err(
+			-EOPNOTSUPP,
+			"record '%s': an fd cannot be saved to a file (it would not survive a reboot)",
+			x->name);
+	if (e->mode == CX_MODE_FILE && !x->v.ram.path)
+		return cx_err(
+			-EOPNOTSUPP,
+			"record '%s': RAM on a memfd cannot be saved to a file; use cprxfer_ram_open_file",
+			x->name);
+	/* On a socket, sendmsg() checks the fds for us (see emit_fds);
+	 * exec mode has no such check. */
+	for (k = 0; e->mode == CX_MODE_EXEC && k < n; k++)
+		if (fcntl(fds[k], F_GETFD) < 0)
+			return cx_err(-EBADF, "record '%s': fd %d is not open",
+				      x->name, fds[k]);
+	if (e->mode != CX_MODE_FILE)
+		*nfds += n;
+	return 0;
+}
+
 /* Check what the mode can carry and gather the fds in order. */
 static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 {
 	size_t i, nfds = 0;
 	uint64_t b = 2 * CX_HDR + CX_BEGIN_LEN + CX_END_LEN;
+	int rc;
 
 	for (i = 0; i < st->n; i++) {
 		const struct cx_entry *x = &st->e[i];
-		int fd = cx_entry_fd(x);
 
 		b += CX_HDR + CX_REC_HDR + x->name_len + value_len(x);
-		if (x->type == CPRXFER_TYPE_FD && fd < 0)
-			return cx_err(-EBADF, "record '%s': its fd was taken",
-				      x->name);
-		if (fd < 0)
-			continue;
-		if (e->mode == CX_MODE_FILE && x->type == CPRXFER_TYPE_FD)
-			return cx_err(
-				-EOPNOTSUPP,
-				"record '%s': an fd cannot be saved to a file (it would not survive a reboot)",
-				x->name);
-		if (e->mode == CX_MODE_FILE && !x->v.ram.path)
-			return cx_err(
-				-EOPNOTSUPP,
-				"record '%s': RAM on a memfd cannot be saved to a file; use cprxfer_ram_open_file",
-				x->name);
-		/* On a socket, sendmsg() checks the fds for us (see
-		 * emit_fds); exec mode has no such check. */
-		if (e->mode == CX_MODE_EXEC && fcntl(fd, F_GETFD) < 0)
-			return cx_err(-EBADF, "record '%s': fd %d is not open",
-				      x->name, fd);
-		if (e->mode != CX_MODE_FILE)
-			nfds++;
+		rc = plan_entry(e, x, &nfds);
+		if (rc < 0)
+			return rc;
 	}
 	if (nfds) {
 		e->fds = malloc(nfds * sizeof(int));
@@ -113,10 +129,12 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 			return cx_err(-ENOMEM,
 				      "save: out of memory for %zu fds", nfds);
 		for (i = 0; i < st->n; i++) {
-			int fd = cx_entry_fd(&st->e[i]);
+			const int *fds;
+			size_t n = cx_entry_fds(&st->e[i], &fds);
 
-			if (fd >= 0)
-				e->fds[e->nfds++] = fd;
+			if (n)
+				memcpy(e->fds + e->nfds, fds, n * sizeof(int));
+			e->nfds += n;
 		}
 	}
 	for (i = 0; i < nfds; i += CX_FDS_BATCH) {
@@ -135,14 +153,17 @@ static int bad_fd(const struct enc *e, size_t first, size_t n)
 
 	for (i = 0; i < e->st->n; i++) {
 		const struct cx_entry *x = &e->st->e[i];
-		int fd = cx_entry_fd(x);
-		size_t k;
+		const int *fds;
+		size_t nx = cx_entry_fds(x, &fds), j, k;
 
-		for (k = first; fd >= 0 && k < first + n; k++)
-			if (e->fds[k] == fd && fcntl(fd, F_GETFD) < 0)
-				return cx_err(-EBADF,
-					      "record '%s': fd %d is not open",
-					      x->name, fd);
+		for (j = 0; j < nx; j++)
+			for (k = first; k < first + n; k++)
+				if (e->fds[k] == fds[j] &&
+				    fcntl(fds[j], F_GETFD) < 0)
+					return cx_err(
+						-EBADF,
+						"record '%s': fd %d is not open",
+						x->name, fds[j]);
 	}
 	return cx_err(-EBADF, "sendmsg: an fd of the batch is not open");
 }
@@ -187,11 +208,15 @@ static int emit_fds(struct enc *e)
 static int emit_record(struct enc *e, const struct cx_entry *x, size_t *fdi)
 {
 	uint8_t h[CX_REC_HDR + CPRXFER_NAME_MAX], v[CX_RAM_LEN];
-	size_t vlen = value_len(x);
+	size_t vlen = value_len(x), nfds = 0;
 	const void *val = v;
+	const int *fds;
 	int rc;
 
-	if (cx_entry_fd(x) >= 0 && e->mode != CX_MODE_FILE && *fdi == e->sent) {
+	if (e->mode != CX_MODE_FILE)
+		nfds = cx_entry_fds(x, &fds);
+	/* Every fd the record claims is announced before it. */
+	while (e->sent < *fdi + nfds) {
 		rc = emit_fds(e);
 		if (rc < 0)
 			return rc;
@@ -200,7 +225,9 @@ static int emit_record(struct enc *e, const struct cx_entry *x, size_t *fdi)
 	if (rc < 0)
 		return rc;
 	h[0] = x->type;
-	h[1] = 0;
+	/* Arrays are newer than the format: a reader without them must
+	 * refuse the stream, not load it without the fds. */
+	h[1] = x->type == CPRXFER_TYPE_FDS ? CX_REC_CRITICAL : 0;
 	h[2] = x->name_len;
 	h[3] = 0;
 	memcpy(h + CX_REC_HDR, x->name, x->name_len);
@@ -231,6 +258,11 @@ static int emit_record(struct enc *e, const struct cx_entry *x, size_t *fdi)
 			return rc;
 		val = x->v.ram.path;
 		vlen -= CX_RAM_LEN;
+		break;
+	case CPRXFER_TYPE_FDS:
+		cx_put32(v, (uint32_t)nfds);
+		cx_put32(v + 4, (uint32_t)*fdi);
+		*fdi += nfds;
 		break;
 	}
 	return vlen ? emit(e, val, vlen) : 0;

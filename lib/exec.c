@@ -237,23 +237,31 @@ static int collect_fds(const cprxfer_state *st, int memfd, struct fdflag **out,
 	if (!v)
 		return cx_err(-ENOMEM, "out of memory");
 	for (i = 0; i <= st->n; i++) {
-		int fd = i < st->n ? cx_entry_fd(&st->e[i]) : memfd;
+		const int *fds = &memfd;
+		size_t nx = memfd >= 0, x;
 
-		if (fd < 0)
-			continue;
-		for (j = 0; j < k && v[j].fd != fd; j++)
-			;
-		if (j < k)
-			continue;
-		v[k].fd = fd;
-		v[k].flags = fcntl(fd, F_GETFD);
-		if (v[k].flags < 0) {
-			free(v);
-			return cx_err(-EBADF, "record '%s': fd %d is not open",
-				      i < st->n ? st->e[i].name : "(state)",
-				      fd);
+		if (i < st->n)
+			nx = cx_entry_fds(&st->e[i], &fds);
+
+		for (x = 0; x < nx; x++) {
+			int fd = fds[x];
+
+			for (j = 0; j < k && v[j].fd != fd; j++)
+				;
+			if (j < k)
+				continue;
+			v[k].fd = fd;
+			v[k].flags = fcntl(fd, F_GETFD);
+			if (v[k].flags < 0) {
+				free(v);
+				return cx_err(-EBADF,
+					      "record '%s': fd %d is not open",
+					      i < st->n ? st->e[i].name
+							: "(state)",
+					      fd);
+			}
+			k++;
 		}
-		k++;
 	}
 	*out = v;
 	*n = k;

@@ -22,6 +22,7 @@
 
 #include "channel.h"
 #include "crc32c.h"
+#include "opts.h"
 #include "stream.h"
 #include "testutil.h"
 #include "wire.h"
@@ -618,6 +619,336 @@ static void test_nak(void **unused)
 	close(sv[1]);
 }
 
+/* ---- fd arrays ------------------------------------------------------ */
+
+static void rec_fds(struct buf *b, const char *name, uint32_t n, uint32_t first)
+{
+	uint8_t p[CX_FDA_LEN];
+
+	cx_put32(p, n);
+	cx_put32(p + 4, first);
+	record(b, CPRXFER_TYPE_FDS, CX_REC_CRITICAL, name, p, sizeof(p));
+}
+
+/* An eventfd's counter: which object an fd is. */
+static uint64_t counter(int fd)
+{
+	uint64_t v = 0;
+
+	if (read(fd, &v, 8) != 8 || write(fd, &v, 8) != 8)
+		return 0;
+	return v;
+}
+
+struct arrays {
+	int sock;
+	size_t n;
+	int *mine; /* the sender's fds, inherited by fork: closed */
+	int single;
+};
+
+/*
+ * The loading process: every fd of "conns" must be the sender's fd of
+ * the same index (eventfd counter i + 1), close-on-exec; "single" and
+ * "more" around it keep their places. Exit status: which check failed.
+ */
+static int array_loader(void *arg)
+{
+	struct arrays *a = arg;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	const int *fds;
+	int *taken, fd, rc = 0;
+	size_t i, n;
+	uint64_t v;
+
+	for (i = 0; i < a->n; i++)
+		close(a->mine[i]);
+	close(a->single);
+	if (cprxfer_channel_open(a->sock, &ch) < 0)
+		return 10;
+	if (cprxfer_load(ch, &st) < 0) {
+		fprintf(stderr, "load: %s\n", cprxfer_errmsg());
+		return 11;
+	}
+	if (cprxfer_get_fd(st, "single", &fd) < 0 || counter(fd) != 100000)
+		rc = 12;
+	if (!rc && (cprxfer_get_u64(st, "after", &v) < 0 || v != a->n))
+		rc = 13;
+	if (!rc && (cprxfer_get_fds(st, "more", &fds, &n) < 0 || n != 2 ||
+		    counter(fds[0]) != 200001 || counter(fds[1]) != 200002))
+		rc = 14;
+	if (!rc && cprxfer_take_fds(st, "conns", &taken, &n) < 0)
+		rc = 15;
+	if (!rc && n != a->n)
+		rc = 16;
+	for (i = 0; !rc && i < n; i++)
+		if (counter(taken[i]) != i + 1 ||
+		    !(fcntl(taken[i], F_GETFD) & FD_CLOEXEC))
+			rc = 17;
+	/* Taken: the state no longer has them, and does not close them. */
+	if (!rc && (cprxfer_get_fds(st, "conns", &fds, &n) != -EBADF ||
+		    cprxfer_take_fds(st, "conns", &taken, &n) != -EBADF))
+		rc = 18;
+	cprxfer_state_free(st);
+	for (i = 0; !rc && i < a->n; i++)
+		if (fcntl(taken[i], F_GETFD) < 0)
+			rc = 19;
+	if (cprxfer_ack(ch, rc ? -EBADMSG : 0, rc ? "check failed" : NULL) < 0)
+		rc = rc ? rc : 20;
+	cprxfer_channel_close(ch);
+	return rc;
+}
+
+static void array_round_trip(size_t n)
+{
+	struct arrays a = { .n = n };
+	cprxfer_state *st = cprxfer_state_new();
+	cprxfer_channel *ch;
+	int sv[2], more[2], rc;
+	size_t i;
+	pid_t pid;
+
+	a.mine = malloc(n * sizeof(int));
+	assert_non_null(a.mine);
+	for (i = 0; i < n; i++) {
+		a.mine[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+		assert_true(a.mine[i] >= 0);
+	}
+	a.single = eventfd(100000, EFD_CLOEXEC);
+	more[0] = eventfd(200001, EFD_CLOEXEC);
+	more[1] = eventfd(200002, EFD_CLOEXEC);
+	assert_int_equal(cprxfer_put_fd(st, "single", a.single), 0);
+	assert_int_equal(cprxfer_put_fds(st, "conns", a.mine, n), 0);
+	assert_int_equal(cprxfer_put_u64(st, "after", n), 0);
+	assert_int_equal(cprxfer_put_fds(st, "more", more, 2), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	a.sock = sv[1];
+	pid = tu_fork(array_loader, &a);
+	close(sv[1]);
+	assert_int_equal(cprxfer_channel_open(sv[0], &ch), 0);
+	rc = cprxfer_save(ch, st);
+	if (rc == 0)
+		rc = cprxfer_wait_ack(ch, 30000);
+	if (rc < 0)
+		print_message("  save: %d %s\n", rc, cprxfer_errmsg());
+	assert_int_equal(rc, 0);
+	cprxfer_channel_close(ch);
+	assert_int_equal(tu_wait(pid), 0);
+	cprxfer_state_free(st);
+	for (i = 0; i < n; i++)
+		close(a.mine[i]);
+	close(a.single);
+	close(more[0]);
+	close(more[1]);
+	free(a.mine);
+}
+
+/*
+ * One name, many fds, between two processes: 1, one batch (253), one
+ * more than a batch (254) and 10,000; each fd is the same object on
+ * the other side, in the same place.
+ */
+static void test_fd_array_round_trip_keeps_identity(void **unused)
+{
+	static const size_t ns[] = { 1, 253, 254, 10000 };
+	size_t i;
+
+	/* Each side holds the 10,000 fds once (the loader closes what it
+	 * inherits). */
+	assert_true(tu_raise_nofile() >= 10000 + 256);
+	for (i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
+		int64_t t0 = tu_now_ms();
+
+		array_round_trip(ns[i]);
+		print_message("%zu fds in one array: %lld ms\n", ns[i],
+			      (long long)(tu_now_ms() - t0));
+	}
+}
+
+/* Encode st in mode to a memfd, rewound. */
+static int encode_fd(const cprxfer_state *st, enum cx_mode mode)
+{
+	struct cx_io io;
+	int fd = memfd_create("stream", MFD_CLOEXEC), rc;
+
+	assert_true(fd >= 0);
+	assert_int_equal(cx_io_init(&io, fd, false), 0);
+	rc = cx_encode(&io, st, mode);
+	cx_io_fini(&io);
+	assert_int_equal(rc, 0);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	return fd;
+}
+
+/*
+ * Exec mode: the array's fd numbers travel inline and the new image
+ * adopts the same fds (decoded here in the same process, as
+ * cprxfer_load_exec does after the exec).
+ */
+static void test_fd_array_exec_mode_inline_numbers(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new(), *got = NULL;
+	struct cprxfer_opts o;
+	struct cx_io io;
+	const int *fds;
+	int efd[300], sfd, i;
+	size_t n;
+
+	for (i = 0; i < 300; i++) {
+		efd[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+		assert_true(efd[i] >= 0);
+	}
+	assert_int_equal(cprxfer_put_fds(st, "a", efd, 300), 0);
+	/* The same fd twice: the second gets its own duplicate. */
+	assert_int_equal(cprxfer_put_fds(st, "b", efd, 1), 0);
+	sfd = encode_fd(st, CX_MODE_EXEC);
+	cx_opts_default(&o);
+	assert_int_equal(cx_io_init(&io, sfd, false), 0);
+	assert_int_equal(cx_decode(&io, &o, CX_MODE_EXEC, &got), 0);
+	cx_io_fini(&io);
+	close(sfd);
+	assert_int_equal(cprxfer_get_fds(got, "a", &fds, &n), 0);
+	assert_int_equal(n, 300);
+	for (i = 0; i < 300; i++)
+		assert_int_equal(fds[i], efd[i]);
+	assert_int_equal(cprxfer_get_fds(got, "b", &fds, &n), 0);
+	assert_int_equal(n, 1);
+	assert_true(fds[0] != efd[0]);
+	assert_int_equal(counter(fds[0]), 1);
+	/* got owns the adopted fds now: freeing it closes them. */
+	cprxfer_state_free(got);
+	cprxfer_state_free(st);
+	for (i = 0; i < 300; i++)
+		assert_true(fcntl(efd[i], F_GETFD) < 0);
+}
+
+/* A state file cannot carry fds: an array is refused like one fd, on
+ * save and on load. The record is critical on the wire. */
+static void test_fd_array_refused_in_files_and_marked_critical(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	struct buf body = { 0 }, s;
+	char *dir = tu_tmpdir(), path[4096];
+	int efd = eventfd(0, EFD_CLOEXEC), fd;
+	cprxfer_state *got = NULL;
+
+	assert_int_equal(cprxfer_put_fds(st, "a", &efd, 1), 0);
+	snprintf(path, sizeof(path), "%s/state", dir);
+	assert_int_equal(cprxfer_save_file(st, path), -EOPNOTSUPP);
+	cprxfer_state_free(st);
+	st = cprxfer_state_new();
+	assert_int_equal(cprxfer_put_fds(st, "empty", NULL, 0), 0);
+	assert_int_equal(cprxfer_save_file(st, path), -EOPNOTSUPP);
+
+	/* Encoded: the record carries CX_REC_CRITICAL. */
+	s = encode(st);
+	assert_int_equal(s.p[40 + 5], CX_F_RECORD);
+	assert_int_equal(s.p[40 + CX_HDR], CPRXFER_TYPE_FDS);
+	assert_int_equal(s.p[40 + CX_HDR + 1], CX_REC_CRITICAL);
+	free(s.p);
+	cprxfer_state_free(st);
+
+	/* A crafted state file with an (empty) array: refused on load. */
+	rec_fds(&body, "empty", 0, 0);
+	s = wrap(&body, 1, 0);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, s.p, s.len), (ssize_t)s.len);
+	close(fd);
+	assert_int_equal(cprxfer_load_file(path, &got), -EBADMSG);
+	assert_non_null(strstr(cprxfer_errmsg(), "state file"));
+	free(s.p);
+	free(body.p);
+	close(efd);
+	tu_rmdir(dir);
+	free(dir);
+}
+
+/*
+ * Hostile fd arrays: each case a stream with one batch of `attach`
+ * eventfds and the records below; every fd received is closed on
+ * failure (the teardown counts them).
+ */
+static const struct array_case {
+	const char *what;
+	uint32_t batch; /* FDS frame count (0: no frame) */
+	int attach;	/* fds attached to the batch */
+	uint32_t count; /* array record: count, first */
+	uint32_t first;
+	int single_after; /* then an fd record claiming index count */
+	int twice;	  /* the array's name used again */
+	uint64_t limit;	  /* CPRXFER_LIMIT_FDS (0: default) */
+	int rc;
+} array_cases[] = {
+	{ "valid", 3, 3, 3, 0, 0, 0, 0, 0 },
+	{ "valid, then one fd", 4, 4, 3, 0, 1, 0, 0, 0 },
+	{ "empty array", 0, 0, 0, 0, 0, 0, 0, 0 },
+	{ "names more fds than announced", 2, 2, 3, 0, 0, 0, 0, -EBADMSG },
+	{ "starts past the next fd", 3, 3, 2, 1, 0, 0, 0, -EBADMSG },
+	{ "count wraps around", 3, 3, UINT32_MAX, 1, 0, 0, 0, -EBADMSG },
+	{ "no batch at all", 0, 0, 3, 0, 0, 0, 0, -EBADMSG },
+	{ "batch announced, fds missing", 3, 1, 3, 0, 0, 0, 0, -EBADMSG },
+	{ "fds left unclaimed", 4, 4, 3, 0, 0, 0, 0, -EBADMSG },
+	{ "single fd claims an array's fd", 4, 4, 3, 0, 2, 0, 0, -EBADMSG },
+	{ "name twice", 4, 4, 2, 0, 0, 1, 0, -EBADMSG },
+	{ "over the fd limit", 8, 8, 8, 0, 0, 0, 7, -EMFILE },
+};
+
+static void test_fd_array_hostile_streams(void **unused)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(array_cases) / sizeof(array_cases[0]); i++) {
+		const struct array_case *c = &array_cases[i];
+		cprxfer_opts *o = cprxfer_opts_new();
+		struct buf body = { 0 }, s;
+		cprxfer_state *st = NULL;
+		uint64_t nrec = 1, nfds = c->batch;
+		struct feed f;
+		int rc;
+
+		if (c->batch)
+			fds_frame(&body, c->batch, 0);
+		rec_fds(&body, "arr", c->count, c->first);
+		if (c->single_after) {
+			rec_fd(&body, "one",
+			       c->single_after == 1 ? c->count : 0);
+			nrec++;
+		}
+		if (c->twice) {
+			rec_fds(&body, "arr", 1, c->count);
+			nrec++;
+		}
+		s = wrap(&body, nrec, nfds);
+		f = (struct feed){ .p = s.p,
+				   .len = s.len,
+				   .nbatches = c->attach ? 1 : 0,
+				   .fd_at = { 40 },
+				   .nfds = { c->attach } };
+		if (c->limit)
+			cprxfer_opts_set_limit(o, CPRXFER_LIMIT_FDS, c->limit);
+		print_message("  %s\n", c->what);
+		rc = feed_load(&f, o, &st);
+		assert_int_equal(rc, c->rc);
+		if (rc == 0) {
+			const int *fds;
+			size_t n, k;
+
+			assert_int_equal(cprxfer_get_fds(st, "arr", &fds, &n),
+					 0);
+			assert_int_equal(n, c->count);
+			for (k = 0; k < n; k++)
+				assert_int_equal(counter(fds[k]), k + 1);
+		}
+		cprxfer_state_free(st);
+		cprxfer_opts_free(o);
+		free(s.p);
+		free(body.p);
+	}
+}
+
 /* CRC32C byte by byte, from the polynomial: independent of lib/. */
 static uint32_t crc32c_ref(uint32_t crc, const uint8_t *p, size_t n)
 {
@@ -714,6 +1045,10 @@ int main(void)
 		tu_test(test_100000_records),
 		tu_test(test_nak),
 		tu_test(test_crc32c_known_vectors),
+		tu_test(test_fd_array_round_trip_keeps_identity),
+		tu_test(test_fd_array_exec_mode_inline_numbers),
+		tu_test(test_fd_array_refused_in_files_and_marked_critical),
+		tu_test(test_fd_array_hostile_streams),
 		tu_test(test_crc32c_combine_matches_bytewise),
 	};
 
