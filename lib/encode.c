@@ -1,9 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The stream encoder. Small frames coalesce in the write buffer; blob
- * payloads go straight from the caller's memory to the socket. fds go
- * in batches of at most SCM_MAX_FD, each attached to the sendmsg() that
- * carries its FDS frame, just before the records that claim them.
+ * The stream encoder. Frames coalesce in the write buffer and leave in
+ * as few sendmsg() calls as the wire allows; blob payloads go straight
+ * from the caller's memory to the socket. fds go in batches of at most
+ * SCM_MAX_FD (one per sendmsg), announced by an FDS frame just before
+ * the records that claim them.
+ *
+ * Flush policy (socket mode): a batch's fds are attached to the
+ * sendmsg() that carries the bytes buffered when its FDS frame was
+ * written, and that sendmsg() happens only when it must: when the next
+ * batch needs a sendmsg() of its own, when the buffer is full, or at
+ * END. The kernel delivers fds with the first byte of their sendmsg(),
+ * which comes at or before the FDS frame, so the reader has them when
+ * it parses the frame. A state of a few records and up to 253 fds
+ * leaves in ONE sendmsg(), BEGIN to END, fds attached.
  */
 #include <fcntl.h>
 #include <stdlib.h>
@@ -21,7 +31,40 @@ struct enc {
 	const cprxfer_state *st;
 	int *fds; /* every fd of the state, in record order */
 	size_t nfds, sent;
+	/* Socket mode: the batch e->fds[pending_at..] whose FDS frame is
+	 * buffered and whose fds await the sendmsg() that carries it. */
+	size_t pending, pending_at;
 };
+
+static int bad_fd(const struct enc *e, size_t first, size_t n);
+
+/* Send what is buffered, with the pending batch's fds attached. */
+static int flush(struct enc *e)
+{
+	size_t n = e->pending, first = e->pending_at;
+	int rc;
+
+	e->pending = 0;
+	rc = cx_io_flush(e->io, n ? e->fds + first : NULL, n);
+	if (rc == -EBADF && n)
+		rc = bad_fd(e, first, n);
+	return rc;
+}
+
+/*
+ * Buffer n bytes. Were the buffer to overflow, it goes out first with
+ * the pending fds, never without them (cx_io_write would flush it bare).
+ */
+static int put(struct enc *e, const void *p, size_t n)
+{
+	if (e->pending && e->io->wlen && e->io->wlen + n > e->io->wcap) {
+		int rc = flush(e);
+
+		if (rc < 0)
+			return rc;
+	}
+	return cx_io_write(e->io, p, n);
+}
 
 /*
  * Checksum and write n bytes. A large value goes in chunks, so that the
@@ -36,7 +79,7 @@ static int emit(struct enc *e, const void *p, size_t n)
 		size_t k = n < CX_CRC_CHUNK ? n : CX_CRC_CHUNK;
 
 		e->crc = cx_crc32c(e->crc, b, k);
-		rc = cx_io_write(e->io, b, k);
+		rc = put(e, b, k);
 		b += k;
 		n -= k;
 	}
@@ -168,38 +211,39 @@ static int bad_fd(const struct enc *e, size_t first, size_t n)
 	return cx_err(-EBADF, "sendmsg: an fd of the batch is not open");
 }
 
-/* Send the next batch of fds, attached to its FDS frame. */
+/* Announce the next batch of fds with its FDS frame. */
 static int emit_fds(struct enc *e)
 {
 	size_t n = e->nfds - e->sent, i;
 	uint8_t p[CX_FDS_HDR];
-	int rc;
+	int rc = 0;
 
 	if (n > CX_FDS_BATCH)
 		n = CX_FDS_BATCH;
-	rc = emit_frame(e, CX_F_FDS,
-			e->mode == CX_MODE_EXEC ? CX_FDS_INLINE : 0,
-			fds_frame_len(e, n));
+	if (e->mode == CX_MODE_SOCKET) {
+		/* One batch per sendmsg(): the previous one leaves now. */
+		if (e->pending)
+			rc = flush(e);
+		e->pending = n;
+		e->pending_at = e->sent;
+	}
+	if (rc == 0)
+		rc = emit_frame(e, CX_F_FDS,
+				e->mode == CX_MODE_EXEC ? CX_FDS_INLINE : 0,
+				fds_frame_len(e, n));
 	cx_put32(p, (uint32_t)n);
 	cx_put32(p + 4, (uint32_t)e->sent);
 	if (rc == 0)
 		rc = emit(e, p, sizeof(p));
-	if (e->mode == CX_MODE_EXEC) {
-		for (i = 0; rc == 0 && i < n; i++) {
-			int fd = e->fds[e->sent + i];
-			uint8_t q[4];
+	for (i = 0; rc == 0 && e->mode == CX_MODE_EXEC && i < n; i++) {
+		int fd = e->fds[e->sent + i];
+		uint8_t q[4];
 
-			/* The new image gives the fd back its own flag. */
-			cx_put32(q,
-				 (uint32_t)fd | (fcntl(fd, F_GETFD) & FD_CLOEXEC
-							 ? 0
-							 : CX_FD_KEEP_OPEN));
-			rc = emit(e, q, sizeof(q));
-		}
-	} else if (rc == 0) {
-		rc = cx_io_flush(e->io, e->fds + e->sent, n);
-		if (rc == -EBADF)
-			rc = bad_fd(e, e->sent, n);
+		/* The new image gives the fd back its own flag. */
+		cx_put32(q, (uint32_t)fd | (fcntl(fd, F_GETFD) & FD_CLOEXEC
+						    ? 0
+						    : CX_FD_KEEP_OPEN));
+		rc = emit(e, q, sizeof(q));
 	}
 	e->sent += n;
 	return rc;
@@ -295,10 +339,10 @@ int cx_encode(struct cx_io *io, const cprxfer_state *st, enum cx_mode mode)
 		e.crc = cx_crc32c(e.crc, p, 16);
 		cx_put32(p + 16, e.crc);
 		cx_put32(p + 20, 0);
-		rc = cx_io_write(io, p, CX_END_LEN);
+		rc = put(&e, p, CX_END_LEN);
 	}
 	if (rc == 0)
-		rc = cx_io_flush(io, NULL, 0);
+		rc = flush(&e);
 	free(e.fds);
 	return rc;
 }

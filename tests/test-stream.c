@@ -949,6 +949,119 @@ static void test_fd_array_hostile_streams(void **unused)
 	}
 }
 
+/* ---- small rounds ---------------------------------------------------- */
+
+static int hook_fd = -1;
+static unsigned hook_sends, hook_recvs;
+
+static void count_hook(int fd, int op, size_t *len)
+{
+	(void)len;
+	if (fd != hook_fd)
+		return;
+	if (op == CX_HOOK_SENT)
+		hook_sends++;
+	else if (op == CX_HOOK_RECVD)
+		hook_recvs++;
+}
+
+/* The loader: one stream in, checked, acked; exit status = recvmsg()
+ * calls that brought bytes (or 100 + what failed). */
+static int small_loader(void *arg)
+{
+	int sock = *(int *)arg, fd;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	const char *s;
+	uint64_t v;
+
+	if (cprxfer_channel_open(sock, &ch) < 0)
+		return 101;
+	hook_fd = sock;
+	hook_recvs = 0;
+	cx_io_fault_hook = count_hook;
+	if (cprxfer_load(ch, &st) < 0)
+		return 102;
+	cx_io_fault_hook = NULL;
+	if (cprxfer_get_u64(st, "gen", &v) < 0 || v != 7 ||
+	    cprxfer_get_str(st, "name", &s) < 0 || strcmp(s, "vm0") ||
+	    cprxfer_get_fd(st, "irq", &fd) < 0 || counter(fd) != 42)
+		return 103;
+	cprxfer_state_free(st);
+	if (cprxfer_ack(ch, 0, NULL) < 0)
+		return 104;
+	cprxfer_channel_close(ch);
+	return (int)hook_recvs;
+}
+
+/*
+ * The final round of a handoff is small: a few records, an fd, an ack.
+ * Its stream leaves in one sendmsg(), BEGIN to END with the fd attached,
+ * and arrives in one recvmsg() (before: BEGIN+FDS in one sendmsg, the
+ * records and END in a second).
+ */
+static void test_small_round_is_one_sendmsg(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	cprxfer_channel *ch;
+	int sv[2], efd = eventfd(42, EFD_CLOEXEC);
+	pid_t pid;
+
+	assert_int_equal(cprxfer_put_u64(st, "gen", 7), 0);
+	assert_int_equal(cprxfer_put_str(st, "name", "vm0"), 0);
+	assert_int_equal(cprxfer_put_fd(st, "irq", efd), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	pid = tu_fork(small_loader, &sv[1]);
+	close(sv[1]);
+	assert_int_equal(cprxfer_channel_open(sv[0], &ch), 0);
+	hook_fd = sv[0];
+	hook_sends = 0;
+	cx_io_fault_hook = count_hook;
+	assert_int_equal(cprxfer_save(ch, st), 0);
+	cx_io_fault_hook = NULL;
+	print_message("save of 3 records and 1 fd: %u sendmsg()\n", hook_sends);
+	assert_int_equal(hook_sends, 1);
+	assert_int_equal(cprxfer_wait_ack(ch, 10000), 0);
+	cprxfer_channel_close(ch);
+	/* The loader read it with one recvmsg(). */
+	assert_int_equal(tu_wait(pid), 1);
+	cprxfer_state_free(st);
+	close(efd);
+}
+
+/* A second batch gets its own sendmsg() (SCM_RIGHTS carries 253 fds at
+ * most): 254 fds in an array leave in two. */
+static void test_two_batches_are_two_sendmsgs(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	struct cx_io io;
+	int sv[2], efd[254], i, rc;
+
+	for (i = 0; i < 254; i++) {
+		efd[i] = eventfd(0, EFD_CLOEXEC);
+		assert_true(efd[i] >= 0);
+	}
+	assert_int_equal(cprxfer_put_fds(st, "a", efd, 254), 0);
+	assert_int_equal(cprxfer_put_u64(st, "n", 254), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	assert_int_equal(cx_io_init(&io, sv[0], true), 0);
+	hook_fd = sv[0];
+	hook_sends = 0;
+	cx_io_fault_hook = count_hook;
+	rc = cx_encode(&io, st, CX_MODE_SOCKET);
+	cx_io_fault_hook = NULL;
+	assert_int_equal(rc, 0);
+	assert_int_equal(hook_sends, 2);
+	cx_io_fini(&io);
+	close(sv[0]);
+	close(sv[1]); /* drops the fds in flight */
+	cprxfer_state_free(st);
+	for (i = 0; i < 254; i++)
+		close(efd[i]);
+}
+
 /* CRC32C byte by byte, from the polynomial: independent of lib/. */
 static uint32_t crc32c_ref(uint32_t crc, const uint8_t *p, size_t n)
 {
@@ -1045,6 +1158,8 @@ int main(void)
 		tu_test(test_100000_records),
 		tu_test(test_nak),
 		tu_test(test_crc32c_known_vectors),
+		tu_test(test_small_round_is_one_sendmsg),
+		tu_test(test_two_batches_are_two_sendmsgs),
 		tu_test(test_fd_array_round_trip_keeps_identity),
 		tu_test(test_fd_array_exec_mode_inline_numbers),
 		tu_test(test_fd_array_refused_in_files_and_marked_critical),
