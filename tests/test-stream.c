@@ -824,6 +824,54 @@ static void test_fd_array_exec_mode_inline_numbers(void **unused)
 		assert_true(fcntl(efd[i], F_GETFD) < 0);
 }
 
+/*
+ * The new image of test_fd_array_survives_exec: every fd of "conns" is
+ * the one of that index before the exec (counter i + 1), close-on-exec
+ * again. Exit status 0 when all held.
+ */
+static int exec_array_check(void)
+{
+	cprxfer_state *st;
+	const int *fds;
+	size_t n, i;
+
+	if (cprxfer_load_exec(&st) < 0) {
+		fprintf(stderr, "load_exec: %s\n", cprxfer_errmsg());
+		return 2;
+	}
+	if (cprxfer_get_fds(st, "conns", &fds, &n) < 0 || n != 300)
+		return 3;
+	for (i = 0; i < n; i++)
+		if (counter(fds[i]) != i + 1 ||
+		    !(fcntl(fds[i], F_GETFD) & FD_CLOEXEC))
+			return 4;
+	cprxfer_state_free(st);
+	return 0;
+}
+
+static int exec_array(void *unused)
+{
+	static char arg0[] = "test-stream", arg1[] = "--exec-array-check";
+	char *argv[] = { arg0, arg1, NULL };
+	cprxfer_state *st = cprxfer_state_new();
+	int efd[300], i;
+
+	for (i = 0; i < 300; i++)
+		efd[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+	if (cprxfer_put_fds(st, "conns", efd, 300) < 0)
+		return 10;
+	cprxfer_exec(st, "/proc/self/exe", argv, NULL);
+	fprintf(stderr, "exec: %s\n", cprxfer_errmsg());
+	return 11;
+}
+
+/* Exec mode for real: the array's fds stay open across execve() (their
+ * close-on-exec cleared for it) and the new image adopts them. */
+static void test_fd_array_survives_exec(void **unused)
+{
+	assert_int_equal(tu_wait(tu_fork(exec_array, NULL)), 0);
+}
+
 /* A state file cannot carry fds: an array is refused like one fd, on
  * save and on load. The record is critical on the wire. */
 static void test_fd_array_refused_in_files_and_marked_critical(void **unused)
@@ -1143,7 +1191,7 @@ static void test_crc32c_combine_matches_bytewise(void **unused)
 	free(buf);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		tu_test(test_valid),
@@ -1162,10 +1210,13 @@ int main(void)
 		tu_test(test_two_batches_are_two_sendmsgs),
 		tu_test(test_fd_array_round_trip_keeps_identity),
 		tu_test(test_fd_array_exec_mode_inline_numbers),
+		tu_test(test_fd_array_survives_exec),
 		tu_test(test_fd_array_refused_in_files_and_marked_critical),
 		tu_test(test_fd_array_hostile_streams),
 		tu_test(test_crc32c_combine_matches_bytewise),
 	};
 
+	if (argc > 1 && !strcmp(argv[1], "--exec-array-check"))
+		return exec_array_check();
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
