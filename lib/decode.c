@@ -383,9 +383,16 @@ static int decode_ram(struct dec *d, struct rec *r)
 			return rc;
 	}
 	/*
-	 * RAM-FD CHECK: a region received over a socket is checked here
-	 * (cx_ram_check_fd(), lib/ram.h: a memfd sealed against shrinking
-	 * unless the loader allows files) before it becomes an entry.
+	 * RAM-FD CHECK goes here (the ramfile lane's cx_ram_check_fd(),
+	 * lib/ram.h; not on main yet): a peer's RAM must be a memfd sealed
+	 * against shrinking, or a file only if the loader allows it:
+	 *
+	 *	if (d->mode == CX_MODE_SOCKET) {
+	 *		rc = cx_ram_check_fd(r->name, fd, cx_get64(v),
+	 *				     d->o->allow_file_ram);
+	 *		if (rc < 0)
+	 *			return rc;
+	 *	}
 	 */
 	rc = add_entry(d, r, &x);
 	if (rc < 0)
