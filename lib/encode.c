@@ -249,12 +249,18 @@ static int emit_fds(struct enc *e)
 	return rc;
 }
 
+/*
+ * One RECORD frame. Header, name and value are assembled and checksummed
+ * in one piece; only a large blob, string or path is emitted apart
+ * (straight from the caller's memory).
+ */
 static int emit_record(struct enc *e, const struct cx_entry *x, size_t *fdi)
 {
-	uint8_t h[CX_REC_HDR + CPRXFER_NAME_MAX], v[CX_RAM_LEN];
-	size_t vlen = value_len(x), nfds = 0;
-	const void *val = v;
+	uint8_t b[CX_HDR + CX_REC_HDR + CPRXFER_NAME_MAX + CX_RAM_LEN + 256];
+	size_t vlen = value_len(x), nfds = 0, n, tlen = 0;
+	const void *tail = NULL;
 	const int *fds;
+	uint8_t *v;
 	int rc;
 
 	if (e->mode != CX_MODE_FILE)
@@ -265,30 +271,30 @@ static int emit_record(struct enc *e, const struct cx_entry *x, size_t *fdi)
 		if (rc < 0)
 			return rc;
 	}
-	rc = emit_frame(e, CX_F_RECORD, 0, CX_REC_HDR + x->name_len + vlen);
-	if (rc < 0)
-		return rc;
-	h[0] = x->type;
+	cx_frame_put(b, CX_F_RECORD, 0, CX_REC_HDR + x->name_len + vlen);
+	b[CX_HDR] = x->type;
 	/* Arrays are newer than the format: a reader without them must
 	 * refuse the stream, not load it without the fds. */
-	h[1] = x->type == CPRXFER_TYPE_FDS ? CX_REC_CRITICAL : 0;
-	h[2] = x->name_len;
-	h[3] = 0;
-	memcpy(h + CX_REC_HDR, x->name, x->name_len);
-	rc = emit(e, h, CX_REC_HDR + x->name_len);
-	if (rc < 0)
-		return rc;
+	b[CX_HDR + 1] = x->type == CPRXFER_TYPE_FDS ? CX_REC_CRITICAL : 0;
+	b[CX_HDR + 2] = x->name_len;
+	b[CX_HDR + 3] = 0;
+	memcpy(b + CX_HDR + CX_REC_HDR, x->name, x->name_len);
+	n = CX_HDR + CX_REC_HDR + x->name_len;
+	v = b + n;
 	switch (x->type) {
 	case CPRXFER_TYPE_U64:
 	case CPRXFER_TYPE_I64:
 		cx_put64(v, x->v.u64);
+		n += 8;
 		break;
 	case CPRXFER_TYPE_BLOB:
 	case CPRXFER_TYPE_STR:
-		val = x->v.blob.data;
+		tail = x->v.blob.data;
+		tlen = vlen;
 		break;
 	case CPRXFER_TYPE_FD:
 		cx_put32(v, (uint32_t)(*fdi)++);
+		n += 4;
 		break;
 	case CPRXFER_TYPE_RAM:
 		cx_put64(v, x->v.ram.size);
@@ -297,19 +303,26 @@ static int emit_record(struct enc *e, const struct cx_entry *x, size_t *fdi)
 			cx_put32(v + 12, (uint32_t)(*fdi)++);
 		else
 			cx_put32(v + 12, CX_NOFD);
-		rc = emit(e, v, CX_RAM_LEN);
-		if (rc < 0)
-			return rc;
-		val = x->v.ram.path;
-		vlen -= CX_RAM_LEN;
+		n += CX_RAM_LEN;
+		tail = x->v.ram.path;
+		tlen = vlen - CX_RAM_LEN;
 		break;
 	case CPRXFER_TYPE_FDS:
 		cx_put32(v, (uint32_t)nfds);
 		cx_put32(v + 4, (uint32_t)*fdi);
 		*fdi += nfds;
+		n += CX_FDA_LEN;
 		break;
 	}
-	return vlen ? emit(e, val, vlen) : 0;
+	if (tlen && tlen <= sizeof(b) - n) {
+		memcpy(b + n, tail, tlen);
+		n += tlen;
+		tlen = 0;
+	}
+	rc = emit(e, b, n);
+	if (rc == 0 && tlen)
+		rc = emit(e, tail, tlen);
+	return rc;
 }
 
 int cx_encode(struct cx_io *io, const cprxfer_state *st, enum cx_mode mode)
