@@ -15,6 +15,7 @@
 #include "crc32c.h"
 #include "cleanup.h"
 #include "error.h"
+#include "ram.h"
 #include "stream.h"
 #include "wire.h"
 
@@ -382,18 +383,13 @@ static int decode_ram(struct dec *d, struct rec *r)
 		if (rc < 0)
 			return rc;
 	}
-	/*
-	 * RAM-FD CHECK goes here (the ramfile lane's cx_ram_check_fd(),
-	 * lib/ram.h; not on main yet): a peer's RAM must be a memfd sealed
-	 * against shrinking, or a file only if the loader allows it:
-	 *
-	 *	if (d->mode == CX_MODE_SOCKET) {
-	 *		rc = cx_ram_check_fd(r->name, fd, cx_get64(v),
-	 *				     d->o->allow_file_ram);
-	 *		if (rc < 0)
-	 *			return rc;
-	 *	}
-	 */
+	/* A peer's RAM: a sealed memfd, or a file only if allowed. */
+	if (d->mode == CX_MODE_SOCKET) {
+		rc = cx_ram_check_fd(r->name, fd, cx_get64(v),
+				     d->o->allow_file_ram);
+		if (rc < 0)
+			return rc;
+	}
 	rc = add_entry(d, r, &x);
 	if (rc < 0)
 		return rc;
@@ -684,6 +680,8 @@ int cx_decode(struct cx_io *io, const struct cprxfer_opts *o, enum cx_mode mode,
 	d.st = cprxfer_state_new();
 	if (!d.st)
 		return cx_err(-ENOMEM, "load: out of memory");
+	d.st->from_peer = mode == CX_MODE_SOCKET;
+	d.st->allow_file_ram = o->allow_file_ram;
 	rc = on_begin(&d);
 	while (rc == 0) {
 		rc = read_frame(&d, &f);

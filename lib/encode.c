@@ -124,12 +124,17 @@ static int plan_entry(const struct enc *e, const struct cx_entry *x,
 {
 	const int *fds;
 	size_t n = cx_entry_fds(x, &fds), k;
+	int rc;
 
 	if ((x->type == CPRXFER_TYPE_FD && x->v.fd < 0) ||
 	    (x->type == CPRXFER_TYPE_FDS && !x->v.fda.fds))
 		return cx_err(-EBADF, "record '%s': its fd was taken", x->name);
 	if (!n && x->type != CPRXFER_TYPE_FDS)
 		return 0;
+	/* A borrowed fd closed and its number reused: -ESTALE. */
+	rc = cx_entry_check_fd(x);
+	if (rc < 0)
+		return rc;
 	if (e->mode == CX_MODE_FILE && x->type != CPRXFER_TYPE_RAM)
 		return cx_err(
 			-EOPNOTSUPP,

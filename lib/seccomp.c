@@ -18,7 +18,8 @@
  *   read, write, close, fcntl, lseek, fstat (newfstatat), getpid,
  *   geteuid, prlimit64 (getrlimit), clock_gettime, brk, mmap, munmap,
  *   mremap, madvise, mincore, memfd_create, ftruncate, fstatfs,
- *   readlink, openat (/proc/meminfo, /proc/self/smaps, RAM files)
+ *   readlink (readlinkat), openat (/proc/meminfo, /proc/self/smaps,
+ *   RAM files and their directories)
  *
  * CPRXFER_MODE_TRANSFER (listen, accept, connect, channel_open, save,
  * load, ack, wait_ack):
@@ -83,6 +84,8 @@ static const struct {
 	{ "ftruncate", ALL },	 /* RAM sizing */
 	{ "fstatfs", ALL },	 /* hugetlbfs detection */
 	{ "readlink", ALL },	 /* names behind /proc/self/fd */
+	{ "readlinkat", ALL },	 /* the same, as glibc makes it on
+					  * aarch64 and newer ports */
 	{ "openat", ALL },	 /* RAM files, /proc/meminfo; state
 					 * files */
 

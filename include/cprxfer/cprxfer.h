@@ -125,6 +125,13 @@ int cprxfer_opts_set_tag(cprxfer_opts *o, const char *tag);
 /* Also accept a peer running as this effective uid / with this pid. */
 int cprxfer_opts_allow_uid(cprxfer_opts *o, uid_t uid);
 int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid);
+/*
+ * Let a loader accept RAM regions a peer sends as a file or dax device,
+ * not only as a memfd sealed against shrinking (allow: 1; default 0).
+ * This trusts the peer and every writer of the file not to truncate it:
+ * a truncation is a SIGBUS in the process that maps the region.
+ */
+int cprxfer_opts_allow_file_ram(cprxfer_opts *o, int allow);
 
 /* ---- channel: a connected unix socket with a handshake ------------- */
 
