@@ -197,6 +197,7 @@ static void entry_clear(struct cx_entry *e)
 		if (e->owns_fd && e->v.fda.fds)
 			cx_close_all(e->v.fda.fds, e->v.fda.n);
 		free(e->v.fda.fds);
+		free(e->v.fda.ids);
 		break;
 	}
 }
@@ -273,10 +274,41 @@ void cx_entry_note_fd(struct cx_entry *e)
 	e->ino = e->fd_id ? (uint64_t)s.st_ino : 0;
 }
 
+/* Each fd of a borrowed array against its device and inode at put. */
+static int check_array(const struct cx_entry *e)
+{
+	const uint64_t *id = e->v.fda.ids;
+	struct stat s;
+	size_t i;
+
+	for (i = 0; id && e->v.fda.fds && i < e->v.fda.n; i++) {
+		int fd = e->v.fda.fds[i];
+
+		if (fstat(fd, &s) < 0) {
+			int err = errno;
+
+			return cx_err(
+				-err, "record '%s': fd %d (index %zu): %s",
+				e->name, fd, i,
+				err == EBADF ? "is not open" : strerror(err));
+		}
+		if ((uint64_t)s.st_dev != id[2 * i] ||
+		    (uint64_t)s.st_ino != id[2 * i + 1])
+			return cx_err(
+				-ESTALE,
+				"record '%s': fd %d (index %zu) is no longer the file that was put (closed and its number reused?): refusing to send another file under its name",
+				e->name, fd, i);
+	}
+	return 0;
+}
+
 int cx_entry_check_fd(const struct cx_entry *e)
 {
 	int fd = cx_entry_fd(e);
 	struct stat s;
+
+	if (e->type == CPRXFER_TYPE_FDS && !e->owns_fd)
+		return check_array(e);
 
 	if (e->owns_fd || !e->fd_id || fd < 0)
 		return 0;
@@ -433,6 +465,7 @@ CX_EXPORT int cprxfer_put_fds(cprxfer_state *st, const char *name,
 			      const int *fds, size_t n)
 {
 	cx_autofree int *copy = NULL;
+	cx_autofree uint64_t *ids = NULL;
 	struct cx_entry *e;
 	size_t i;
 	int rc;
@@ -444,22 +477,30 @@ CX_EXPORT int cprxfer_put_fds(cprxfer_state *st, const char *name,
 		return cx_err(-E2BIG,
 			      "cprxfer_put_fds: %zu fds exceed the wire's %u",
 			      n, UINT32_MAX);
-	for (i = 0; i < n; i++)
-		if (fds[i] < 0 || fcntl(fds[i], F_GETFD) < 0)
+	copy = malloc(n ? n * sizeof(int) : 1);
+	ids = malloc(n ? 2 * n * sizeof(uint64_t) : 1);
+	if (!copy || !ids)
+		return cx_err(-ENOMEM,
+			      "cprxfer_put_fds: out of memory for %zu fds", n);
+	/* Which file each fd is, so that a save can tell a reused number. */
+	for (i = 0; i < n; i++) {
+		struct stat s;
+
+		if (fds[i] < 0 || fstat(fds[i], &s) < 0)
 			return cx_err(
 				-EBADF,
 				"cprxfer_put_fds: fd %d (index %zu) is not open",
 				fds[i], i);
-	copy = malloc(n ? n * sizeof(int) : 1);
-	if (!copy)
-		return cx_err(-ENOMEM,
-			      "cprxfer_put_fds: out of memory for %zu fds", n);
+		ids[2 * i] = (uint64_t)s.st_dev;
+		ids[2 * i + 1] = (uint64_t)s.st_ino;
+	}
 	if (n)
 		memcpy(copy, fds, n * sizeof(int));
 	rc = put(st, "cprxfer_put_fds", name, CPRXFER_TYPE_FDS, &e);
 	if (rc < 0)
 		return rc;
 	e->v.fda.fds = cx_steal_ptr(&copy);
+	e->v.fda.ids = cx_steal_ptr(&ids);
 	e->v.fda.n = n;
 	e->owns_fd = false;
 	return 0;

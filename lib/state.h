@@ -36,6 +36,8 @@ struct cx_entry {
 		struct {
 			int *fds; /* n fds; NULL once taken */
 			size_t n;
+			/* Borrowed: each fd's device and inode at put. */
+			uint64_t *ids;
 		} fda; /* CPRXFER_TYPE_FDS */
 		struct {
 			int fd; /* -1: none (file mode, by path) */
@@ -104,9 +106,10 @@ size_t cx_entry_fds(const struct cx_entry *e, const int **fds);
 void cx_entry_note_fd(struct cx_entry *e);
 
 /*
- * Is e's borrowed fd still the file it was at put? 0 (also for an entry
- * that owns its fd or has none); -EBADF if the fd was closed; -ESTALE,
- * naming the record, if it was closed and its number reused.
+ * Is e's borrowed fd (each fd of a borrowed array) still the file it was
+ * at put? 0 (also for an entry that owns its fds or has none); -EBADF if
+ * an fd was closed; -ESTALE, naming the record, if it was closed and its
+ * number reused.
  */
 int cx_entry_check_fd(const struct cx_entry *e);
 

@@ -877,6 +877,52 @@ static void test_fd_array_survives_exec(void **unused)
 	assert_int_equal(tu_wait(tu_fork(exec_array, NULL)), 0);
 }
 
+/* Encode st in mode to a memfd; return what cx_encode returned. */
+static int encode_rc(const cprxfer_state *st, enum cx_mode mode)
+{
+	struct cx_io io;
+	int m = memfd_create("stream", MFD_CLOEXEC), fd, rc;
+
+	/* Far from the numbers the test closes and reuses. */
+	fd = fcntl(m, F_DUPFD_CLOEXEC, 100);
+	close(m);
+	assert_true(fd >= 0);
+	assert_int_equal(cx_io_init(&io, fd, false), 0);
+	rc = cx_encode(&io, st, mode);
+	cx_io_fini(&io);
+	close(fd);
+	return rc;
+}
+
+/*
+ * Borrowed like cprxfer_put_fd: an fd of the array closed and its number
+ * reused by another file is -ESTALE at save, naming the record and the
+ * index, in every mode; closed and not reused, -EBADF.
+ */
+static void test_fd_array_reused_number_is_stale(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int efd[3], again, i;
+
+	for (i = 0; i < 3; i++)
+		efd[i] = eventfd(0, EFD_CLOEXEC);
+	assert_int_equal(cprxfer_put_fds(st, "conns", efd, 3), 0);
+	assert_int_equal(encode_rc(st, CX_MODE_SOCKET), 0);
+	close(efd[1]);
+	again = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	assert_int_equal(again, efd[1]);
+	assert_int_equal(encode_rc(st, CX_MODE_SOCKET), -ESTALE);
+	assert_non_null(strstr(cprxfer_errmsg(), "'conns'"));
+	assert_non_null(strstr(cprxfer_errmsg(), "index 1"));
+	assert_int_equal(encode_rc(st, CX_MODE_EXEC), -ESTALE);
+	close(again);
+	assert_int_equal(encode_rc(st, CX_MODE_SOCKET), -EBADF);
+	assert_int_equal(encode_rc(st, CX_MODE_EXEC), -EBADF);
+	cprxfer_state_free(st);
+	close(efd[0]);
+	close(efd[2]);
+}
+
 /* A state file cannot carry fds: an array is refused like one fd, on
  * save and on load. The record is critical on the wire. */
 static void test_fd_array_refused_in_files_and_marked_critical(void **unused)
@@ -1216,6 +1262,7 @@ int main(int argc, char **argv)
 		tu_test(test_fd_array_round_trip_keeps_identity),
 		tu_test(test_fd_array_exec_mode_inline_numbers),
 		tu_test(test_fd_array_survives_exec),
+		tu_test(test_fd_array_reused_number_is_stale),
 		tu_test(test_fd_array_refused_in_files_and_marked_critical),
 		tu_test(test_fd_array_hostile_streams),
 		tu_test(test_crc32c_combine_matches_bytewise),
