@@ -125,6 +125,17 @@ CX_EXPORT int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid)
 	return 0;
 }
 
+CX_EXPORT int cprxfer_opts_set_exec_fallback(cprxfer_opts *o, const char *path,
+					     char *const argv[])
+{
+	if (!o)
+		return cx_err(-EINVAL,
+			      "cprxfer_opts_set_exec_fallback: NULL options");
+	o->exec_path = path;
+	o->exec_argv = argv;
+	return 0;
+}
+
 CX_EXPORT int cprxfer_opts_allow_file_ram(cprxfer_opts *o, int allow)
 {
 	if (!o)

@@ -24,6 +24,9 @@ struct cprxfer_opts {
 	pid_t pids[CX_ALLOW_MAX];
 	unsigned npids;
 	bool allow_file_ram; /* a peer's RAM may be a file, not a memfd */
+	/* cprxfer_exec_opts: the program its fallback runs (NULL: the old) */
+	const char *exec_path;
+	char *const *exec_argv;
 };
 
 /* Fill o with the documented defaults. */

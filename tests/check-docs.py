@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 """Every exported function has a reference page and a test.
 
-For each function in the global list of lib/libcprxfer.sym:
+For each function in the public version nodes of every library's version
+script (lib/*.sym, lib/*/*.sym; not the *_PRIVATE nodes):
   - docs/ref/<name>.md exists and has the sections SYNOPSIS, DESCRIPTION,
     RETURN VALUE and EXAMPLE;
   - the name is used (outside comments and string literals) by a test
@@ -29,10 +30,17 @@ def read(path):
 
 
 def exported():
-    text = read(os.path.join(root, 'lib', 'libcprxfer.sym'))
-    m = re.search(r'global:(.*?)local:', text, re.S)
-    return sorted(set(re.findall(r'\b(cprxfer_\w+)\s*;',
-                                 m.group(1) if m else text)))
+    """Public functions of every library's version script (lib/*.sym,
+    lib/*/*.sym), outside the *_PRIVATE nodes."""
+    names = set()
+    syms = glob.glob(os.path.join(root, 'lib', '*.sym')) + \
+        glob.glob(os.path.join(root, 'lib', '*', '*.sym'))
+    for sym in sorted(syms):
+        text = read(sym)
+        for m in re.finditer(r'^([\w.]+)\s*\{(.*?)\}', text, re.M | re.S):
+            if not m.group(1).endswith('_PRIVATE'):
+                names |= set(re.findall(r'\b(cprxfer_\w+)\s*;', m.group(2)))
+    return sorted(names)
 
 
 def strip_c(text):
