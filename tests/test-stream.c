@@ -923,6 +923,64 @@ static void test_fd_array_reused_number_is_stale(void **unused)
 	close(efd[2]);
 }
 
+/*
+ * The detached stream (restart mode) lists every fd of an array in
+ * order, and loads it back; preflight sees the array travel in restart
+ * mode and block file and kexec modes (eventfds are not memfds).
+ */
+static void test_fd_array_in_detached_stream_and_preflight(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new(), *got = NULL;
+	cprxfer_report *rep = NULL;
+	int efd[5], one, memfd = -1, *fds = NULL, i, verdict;
+	const char *name, *why;
+	const int *back;
+	size_t n = 0, m;
+
+	for (i = 0; i < 5; i++)
+		efd[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+	one = eventfd(9, EFD_CLOEXEC);
+	assert_int_equal(cprxfer_put_fd(st, "one", one), 0);
+	assert_int_equal(cprxfer_put_fds(st, "conns", efd, 5), 0);
+	assert_int_equal(
+		cprxfer_save_memfd(st, CPRXFER_MODE_RESTART, &memfd, &fds, &n),
+		0);
+	assert_int_equal(n, 6);
+	assert_int_equal(fds[0], one);
+	for (i = 0; i < 5; i++)
+		assert_int_equal(fds[i + 1], efd[i]);
+	assert_int_equal(cprxfer_load_memfd(memfd, fds, n, NULL, &got), 0);
+	assert_int_equal(cprxfer_get_fds(got, "conns", &back, &m), 0);
+	assert_int_equal(m, 5);
+	for (i = 0; i < 5; i++)
+		assert_int_equal(counter(back[i]), (uint64_t)i + 1);
+	cprxfer_state_free(got);
+	free(fds);
+	close(memfd);
+
+	assert_int_equal(cprxfer_preflight(st, CPRXFER_MODE_RESTART, &rep), 0);
+	assert_int_equal(cprxfer_report_entry(rep, 1, &name, &verdict, &why),
+			 0);
+	assert_string_equal(name, "conns");
+	assert_int_equal(verdict, CPRXFER_TRAVELS);
+	cprxfer_report_free(rep);
+	assert_true(cprxfer_preflight(st, CPRXFER_MODE_FILE, &rep) > 0);
+	assert_int_equal(cprxfer_report_entry(rep, 1, &name, &verdict, &why),
+			 0);
+	assert_int_equal(verdict, CPRXFER_BLOCKS);
+	cprxfer_report_free(rep);
+	assert_true(cprxfer_preflight(st, CPRXFER_MODE_KEXEC, &rep) > 0);
+	assert_int_equal(cprxfer_report_entry(rep, 1, &name, &verdict, &why),
+			 0);
+	assert_int_equal(verdict, CPRXFER_BLOCKS);
+	print_message("kexec: conns: %s\n", why);
+	cprxfer_report_free(rep);
+	cprxfer_state_free(st);
+	for (i = 0; i < 5; i++)
+		close(efd[i]);
+	close(one);
+}
+
 /* A state file cannot carry fds: an array is refused like one fd, on
  * save and on load. The record is critical on the wire. */
 static void test_fd_array_refused_in_files_and_marked_critical(void **unused)
@@ -1264,6 +1322,7 @@ int main(int argc, char **argv)
 		tu_test(test_fd_array_exec_mode_inline_numbers),
 		tu_test(test_fd_array_survives_exec),
 		tu_test(test_fd_array_reused_number_is_stale),
+		tu_test(test_fd_array_in_detached_stream_and_preflight),
 		tu_test(test_fd_array_refused_in_files_and_marked_critical),
 		tu_test(test_fd_array_hostile_streams),
 		tu_test(test_crc32c_combine_matches_bytewise),
