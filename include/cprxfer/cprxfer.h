@@ -126,6 +126,12 @@ int cprxfer_opts_set_tag(cprxfer_opts *o, const char *tag);
 int cprxfer_opts_allow_uid(cprxfer_opts *o, uid_t uid);
 int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid);
 /*
+ * A listener's socket file: its permission bits (default 0600) and its
+ * group (default: as created), set before the socket appears at the path.
+ */
+int cprxfer_opts_set_socket_mode(cprxfer_opts *o, mode_t mode);
+int cprxfer_opts_set_socket_group(cprxfer_opts *o, gid_t gid);
+/*
  * Let a loader accept RAM regions a peer sends as a file or dax device,
  * not only as a memfd sealed against shrinking (allow: 1; default 0).
  * This trusts the peer and every writer of the file not to truncate it:
@@ -151,6 +157,11 @@ int cprxfer_listen(const char *path, cprxfer_listener **out);
 int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 			cprxfer_listener **out);
 int cprxfer_accept(cprxfer_listener *l, int timeout_ms, cprxfer_channel **out);
+/*
+ * For an event loop: an fd that is readable when cprxfer_accept(l, 0,
+ * ...) can make progress; that call never blocks (-EAGAIN: not yet).
+ */
+int cprxfer_listener_fd(const cprxfer_listener *l);
 void cprxfer_listener_close(cprxfer_listener *l);
 
 /* outgoing (old process) */
