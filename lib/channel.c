@@ -504,6 +504,11 @@ CX_EXPORT int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms)
 			ch->decide = CX_D_ACKED;
 		return 0;
 	}
+	if (rc == -ETIMEDOUT && timeout_ms == 0)
+		return cx_err(
+			-EAGAIN,
+			"cprxfer_wait_ack: no whole ack yet (%zu bytes of it kept for the next step)",
+			cx_io_buffered(&ch->io));
 	if (rc == -ETIMEDOUT && cx_io_buffered(&ch->io))
 		return cx_err(
 			rc,
@@ -607,6 +612,10 @@ CX_EXPORT int cprxfer_wait_commit(cprxfer_channel *ch, int timeout_ms)
 			"cprxfer_wait_commit: the outgoing side aborted: %s",
 			c.reason[0] ? c.reason : "(no reason given)");
 	}
+	if (rc == -ETIMEDOUT && timeout_ms == 0)
+		return cx_err(
+			-EAGAIN,
+			"cprxfer_wait_commit: no decision yet (non-blocking step)");
 	if (rc == -ETIMEDOUT)
 		return cx_err(rc,
 			      "cprxfer_wait_commit: no decision within %d ms",

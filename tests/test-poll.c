@@ -59,9 +59,9 @@ static void run_loop(cprxfer_channel *ch, int (*step)(cprxfer_channel *),
 	struct pollfd p = { .fd = cprxfer_channel_fd(ch), .events = POLLIN };
 
 	memset(s, 0, sizeof(*s));
-	s->rc = -ETIMEDOUT;
+	s->rc = -EAGAIN;
 	/* Step once first: something may be buffered already. */
-	while (s->rc == -ETIMEDOUT) {
+	while (s->rc == -EAGAIN) {
 		int64_t t0 = now_us(), d;
 
 		s->rc = step(ch);
@@ -69,7 +69,7 @@ static void run_loop(cprxfer_channel *ch, int (*step)(cprxfer_channel *),
 		if (d > s->max_step_us)
 			s->max_step_us = d;
 		s->steps++;
-		if (s->rc == -ETIMEDOUT)
+		if (s->rc == -EAGAIN)
 			poll(&p, 1, 20);
 	}
 	s->cpu_us = cpu_us() - cpu0;
