@@ -224,7 +224,8 @@ static size_t ack_frame(uint8_t *p, int32_t status, const char *reason)
 	cx_put32(p + CX_HDR, (uint32_t)status);
 	cx_put16(p + CX_HDR + 4, CX_ACK_USER);
 	cx_put16(p + CX_HDR + 6, (uint16_t)rlen);
-	memcpy(p + CX_HDR + CX_ACK_LEN, reason, rlen);
+	if (rlen)
+		memcpy(p + CX_HDR + CX_ACK_LEN, reason, rlen);
 	return CX_HDR + CX_ACK_LEN + rlen;
 }
 
