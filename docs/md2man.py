@@ -74,9 +74,11 @@ def main():
         sys.exit(f'{src}: first line must be "# name(section)"')
     name, section = m.groups()
     body = preprocess(lines[1:])
-    # cprxfer_get_u64 is a name, not emphasis; no metadata block
+    # cprxfer_get_u64 is a name, not emphasis; no metadata block; --x
+    # stays two hyphens, not a dash
     r = subprocess.run([lowdown, '-Tman', '--parse-no-intraemph',
-                        '--parse-no-metadata', '--parse-no-super'],
+                        '--parse-no-metadata', '--parse-no-super',
+                        '--out-no-smarty'],
                        input='\n'.join(body) + '\n', capture_output=True,
                        text=True, check=True)
     roff = r.stdout
