@@ -238,15 +238,15 @@ static void print_fd_text(FILE *f, const struct cx_walk_rec *r,
 			  const struct fdinfo *d, int pid)
 {
 	fprintf(f, "fd #%" PRIu32, r->fd_index);
-	if (r->fd_number >= 0)
-		fprintf(f, " = fd %d of pid %s%s", r->fd_number,
-			pid >= 0 ? "" : "(unknown)",
-			r->keep_open ? ", kept open" : "");
 	if (r->fd_number >= 0 && pid >= 0)
-		fprintf(f, " [%d]", pid);
+		fprintf(f, " = fd %d of pid %d", r->fd_number, pid);
+	else if (r->fd_number >= 0)
+		fprintf(f, " = the sender's fd %d", r->fd_number);
+	if (r->keep_open)
+		fputs(" (kept open)", f);
 	if (d->known)
 		fprintf(f, ": %s %s", d->kind, d->target);
-	else if (!r->has_fd || (r->fd < 0 && r->fd_number < 0))
+	else if (r->fd < 0 && r->fd_number < 0)
 		fputs(": not in this capture", f);
 }
 
@@ -431,6 +431,8 @@ static void tail(struct out *o, const struct cx_walk *w, const char *peer)
 		w->records, w->fds, w->bytes);
 	if (w->fds_absent)
 		fputs("fds: sent with SCM_RIGHTS, not in this capture\n", f);
+	if (w->inline_fds)
+		fputs("fds: listed by number (exec mode)\n", f);
 	if (w->ended)
 		fprintf(f, "checksum: %s (stream 0x%08x, data 0x%08x)\n",
 			w->crc_stream == w->crc_data ? "ok" : "MISMATCH",
