@@ -144,18 +144,28 @@ def tidy(roff):
 
 
 def lists(m):
-    """A two-column table (code | meaning) reads better in a terminal
-    as a tagged list; wider tables stay tables."""
+    """Tables read better in a terminal as tagged lists (tbl cannot fit
+    long identifiers in narrow columns): a row becomes .TP with its first
+    cell as the tag; in a wider table each other cell follows on its own
+    line, after its column's heading."""
     block = m.group(1)
     fmt = re.search(r'^(.*)\.$', block, re.M)
     ncols = len(fmt.group(1).split()) if fmt else 0
     cells = re.findall(r'T\{\n(.*?)\nT\}', block, re.S)
-    if ncols != 2 or len(cells) % 2:
-        # as wide as the cells need, not the whole line
-        return m.group(0).replace(' expand', '') + '.PP\n'
+    if ncols < 2 or len(cells) % ncols:
+        return m.group(0)
+    heads = cells[:ncols]
     out = []
-    for i in range(2, len(cells), 2):
-        out += ['.TP', cells[i], cells[i + 1]]
+    for i in range(ncols, len(cells), ncols):
+        row = cells[i:i + ncols]
+        out += ['.TP', row[0]]
+        if ncols == 2:
+            out.append(row[1])
+            continue
+        for j in range(1, ncols):
+            if j > 1:
+                out.append('.br')
+            out.append(f'\\fI{heads[j]}\\fR: {row[j]}')
     return '\n'.join(out) + '\n.PP\n'
 
 

@@ -16,7 +16,8 @@ generated from docs/ref/*.md and docs/man/*.md):
     and cprxfer(7);
   - its NAME section names the function;
   - `mandoc -T lint` reports nothing for any page in MAN_DIR (skipped
-    with a note when mandoc is not installed).
+    with a note when mandoc is not installed), and neither does groff
+    through `man --warnings` (what lintian checks).
 
 Prints what is missing and exits 1 if anything is.
 Usage: check-docs.py SOURCE_ROOT [MAN_DIR]
@@ -81,6 +82,15 @@ def check_man(names):
         out = (r.stdout + r.stderr).strip()
         if out:
             bad.append('mandoc -T lint:\n' + out)
+    # What lintian runs: groff's own warnings (lines it cannot fit).
+    man = shutil.which('man')
+    for p in pages if man else []:
+        r = subprocess.run([man, '--warnings', '-E', 'UTF-8', '-l', '-Tutf8',
+                            '-Z', p], capture_output=True, text=True,
+                           env=dict(os.environ, MANWIDTH='80'))
+        if r.stderr.strip():
+            bad.append(f'man --warnings {os.path.basename(p)}:\n'
+                       + r.stderr.strip())
     return bad, len(pages)
 
 
