@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Turn one reference page (Markdown) into a man page, with lowdown.
+"""Turn reference pages (Markdown) into man pages, with lowdown.
 
-  md2man.py LOWDOWN IN.md OUT VERSION
+  md2man.py LOWDOWN VERSION OUTDIR IN.md...
+
+writes OUTDIR/<name>.<section> for each page (one process for all: the
+build runs it once).
 
 The Markdown pages in docs/ref/ and docs/man/ are the one source of
 truth; the man pages are generated from them at build time. A page
@@ -65,8 +68,7 @@ def preprocess(lines):
     return out
 
 
-def main():
-    lowdown, src, dst, version = sys.argv[1:5]
+def convert(lowdown, src, outdir, version):
     with open(src, encoding='utf-8') as f:
         lines = f.read().splitlines()
     m = re.match(r'^# (\S+)\(([1-8])\)\s*$', lines[0]) if lines else None
@@ -102,8 +104,15 @@ def main():
             'edit the Markdown, not this file.\n'
             f'.TH "{title}" "{section}" "{date}" "libcprxfer {version}" '
             f'"{manual(section)}"\n')
-    with open(dst, 'w', encoding='utf-8') as f:
+    with open(os.path.join(outdir, f'{name}.{section}'), 'w',
+              encoding='utf-8') as f:
         f.write(head + roff)
+
+
+def main():
+    lowdown, version, outdir = sys.argv[1:4]
+    for src in sys.argv[4:]:
+        convert(lowdown, src, outdir, version)
 
 
 def tidy(roff):

@@ -82,15 +82,20 @@ def check_man(names):
         out = (r.stdout + r.stderr).strip()
         if out:
             bad.append('mandoc -T lint:\n' + out)
-    # What lintian runs: groff's own warnings (lines it cannot fit).
+    # What lintian runs: groff's own warnings (lines it cannot fit); all
+    # pages in one run, then one by one to name the culprit.
     man = shutil.which('man')
-    for p in pages if man else []:
-        r = subprocess.run([man, '--warnings', '-E', 'UTF-8', '-l', '-Tutf8',
-                            '-Z', p], capture_output=True, text=True,
-                           env=dict(os.environ, MANWIDTH='80'))
-        if r.stderr.strip():
-            bad.append(f'man --warnings {os.path.basename(p)}:\n'
-                       + r.stderr.strip())
+
+    def groff(files):
+        return subprocess.run([man, '--warnings', '-E', 'UTF-8', '-l',
+                               '-Tutf8', '-Z'] + files, capture_output=True,
+                              text=True,
+                              env=dict(os.environ, MANWIDTH='80')).stderr
+    if man and pages and groff(pages).strip():
+        for p in pages:
+            err = groff([p]).strip()
+            if err:
+                bad.append(f'man --warnings {os.path.basename(p)}:\n' + err)
     return bad, len(pages)
 
 
