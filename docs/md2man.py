@@ -202,7 +202,7 @@ def fonts(roff, names):
         inner = m.group(1)
         plain = inner.replace('\\(cq', "'")
         return (r'\fI' if plain in names else r'\fB') + inner + r'\fR'
-    return re.sub(r'\\fC(.*?)\\fR', one, roff)
+    return re.sub(r'\\fC(.*?)\\fR', one, roff, flags=re.S)
 
 
 def manual(section):

@@ -15,6 +15,7 @@
 #include "crc32c.h"
 #include "cleanup.h"
 #include "error.h"
+#include "ram.h"
 #include "stream.h"
 #include "wire.h"
 
@@ -369,6 +370,10 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 		rc = claim_fd(d, name, cx_get32(v), &fd);
 	else if (type == CPRXFER_TYPE_RAM && cx_get32(v + 12) != CX_NOFD)
 		rc = claim_fd(d, name, cx_get32(v + 12), &fd);
+	/* A peer's RAM: a sealed memfd, or a file only if allowed. */
+	if (rc == 0 && type == CPRXFER_TYPE_RAM && d->mode == CX_MODE_SOCKET)
+		rc = cx_ram_check_fd(name, fd, cx_get64(v),
+				     d->o->allow_file_ram);
 	if (rc < 0)
 		goto fail;
 	rc = cx_state_append(d->st, name, h[2], type, &x);
@@ -513,6 +518,8 @@ int cx_decode(struct cx_io *io, const struct cprxfer_opts *o, enum cx_mode mode,
 	d.st = cprxfer_state_new();
 	if (!d.st)
 		return cx_err(-ENOMEM, "load: out of memory");
+	d.st->from_peer = mode == CX_MODE_SOCKET;
+	d.st->allow_file_ram = o->allow_file_ram;
 	rc = on_begin(&d);
 	while (rc == 0) {
 		rc = read_frame(&d, &f);

@@ -78,6 +78,7 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 {
 	size_t i, nfds = 0;
 	uint64_t b = 2 * CX_HDR + CX_BEGIN_LEN + CX_END_LEN;
+	int rc;
 
 	for (i = 0; i < st->n; i++) {
 		const struct cx_entry *x = &st->e[i];
@@ -89,6 +90,10 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 				      x->name);
 		if (fd < 0)
 			continue;
+		/* A borrowed fd closed and its number reused: -ESTALE. */
+		rc = cx_entry_check_fd(x);
+		if (rc < 0)
+			return rc;
 		if (e->mode == CX_MODE_FILE && x->type == CPRXFER_TYPE_FD)
 			return cx_err(
 				-EOPNOTSUPP,

@@ -3,241 +3,109 @@
  * Exec in place: the process execve()s its successor and keeps its PID.
  *
  * The state is encoded (fd numbers inline) into a memfd that is sealed
- * read-only; close-on-exec is cleared on exactly the fds the state names
- * and on that memfd; CPRXFER_EXEC_FD=<n> in the new environment tells the
- * new image where to look. cprxfer_load_exec() decodes it, sets
- * close-on-exec back on every fd, closes the memfd and removes the
- * variable, so that nothing leaks into a later child.
+ * read-only, behind a HELLO frame that carries the application tag;
+ * close-on-exec is cleared on exactly the fds the state names and on
+ * that memfd; CPRXFER_EXEC_FD in the new environment tells the new image
+ * where to look (load-exec.c reads it back).
  *
- * execve() tears the old address space down before the new image runs;
- * with many gigabytes of populated guest RAM that is a long stall inside
- * the blackout. To move it out, a helper process shares the old address
- * space (CLONE_VM) and holds it past the exec: it wakes when the exec
- * closes the write end of a close-on-exec pipe, and exits, so that the
- * unmapping happens in the helper while the new image already runs. The
- * helper is created through an intermediate process that exits at once,
- * so it is never a child of the new image.
+ * A helper process (exec-helper.c) shares the old address space and
+ * holds it past the exec, so that its teardown happens outside the
+ * blackout. With cprxfer_exec_opts() it also waits for the new image to
+ * confirm (cprxfer_exec_commit) and, if it fails first, runs the old
+ * program again with the same state.
  */
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/futex.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cleanup.h"
 #include "error.h"
+#include "exec-helper.h"
 #include "exec.h"
+#include "opts.h"
 #include "stream.h"
 #include "wire.h"
 
-#define CX_EXEC_ENV	"CPRXFER_EXEC_FD"
-#define CX_EXEC_MEMFD	"cprxfer-exec-state"
-#define CX_HELPER_STACK (64 * 1024)
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
 
 extern char **environ;
-
-/*
- * Test hook: false runs execve() without the teardown helper (to measure
- * what it saves). Not exported.
- */
-
-/* ---- the teardown helper --------------------------------------------- */
-
-struct helper {
-	int rfd, wfd;	  /* the pipe: the helper waits on rfd */
-	int hrfd, hwfd;	  /* the same numbers, for the helper only */
-	uint8_t *stack;	  /* CX_HELPER_STACK bytes: two halves */
-	pid_t pid;	  /* of the helper, or -1 */
-	volatile int tid; /* cleared by the kernel when it exits */
-};
-
-/*
- * The helper shares our memory but not our fd table, nor a thread's
- * TLS of its own: it makes raw system calls only and touches nothing
- * but its own stack.
- */
-static int helper_main(void *arg)
-{
-	struct helper *h = arg;
-	char c;
-	int rfd = h->hrfd;
-
-	/* Hold no file past the exec: only the read end stays open. */
-	syscall(SYS_close, h->hwfd);
-	if (rfd > 0)
-		syscall(SYS_close_range, 0, rfd - 1, 0);
-	syscall(SYS_close_range, rfd + 1, ~0u, 0);
-	/*
-	 * EOF once every write end is gone: the exec happened or failed.
-	 * Every signal is blocked, so no EINTR; an error only ends the
-	 * wait early (errno is not ours to read: it is the caller's TLS).
-	 */
-	syscall(SYS_read, rfd, &c, 1);
-	return 0;
-}
-
-/* The intermediate: starts the helper and exits, orphaning it. */
-static int spawn_main(void *arg)
-{
-	struct helper *h = arg;
-	sigset_t all;
-
-	/* Signals delivered to the helper must not run our handlers. */
-	sigfillset(&all);
-	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, _NSIG / 8);
-	h->tid = 1;
-	h->pid = clone(helper_main, h->stack + CX_HELPER_STACK / 2,
-		       CLONE_VM | CLONE_CHILD_CLEARTID | SIGCHLD, h, NULL, NULL,
-		       &h->tid);
-	if (h->pid < 0)
-		h->tid = 0;
-	return 0;
-}
-
-static bool helper_wanted(bool defer)
-{
-	int reaper = 0;
-
-	if (!defer)
-		return false;
-	/* Orphans of a subreaper (or of pid 1) would come back to us. */
-	if (getpid() == 1)
-		return false;
-	if (prctl(PR_GET_CHILD_SUBREAPER, &reaper) == 0 && reaper)
-		return false;
-	return true;
-}
-
-/* Best effort: on any failure the exec runs without a helper. */
-static void helper_start(struct helper *h, bool defer)
-{
-	int p[2], st;
-	pid_t mid;
-
-	h->pid = -1;
-	h->tid = 0;
-	h->stack = NULL;
-	h->rfd = h->wfd = -1;
-	if (!helper_wanted(defer) || pipe2(p, O_CLOEXEC) < 0)
-		return;
-	h->rfd = h->hrfd = p[0];
-	h->wfd = h->hwfd = p[1];
-	h->stack = mmap(NULL, CX_HELPER_STACK, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-	if (h->stack == MAP_FAILED) {
-		h->stack = NULL;
-		goto fail;
-	}
-	mid = clone(spawn_main, h->stack + CX_HELPER_STACK,
-		    CLONE_VM | CLONE_VFORK | SIGCHLD, h);
-	if (mid < 0)
-		goto fail;
-	while (waitpid(mid, &st, 0) < 0 && errno == EINTR)
-		;
-	if (h->pid < 0)
-		goto fail;
-	/* Only the helper reads; our read end must not cross the exec. */
-	cx_close(h->rfd);
-	h->rfd = -1;
-	return;
-fail:
-	cx_close(h->rfd);
-	cx_close(h->wfd);
-	if (h->stack)
-		munmap(h->stack, CX_HELPER_STACK);
-	h->rfd = h->wfd = -1;
-	h->stack = NULL;
-}
-
-/* After a failed exec: let the helper go and free its stack. */
-static void helper_stop(struct helper *h)
-{
-	cx_close(h->wfd);
-	h->wfd = -1;
-	if (h->pid > 0) {
-		struct timespec ts = { 0, 200 * 1000 * 1000 };
-		int t = h->tid;
-
-		/* The kernel zeroes tid and wakes us when it exits. */
-		if (t)
-			syscall(SYS_futex, &h->tid, FUTEX_WAIT, t, &ts, NULL,
-				0);
-		/*
-		 * Still there: a child forked meanwhile by another thread
-		 * holds the write end too. While tid is set the helper has
-		 * not exited, so its pid is still its own.
-		 */
-		if (h->tid)
-			kill(h->pid, SIGKILL);
-		while ((t = h->tid))
-			syscall(SYS_futex, &h->tid, FUTEX_WAIT, t, NULL, NULL,
-				0);
-	}
-	if (h->stack)
-		munmap(h->stack, CX_HELPER_STACK);
-	h->stack = NULL;
-	h->pid = -1;
-}
-
-/* ---- cprxfer_exec ------------------------------------------------------ */
 
 struct fdflag {
 	int fd;
 	int flags; /* as found: restored if the exec fails */
 };
 
-/* Encode st into a new sealed memfd. */
-static int encode_memfd(const cprxfer_state *st, int *out)
+/* The HELLO frame in front of the stream: who wrote it, and the tag. */
+static int write_hello(int fd, const char *tag)
 {
-	struct cx_io io;
-	int fd, rc;
+	uint8_t p[CX_HDR + CX_HELLO_LEN + CX_TAG_MAX];
+	size_t tlen = strlen(tag), n = CX_HDR + CX_HELLO_LEN + tlen;
 
+	cx_frame_put(p, CX_F_HELLO, 0, CX_HELLO_LEN + tlen);
+	cx_put32(p + CX_HDR, 0);
+	cx_put32(p + CX_HDR + 4, (uint32_t)getpid());
+	cx_put32(p + CX_HDR + 8, (uint32_t)geteuid());
+	cx_put16(p + CX_HDR + 12, (uint16_t)tlen);
+	cx_put16(p + CX_HDR + 14, 0);
+	memcpy(p + CX_HDR + CX_HELLO_LEN, tag, tlen);
+	if (write(fd, p, n) != (ssize_t)n)
+		return cx_err(-errno, "writing the state memfd: %s",
+			      strerror(errno));
+	return 0;
+}
+
+int cx_exec_encode(const cprxfer_state *st, const char *tag, bool seal,
+		   int *out)
+{
+	cx_autoclose int fd = -1;
+	struct cx_io io;
+	int rc;
+
+	if (tag && strlen(tag) > CX_TAG_MAX)
+		return cx_err(-ENAMETOOLONG, "tag longer than %d bytes",
+			      CX_TAG_MAX);
 	fd = memfd_create(CX_EXEC_MEMFD, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return cx_err(-errno, "memfd_create: %s", strerror(errno));
+	rc = tag ? write_hello(fd, tag) : 0;
+	if (rc < 0)
+		return rc;
 	rc = cx_io_init(&io, fd, false);
 	if (rc < 0)
-		goto fail;
+		return rc;
 	rc = cx_encode(&io, st, CX_MODE_EXEC);
 	cx_io_fini(&io);
 	if (rc < 0)
-		goto fail;
-	if (fcntl(fd, F_ADD_SEALS,
-		  F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) <
-	    0) {
-		rc = cx_err(-errno, "sealing the state memfd: %s",
-			    strerror(errno));
-		goto fail;
-	}
-	*out = fd;
+		return rc;
+	if (seal && fcntl(fd, F_ADD_SEALS, CX_EXEC_SEALS) < 0)
+		return cx_err(-errno, "sealing the state memfd: %s",
+			      strerror(errno));
+	*out = cx_steal_fd(&fd);
 	return 0;
-fail:
-	cx_close(fd);
-	return rc;
 }
 
-/* The fds to pass: every fd the state names, once, and the memfd. */
-static int collect_fds(const cprxfer_state *st, int memfd, struct fdflag **out,
-		       size_t *n)
+/* The fds to pass: every fd the state names, once, and the extras. */
+static int collect_fds(const cprxfer_state *st, const int *extra, size_t nx,
+		       struct fdflag **out, size_t *n)
 {
-	struct fdflag *v;
+	cx_autofree struct fdflag *v = NULL;
 	size_t i, j, k = 0;
 
-	v = malloc((cx_state_nfds(st) + 1) * sizeof(*v));
+	v = malloc((cx_state_nfds(st) + nx) * sizeof(*v));
 	if (!v)
 		return cx_err(-ENOMEM, "out of memory");
-	for (i = 0; i <= st->n; i++) {
-		int fd = i < st->n ? cx_entry_fd(&st->e[i]) : memfd;
+	for (i = 0; i < st->n + nx; i++) {
+		int fd = i < st->n ? cx_entry_fd(&st->e[i]) : extra[i - st->n];
 
 		if (fd < 0)
 			continue;
@@ -247,15 +115,13 @@ static int collect_fds(const cprxfer_state *st, int memfd, struct fdflag **out,
 			continue;
 		v[k].fd = fd;
 		v[k].flags = fcntl(fd, F_GETFD);
-		if (v[k].flags < 0) {
-			free(v);
+		if (v[k].flags < 0)
 			return cx_err(-EBADF, "record '%s': fd %d is not open",
 				      i < st->n ? st->e[i].name : "(state)",
 				      fd);
-		}
 		k++;
 	}
-	*out = v;
+	*out = cx_steal_ptr(&v);
 	*n = k;
 	return 0;
 }
@@ -268,7 +134,7 @@ static void restore_flags(const struct fdflag *v, size_t n)
 		fcntl(v[i].fd, F_SETFD, v[i].flags);
 }
 
-/* envp (NULL: environ) without CPRXFER_EXEC_FD, plus ours. */
+/* envp (NULL: environ) without CPRXFER_EXEC_FD, plus var. */
 static int build_env(char *const envp[], char *var, char ***out)
 {
 	char *const *src = envp ? envp : environ;
@@ -291,134 +157,154 @@ static int build_env(char *const envp[], char *var, char ***out)
 	return 0;
 }
 
-int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
-	    char *const envp[], bool defer)
+/* Orphans of a subreaper (or of pid 1) would come back to the new image. */
+static bool helper_possible(void)
 {
-	char var[sizeof(CX_EXEC_ENV) + 16];
-	struct fdflag *fds = NULL;
-	struct helper h;
-	char **env = NULL;
-	size_t nfds = 0, i;
-	int rc, memfd = -1, err;
+	int reaper = 0;
 
-	if (!st || !path || !argv)
-		return cx_err(-EINVAL, "cprxfer_exec: NULL argument");
-	rc = encode_memfd(st, &memfd);
-	if (rc < 0)
-		return cx_err_prefix(rc, "cprxfer_exec");
-	snprintf(var, sizeof(var), CX_EXEC_ENV "=%d", memfd);
-	rc = build_env(envp, var, &env);
-	if (rc == 0)
-		rc = collect_fds(st, memfd, &fds, &nfds);
-	if (rc < 0)
-		goto out;
-	for (i = 0; i < nfds; i++) {
-		if ((fds[i].flags & FD_CLOEXEC) &&
-		    fcntl(fds[i].fd, F_SETFD, fds[i].flags & ~FD_CLOEXEC) < 0) {
-			rc = cx_err(-errno,
-				    "clearing close-on-exec on fd %d: %s",
-				    fds[i].fd, strerror(errno));
-			restore_flags(fds, i);
-			goto out;
-		}
-	}
-	helper_start(&h, defer);
-	execve(path, argv, env);
-	err = errno;
-	helper_stop(&h);
-	restore_flags(fds, nfds);
-	rc = cx_err(-err, "execve %s: %s", path, strerror(err));
-out:
-	cx_close(memfd);
-	free(fds);
-	free(env);
-	return cx_err_prefix(rc, "cprxfer_exec");
+	if (getpid() == 1)
+		return false;
+	return !(prctl(PR_GET_CHILD_SUBREAPER, &reaper) == 0 && reaper);
 }
 
-/* ---- cprxfer_load_exec ------------------------------------------------- */
+/* What the helper needs for a confirmation, in the caller's fd table. */
+struct confirm {
+	int sv[2]; /* [0]: the new image's end, [1]: the helper's */
+	int pidfd, exe_fd;
+};
 
-/* Is fd the sealed state memfd that cprxfer_exec made? */
-static int check_memfd(int fd)
+/* Scope-exit cleanup of a struct confirm: closes what it still holds. */
+static void confirm_close(struct confirm *c)
 {
-	char link[64], target[PATH_MAX];
-	uint8_t magic[4];
-	ssize_t n;
-	int seals;
+	cx_closep(&c->sv[0]);
+	cx_closep(&c->sv[1]);
+	cx_closep(&c->pidfd);
+	cx_closep(&c->exe_fd);
+}
+#define cx_autoconfirm __attribute__((cleanup(confirm_close)))
 
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-	n = readlink(link, target, sizeof(target) - 1);
-	if (n < 0)
-		return cx_err(-errno, "readlink %s: %s", link, strerror(errno));
-	target[n] = 0;
-	if (strncmp(target, "/memfd:" CX_EXEC_MEMFD " ",
-		    sizeof("/memfd:" CX_EXEC_MEMFD)))
-		return cx_err(-EBADF, "fd %d (%s) is not a state memfd", fd,
-			      target);
-	seals = fcntl(fd, F_GET_SEALS);
-	if (seals < 0 || !(seals & F_SEAL_WRITE))
-		return cx_err(-EBADF, "fd %d: state memfd is not sealed", fd);
-	if (pread(fd, magic, 4, 0) != 4 || cx_get32(magic) != CX_MAGIC)
-		return cx_err(-EBADMSG, "fd %d: not a cprxfer state stream",
-			      fd);
+static int confirm_prepare(struct confirm *c, const struct cprxfer_opts *o)
+{
+	if (!helper_possible())
+		return cx_err(
+			-EOPNOTSUPP,
+			"a confirmed exec needs the helper process, which a child subreaper or pid 1 cannot have");
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c->sv) < 0)
+		return cx_err(-errno, "socketpair: %s", strerror(errno));
+	c->pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+	if (c->pidfd < 0)
+		return cx_err(-errno, "pidfd_open of this process: %s",
+			      strerror(errno));
+	if (o->exec_path)
+		return 0;
+	c->exe_fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
+	if (c->exe_fd < 0)
+		return cx_err(
+			-errno,
+			"the fallback needs /proc/self/exe (%s) or a path given with cprxfer_opts_set_exec_fallback",
+			strerror(errno));
 	return 0;
 }
 
-CX_EXPORT int cprxfer_load_exec_opts(const cprxfer_opts *o, cprxfer_state **out)
+int cx_exec(const cprxfer_state *st, const char *path, char *const argv[],
+	    char *const envp[], const cprxfer_opts *opts, bool confirm,
+	    bool defer)
 {
-	struct cprxfer_opts opts;
-	const char *s;
-	struct cx_io io;
-	char *end;
-	long v;
-	int fd, rc, fl;
+	char var[sizeof(CX_EXEC_ENV) + 32], fvar[sizeof(CX_EXEC_ENV) + 16];
+	cx_autoconfirm struct confirm c = { { -1, -1 }, -1, -1 };
+	cx_autofree struct fdflag *fds = NULL;
+	cx_autofree char **env = NULL, **fenv = NULL;
+	cx_autoclose int memfd = -1;
+	struct cprxfer_opts o;
+	struct cx_helper conf = { .rfd = -1, .wfd = -1 }, *h = NULL;
+	int extra[2], p[2], rc, err;
+	size_t nfds = 0, i;
 
-	if (!out)
-		return cx_err(-EINVAL, "cprxfer_load_exec: NULL output");
-	s = getenv(CX_EXEC_ENV);
-	if (!s)
-		return cx_err(
-			-ENOENT,
-			"cprxfer_load_exec: no " CX_EXEC_ENV
-			" in the environment: not started by cprxfer_exec (or already loaded)");
-	errno = 0;
-	v = strtol(s, &end, 10);
-	fd = (int)v;
-	/* Whatever it holds, it is not for our children. */
-	unsetenv(CX_EXEC_ENV);
-	if (errno || end == s || *end || v < 0 || v > INT_MAX)
-		return cx_err(-EBADMSG, "cprxfer_load_exec: " CX_EXEC_ENV
-					" is not an fd number");
-	fl = fcntl(fd, F_GETFD);
-	if (fl < 0)
-		return cx_err(-EBADF,
-			      "cprxfer_load_exec: " CX_EXEC_ENV
-			      "=%d: fd is not open",
-			      fd);
-	rc = check_memfd(fd);
-	if (rc < 0) /* not ours: leave it alone */
-		return cx_err_prefix(rc, "cprxfer_load_exec");
-	fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
-	cx_opts_copy(&opts, o);
-	rc = cx_io_init(&io, fd, false);
+	if (!st || !path || !argv)
+		return cx_err(-EINVAL, "cprxfer_exec: NULL argument");
+	cx_opts_copy(&o, opts);
+	/* A plain cprxfer_exec has no options, hence no tag to check. */
+	rc = cx_exec_encode(st, confirm ? o.tag : NULL, true, &memfd);
 	if (rc < 0)
-		goto out;
-	if (lseek(fd, 0, SEEK_SET) < 0)
-		rc = cx_err(-errno, "lseek: %s", strerror(errno));
+		return cx_err_prefix(rc, "cprxfer_exec");
+	if (confirm) {
+		rc = confirm_prepare(&c, &o);
+		if (rc < 0)
+			return cx_err_prefix(rc, "cprxfer_exec");
+		snprintf(var, sizeof(var), CX_EXEC_ENV "=%d,%d", memfd,
+			 c.sv[0]);
+	} else {
+		snprintf(var, sizeof(var), CX_EXEC_ENV "=%d", memfd);
+	}
+	snprintf(fvar, sizeof(fvar), CX_EXEC_ENV "=%d", memfd);
+	extra[0] = memfd;
+	extra[1] = c.sv[0];
+	rc = build_env(envp, var, &env);
 	if (rc == 0)
-		rc = cx_decode(&io, &opts, CX_MODE_EXEC, out);
-	cx_io_fini(&io);
-out:
-	cx_close(fd);
-	return rc < 0 ? cx_err_prefix(rc, "cprxfer_load_exec") : 0;
-}
-
-CX_EXPORT int cprxfer_load_exec(cprxfer_state **out)
-{
-	return cprxfer_load_exec_opts(NULL, out);
+		rc = build_env(envp, fvar, &fenv);
+	if (rc == 0)
+		rc = collect_fds(st, extra, confirm ? 2 : 1, &fds, &nfds);
+	if (rc < 0)
+		return cx_err_prefix(rc, "cprxfer_exec");
+	for (i = 0; i < nfds; i++) {
+		if ((fds[i].flags & FD_CLOEXEC) &&
+		    fcntl(fds[i].fd, F_SETFD, fds[i].flags & ~FD_CLOEXEC) < 0) {
+			rc = cx_err(
+				-errno,
+				"cprxfer_exec: clearing close-on-exec on fd %d: %s",
+				fds[i].fd, strerror(errno));
+			restore_flags(fds, i);
+			return rc;
+		}
+	}
+	if ((defer || confirm) && helper_possible() &&
+	    pipe2(p, O_CLOEXEC) == 0) {
+		conf.rfd = p[0];
+		conf.wfd = p[1];
+		conf.confirm_fd = confirm ? c.sv[1] : -1;
+		conf.peer_fd = confirm ? c.sv[0] : -1;
+		conf.pidfd = c.pidfd;
+		conf.exe_fd = c.exe_fd;
+		conf.fb_path = o.exec_path;
+		conf.fb_argv = o.exec_argv ? o.exec_argv : argv;
+		conf.fb_envp = fenv;
+		conf.timeout_ms = o.timeout_ms;
+		h = cx_helper_start(&conf);
+		cx_close(conf.rfd); /* only the helper reads */
+		if (!h)
+			cx_close(conf.wfd);
+	}
+	if (confirm && !h) {
+		restore_flags(fds, nfds);
+		return cx_err(
+			-EAGAIN,
+			"cprxfer_exec: cannot start the helper process that a confirmed exec needs");
+	}
+	/* The helper has its copies; ours need not cross the exec. */
+	cx_closep(&c.sv[1]);
+	cx_closep(&c.pidfd);
+	cx_closep(&c.exe_fd);
+	if (h)
+		cx_helper_exec_issued(h);
+	execve(path, argv, env);
+	err = errno;
+	if (h) {
+		cx_helper_stop(h);
+		cx_close(conf.wfd);
+	}
+	restore_flags(fds, nfds);
+	return cx_err(-err, "cprxfer_exec: execve %s: %s", path, strerror(err));
 }
 
 CX_EXPORT int cprxfer_exec(const cprxfer_state *st, const char *path,
 			   char *const argv[], char *const envp[])
 {
-	return cx_exec(st, path, argv, envp, true);
+	return cx_exec(st, path, argv, envp, NULL, false, true);
+}
+
+CX_EXPORT int cprxfer_exec_opts(const cprxfer_state *st, const char *path,
+				char *const argv[], char *const envp[],
+				const cprxfer_opts *o)
+{
+	return cx_exec(st, path, argv, envp, o, true, true);
 }

@@ -5,7 +5,9 @@
  * A save is atomic and durable: the stream goes to a temporary file in
  * the same directory, which is fsync()ed and renamed over the target,
  * then the directory is fsync()ed. A crash at any point leaves the old
- * file or the new one, never a torn one. A load checks the CRC32C the
+ * file or the new one, never a torn one. A failure after the rename
+ * (the directory's fsync) is -EINPROGRESS: the new file is in place, its
+ * name may not survive a crash yet. A load checks the CRC32C the
  * stream ends with; a file that fails to decode is checked end to end,
  * so that corruption reads as -EBADMSG rather than as whatever a flipped
  * length happened to trip.
@@ -69,9 +71,10 @@ static int sync_ram(const cprxfer_state *st)
 CX_EXPORT int cprxfer_save_file(const cprxfer_state *st, const char *path)
 {
 	char dir[PATH_MAX], tmp[PATH_MAX];
+	cx_autoclose int dfd = -1;
 	const char *base;
 	struct cx_io io;
-	int rc, fd, dfd;
+	int rc, fd;
 
 	if (!st || !path)
 		return cx_err(-EINVAL, "cprxfer_save_file: NULL argument");
@@ -107,16 +110,17 @@ CX_EXPORT int cprxfer_save_file(const cprxfer_state *st, const char *path)
 		unlink(tmp);
 		return cx_err_prefix(rc, "cprxfer_save_file");
 	}
-	/* The rename itself must reach the disk. */
+	/*
+	 * The rename itself must reach the disk. From here on the new file
+	 * is in place: a failure says so, with a code of its own.
+	 */
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0)
-		return cx_err(-errno, "cprxfer_save_file: open %s: %s", dir,
-			      strerror(errno));
-	if (fsync(dfd) < 0)
-		rc = cx_err(-errno, "cprxfer_save_file: fsync %s: %s", dir,
-			    strerror(errno));
-	cx_close(dfd);
-	return rc;
+	if (dfd < 0 || fsync(dfd) < 0)
+		return cx_err(
+			-EINPROGRESS,
+			"cprxfer_save_file: %s is in place, but the rename may not be durable: %s of its directory %s failed: %s",
+			path, dfd < 0 ? "open" : "fsync", dir, strerror(errno));
+	return 0;
 }
 
 /*
@@ -178,32 +182,71 @@ static int check_tail(int fd, const char *path, const struct stat *st)
 	return 0;
 }
 
+static const char *type_name(mode_t m)
+{
+	if (S_ISFIFO(m))
+		return "a FIFO";
+	if (S_ISSOCK(m))
+		return "a socket";
+	if (S_ISDIR(m))
+		return "a directory";
+	if (S_ISCHR(m))
+		return "a character device";
+	if (S_ISBLK(m))
+		return "a block device";
+	return "not a regular file";
+}
+
+/*
+ * Open a state file for reading, at once or not at all: O_NONBLOCK so
+ * that a FIFO or a device cannot make open() wait, and the type checked
+ * before a byte is read.
+ */
+static int open_state_file(const char *path, struct stat *st, int *out)
+{
+	cx_autoclose int fd = -1;
+	struct stat l;
+	int fl;
+
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0 && errno == ENXIO && stat(path, &l) == 0 &&
+	    S_ISSOCK(l.st_mode))
+		return cx_err(-EINVAL, "%s is a socket, not a state file",
+			      path);
+	if (fd < 0)
+		return cx_err(-errno, "open %s: %s", path, strerror(errno));
+	if (fstat(fd, st) < 0)
+		return cx_err(-errno, "fstat %s: %s", path, strerror(errno));
+	if (!S_ISREG(st->st_mode))
+		return cx_err(-EINVAL, "%s is %s, not a state file", path,
+			      type_name(st->st_mode));
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+		return cx_err(-errno, "fcntl %s: %s", path, strerror(errno));
+	*out = cx_steal_fd(&fd);
+	return 0;
+}
+
 CX_EXPORT int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
 				     cprxfer_state **out)
 {
 	struct cprxfer_opts opts;
+	cx_autoclose int fd = -1;
 	cprxfer_state *res;
 	char why[512];
 	struct stat st;
 	struct cx_io io;
-	int fd, rc;
+	int rc;
 
 	if (!path || !out)
 		return cx_err(-EINVAL, "cprxfer_load_file: NULL argument");
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return cx_err(-errno, "cprxfer_load_file: open %s: %s", path,
-			      strerror(errno));
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		rc = cx_err(-EINVAL,
-			    "cprxfer_load_file: %s is not a regular file",
-			    path);
-		goto out;
-	}
+	rc = open_state_file(path, &st, &fd);
+	if (rc < 0)
+		return cx_err_prefix(rc, "cprxfer_load_file");
 	cx_opts_copy(&opts, o);
 	rc = cx_io_init(&io, fd, false);
 	if (rc < 0)
-		goto out;
+		return cx_err_prefix(rc, "cprxfer_load_file");
 	rc = cx_decode(&io, &opts, CX_MODE_FILE, &res);
 	cx_io_fini(&io);
 	if (rc == 0) {
@@ -226,8 +269,6 @@ CX_EXPORT int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
 				"%s: checksum mismatch: the file is corrupted (decoding said: %.300s)",
 				path, why);
 	}
-out:
-	cx_close(fd);
 	return rc < 0 ? cx_err_prefix(rc, "cprxfer_load_file") : 0;
 }
 

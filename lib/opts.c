@@ -124,3 +124,28 @@ CX_EXPORT int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid)
 	o->pids[o->npids++] = pid;
 	return 0;
 }
+
+CX_EXPORT int cprxfer_opts_set_exec_fallback(cprxfer_opts *o, const char *path,
+					     char *const argv[])
+{
+	if (!o)
+		return cx_err(-EINVAL,
+			      "cprxfer_opts_set_exec_fallback: NULL options");
+	o->exec_path = path;
+	o->exec_argv = argv;
+	return 0;
+}
+
+CX_EXPORT int cprxfer_opts_allow_file_ram(cprxfer_opts *o, int allow)
+{
+	if (!o)
+		return cx_err(-EINVAL,
+			      "cprxfer_opts_allow_file_ram: NULL options");
+	if (allow != 0 && allow != 1)
+		return cx_err(
+			-EINVAL,
+			"cprxfer_opts_allow_file_ram: allow is %d, not 0 or 1",
+			allow);
+	o->allow_file_ram = allow;
+	return 0;
+}

@@ -3,6 +3,7 @@
 #ifndef CX_OPTS_H
 #define CX_OPTS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -22,6 +23,10 @@ struct cprxfer_opts {
 	unsigned nuids;
 	pid_t pids[CX_ALLOW_MAX];
 	unsigned npids;
+	bool allow_file_ram; /* a peer's RAM may be a file, not a memfd */
+	/* cprxfer_exec_opts: the program its fallback runs (NULL: the old) */
+	const char *exec_path;
+	char *const *exec_argv;
 };
 
 /* Fill o with the documented defaults. */

@@ -5,8 +5,13 @@
  * receiver maps the same pages at a new address. Not a byte is copied.
  *
  * A receiver only maps an object that cannot shrink under its mapping
- * (a sealed memfd) or one the caller chose to trust by path (a file):
+ * (a sealed memfd) or one the caller chose to trust (a file it opened by
+ * path, or a peer's file when the loader allows file-backed RAM):
  * anything else is a SIGBUS waiting to happen.
+ *
+ * A file the library opens for a region is created exclusively or, if it
+ * exists, adopted only when the caller's euid owns it and no one else
+ * may write it; a symbolic link is never followed.
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -20,6 +25,7 @@
 
 #include "cleanup.h"
 #include "error.h"
+#include "ram.h"
 #include "state.h"
 
 #ifndef MADV_POPULATE_WRITE
@@ -67,7 +73,9 @@ static const char *fd_type_name(mode_t m)
 
 /*
  * Classify fd: a memfd, a regular file (path filled in when it still has
- * a name) or a dax device. -EINVAL for anything else.
+ * a name) or a dax device. -EINVAL for anything else. Without /proc (a
+ * chroot, a sandbox) a memfd is recognised by its having no link and
+ * taking seals; a character device cannot be told to be dax.
  */
 static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 		   size_t pathlen, int *kind)
@@ -84,20 +92,21 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 			      what, fd, fd_type_name(st->st_mode));
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	n = readlink(link, path, pathlen - 1);
-	if (n < 0)
+	if (n < 0 && errno != ENOENT)
 		return cx_err(-errno, "%s: readlink %s: %s", what, link,
 			      strerror(errno));
-	path[n] = 0;
+	path[n < 0 ? 0 : n] = 0;
 	if (S_ISCHR(st->st_mode)) {
 		if (strncmp(path, "/dev/dax", 8))
 			return cx_err(
 				-EINVAL,
 				"%s: fd %d is a character device (%s), not a dax device",
-				what, fd, path);
+				what, fd, n < 0 ? "no /proc to name it" : path);
 		*kind = KIND_DAX;
 		return 0;
 	}
-	if (!strncmp(path, "/memfd:", 7) && st->st_nlink == 0) {
+	if (st->st_nlink == 0 && (n < 0 ? fcntl(fd, F_GET_SEALS) >= 0
+					: !strncmp(path, "/memfd:", 7))) {
 		*kind = KIND_MEMFD;
 		path[0] = 0;
 		return 0;
@@ -105,6 +114,33 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 	*kind = KIND_FILE;
 	if (st->st_nlink == 0 || path[0] != '/')
 		path[0] = 0; /* unlinked: only the fd can carry it */
+	return 0;
+}
+
+/*
+ * An fd of kind (st from fd_kind) fit to back a region of size bytes:
+ * exactly that size (a dax device: any), and a memfd sealed against
+ * shrinking.
+ */
+static int size_and_seals(const char *what, const char *name, int fd,
+			  const struct stat *st, uint64_t size, int kind)
+{
+	int seals;
+
+	if (kind != KIND_DAX && (uint64_t)st->st_size != size)
+		return cx_err(
+			-EBADMSG,
+			"record '%s': %s: fd %d is %llu bytes, the region is %llu",
+			name, what, fd, (unsigned long long)st->st_size,
+			(unsigned long long)size);
+	if (kind != KIND_MEMFD)
+		return 0;
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || !(seals & F_SEAL_SHRINK))
+		return cx_err(
+			-EBADFD,
+			"record '%s': %s: memfd %d is not sealed against shrinking (F_SEAL_SHRINK): a mapping of it could fault with SIGBUS",
+			name, what, fd);
 	return 0;
 }
 
@@ -117,26 +153,34 @@ static int fd_check(const char *what, const char *name, int fd, uint64_t size,
 		    char *path, size_t pathlen, int *kind)
 {
 	struct stat st;
-	int rc, seals;
+	int rc;
 
 	rc = fd_kind(what, fd, &st, path, pathlen, kind);
 	if (rc < 0)
 		return cx_err_prefix(rc, "record '%s'", name);
-	if (*kind != KIND_DAX && (uint64_t)st.st_size != size)
+	return size_and_seals(what, name, fd, &st, size, *kind);
+}
+
+int cx_ram_check_fd(const char *name, int fd, uint64_t size, bool allow_file)
+{
+	const char *what = "RAM from a peer";
+	char path[PATH_MAX];
+	struct stat st;
+	int rc, kind;
+
+	rc = fd_kind(what, fd, &st, path, sizeof(path), &kind);
+	if (rc == -EINVAL)
+		return cx_err_prefix(-EBADFD, "record '%s'", name);
+	if (rc < 0)
+		return cx_err_prefix(rc, "record '%s'", name);
+	if (kind != KIND_MEMFD && !allow_file)
 		return cx_err(
-			-EBADMSG,
-			"record '%s': %s: fd %d is %llu bytes, the region is %llu",
-			name, what, fd, (unsigned long long)st.st_size,
-			(unsigned long long)size);
-	if (*kind != KIND_MEMFD)
-		return 0;
-	seals = fcntl(fd, F_GET_SEALS);
-	if (seals < 0 || !(seals & F_SEAL_SHRINK))
-		return cx_err(
-			-EBADFD,
-			"record '%s': %s: memfd %d is not sealed against shrinking (F_SEAL_SHRINK): a mapping of it could fault with SIGBUS",
-			name, what, fd);
-	return 0;
+			-EPERM,
+			"record '%s': %s: fd %d is %s %s, not a memfd sealed against shrinking; whoever can truncate it could kill this process with SIGBUS, so it is refused unless the loader allows file-backed RAM (cprxfer_opts_allow_file_ram)",
+			name, what, fd,
+			kind == KIND_DAX ? "the dax device" : "the file",
+			path[0] ? path : "(unlinked)");
+	return size_and_seals(what, name, fd, &st, size, kind);
 }
 
 static bool is_hugetlb(int fd)
@@ -271,10 +315,13 @@ static int apply_flags(void *addr, size_t size, int fd, unsigned flags)
 	return 0;
 }
 
-/* Whether hugetlb pages of the default size can back size bytes. */
+/*
+ * Whether hugetlb pages of the default size can back size bytes: a hint
+ * only, as another process may take the pages before our mmap does.
+ */
 static bool hugetlb_fits(size_t size)
 {
-	unsigned long long free_pages = 0, kb = 0, v;
+	unsigned long long free_pages = 0, rsvd = 0, kb = 0, v;
 	char line[128];
 	FILE *f;
 
@@ -284,10 +331,14 @@ static bool hugetlb_fits(size_t size)
 	while (fgets(line, sizeof(line), f)) {
 		if (sscanf(line, "HugePages_Free: %llu", &v) == 1)
 			free_pages = v;
+		else if (sscanf(line, "HugePages_Rsvd: %llu", &v) == 1)
+			rsvd = v;
 		else if (sscanf(line, "Hugepagesize: %llu kB", &v) == 1)
 			kb = v;
 	}
 	fclose(f);
+	/* Reserved pages are free but promised to existing mappings. */
+	free_pages = free_pages > rsvd ? free_pages - rsvd : 0;
 	return kb && size % (kb << 10) == 0 && free_pages * (kb << 10) >= size;
 }
 
@@ -304,113 +355,220 @@ static int check_out(const char *what, size_t size, unsigned flags,
 	return 0;
 }
 
-/* Map fd, apply flags, fill *out; closes fd on failure. */
-static int finish(const char *what, int fd, size_t size, unsigned flags,
+/* Map *fd, apply flags, fill *out; takes *fd only on success. */
+static int finish(const char *what, int *fd, size_t size, unsigned flags,
 		  struct cprxfer_ram *out)
 {
 	void *addr = NULL;
 	int rc;
 
-	rc = map_shared(what, fd, size, &addr);
+	rc = map_shared(what, *fd, size, &addr);
 	if (rc < 0)
-		goto fail;
-	rc = apply_flags(addr, size, fd, flags);
+		return rc;
+	rc = apply_flags(addr, size, *fd, flags);
 	if (rc < 0) {
 		munmap(addr, size);
-		rc = cx_err_prefix(rc, "%s", what);
-		goto fail;
+		return cx_err_prefix(rc, "%s", what);
 	}
 	out->addr = addr;
 	out->size = size;
-	out->fd = fd;
+	out->fd = cx_steal_fd(fd);
 	return 0;
-fail:
-	cx_close(fd);
-	return rc;
+}
+
+/* A sealed memfd of size bytes (on hugetlbfs if huge), mapped. */
+static int create_mapped(const char *what, const char *name, size_t size,
+			 unsigned flags, bool huge, struct cprxfer_ram *out)
+{
+	unsigned mfd = MFD_CLOEXEC | MFD_ALLOW_SEALING;
+	cx_autoclose int fd = -1;
+
+	fd = memfd_create(name, mfd | (huge ? MFD_HUGETLB : 0));
+	if (fd < 0)
+		return cx_err(-errno, "%s: memfd_create '%s'%s: %s", what, name,
+			      huge ? " on hugetlbfs" : "", strerror(errno));
+	if (ftruncate(fd, (off_t)size) < 0)
+		return cx_err(-errno, "%s: ftruncate to %zu bytes: %s", what,
+			      size, strerror(errno));
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) <
+	    0)
+		return cx_err(-errno, "%s: sealing the memfd: %s", what,
+			      strerror(errno));
+	return finish(what, &fd, size, flags, out);
 }
 
 CX_EXPORT int cprxfer_ram_create(const char *name, size_t size, unsigned flags,
 				 struct cprxfer_ram *out)
 {
 	const char *what = "cprxfer_ram_create";
-	unsigned mfd = MFD_CLOEXEC | MFD_ALLOW_SEALING;
-	int rc, fd = -1;
+	int rc;
 
 	rc = check_out(what, size, flags, out);
 	if (rc < 0)
 		return rc;
 	if (!name)
 		name = "cprxfer-ram";
-	if ((flags & CPRXFER_RAM_HUGEPAGE) && hugetlb_fits(size))
-		fd = memfd_create(name, mfd | MFD_HUGETLB);
+	if ((flags & CPRXFER_RAM_HUGEPAGE) && hugetlb_fits(size)) {
+		rc = create_mapped(what, name, size, flags, true, out);
+		if (rc == 0)
+			return 0;
+		/*
+		 * The pages went to someone else between the check and the
+		 * mmap() that reserves them: THP or base pages instead.
+		 */
+	}
+	return create_mapped(what, name, size, flags, false, out);
+}
+
+/*
+ * Open the directory that holds path (never through a symbolic link as
+ * its last component) and point *base at the file's name in path.
+ */
+static int open_dir(const char *what, const char *path, const char **base,
+		    int *out)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[PATH_MAX];
+	struct stat st;
+	size_t n;
+	int fd;
+
+	if (!slash) {
+		snprintf(dir, sizeof(dir), ".");
+		*base = path;
+	} else {
+		n = slash == path ? 1 : (size_t)(slash - path);
+		if (n >= sizeof(dir))
+			return cx_err(-ENAMETOOLONG,
+				      "%s: path '%s' is too long", what, path);
+		memcpy(dir, path, n);
+		dir[n] = 0;
+		*base = slash + 1;
+	}
+	if (!**base)
+		return cx_err(-EISDIR, "%s: %s names a directory, not a file",
+			      what, path);
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == ENOTDIR && lstat(dir, &st) == 0 &&
+	    S_ISLNK(st.st_mode))
+		return cx_err(
+			-ELOOP,
+			"%s: directory %s is a symbolic link, which is not followed: give the real path",
+			what, dir);
 	if (fd < 0)
-		fd = memfd_create(name, mfd);
-	if (fd < 0)
-		return cx_err(-errno, "%s: memfd_create '%s': %s", what, name,
+		return cx_err(-errno, "%s: open directory %s: %s", what, dir,
 			      strerror(errno));
-	if (ftruncate(fd, (off_t)size) < 0) {
-		rc = cx_err(-errno, "%s: ftruncate to %zu bytes: %s", what,
-			    size, strerror(errno));
-		goto fail;
-	}
-	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) <
-	    0) {
-		rc = cx_err(-errno, "%s: sealing the memfd: %s", what,
-			    strerror(errno));
-		goto fail;
-	}
-	return finish(what, fd, size, flags, out);
-fail:
-	cx_close(fd);
-	return rc;
+	*out = fd;
+	return 0;
+}
+
+/*
+ * Open the existing file base (path, in dfd) for a region: a regular
+ * file or a dax device that the caller's euid owns and that no one else
+ * may write. Anything else could be read or changed by another user, or
+ * truncated under the mapping.
+ */
+static int open_owned(const char *what, int dfd, const char *base,
+		      const char *path, struct stat *st, int *out)
+{
+	cx_autoclose int fd = -1;
+	int fl;
+
+	/* O_NONBLOCK: opening a device or a FIFO must not wait. */
+	fd = openat(dfd, base,
+		    O_RDWR | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0 && errno == ELOOP)
+		return cx_err(
+			-ELOOP,
+			"%s: %s is a symbolic link, which is not followed",
+			what, path);
+	if (fd < 0)
+		return cx_err(-errno, "%s: open %s: %s", what, path,
+			      strerror(errno));
+	if (fstat(fd, st) < 0)
+		return cx_err(-errno, "%s: fstat %s: %s", what, path,
+			      strerror(errno));
+	if (!S_ISREG(st->st_mode) &&
+	    (!S_ISCHR(st->st_mode) || strncmp(path, "/dev/dax", 8)))
+		return cx_err(
+			-EINVAL,
+			"%s: %s is %s, not a regular file or a dax device",
+			what, path, fd_type_name(st->st_mode));
+	if (st->st_uid != geteuid())
+		return cx_err(
+			-EPERM,
+			"%s: %s belongs to uid %u, not to this process (euid %u): its owner could read and change the guest's memory",
+			what, path, (unsigned)st->st_uid, (unsigned)geteuid());
+	if (st->st_mode & (S_IWGRP | S_IWOTH))
+		return cx_err(
+			-EPERM,
+			"%s: %s is writable by its group or by others (mode %04o): they could change the guest's memory or truncate the file under the mapping",
+			what, path, (unsigned)(st->st_mode & 07777));
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+		return cx_err(-errno, "%s: fcntl %s: %s", what, path,
+			      strerror(errno));
+	*out = cx_steal_fd(&fd);
+	return 0;
+}
+
+/* Remove the file the call created, if base in dfd is still that file. */
+static void unlink_created(int dfd, const char *base, int fd)
+{
+	struct stat a, b;
+
+	if (fstat(fd, &a) == 0 &&
+	    fstatat(dfd, base, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+		unlinkat(dfd, base, 0);
 }
 
 CX_EXPORT int cprxfer_ram_open_file(const char *path, size_t size,
 				    unsigned flags, struct cprxfer_ram *out)
 {
 	const char *what = "cprxfer_ram_open_file";
+	cx_autoclose int dfd = -1, fd = -1;
+	bool created = false;
+	const char *base;
 	struct stat st;
-	int rc, fd;
+	int rc;
 
 	rc = check_out(what, size, flags, out);
 	if (rc < 0)
 		return rc;
 	if (!path || !*path)
 		return cx_err(-EINVAL, "%s: no path", what);
-	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return cx_err(-errno, "%s: open %s: %s", what, path,
-			      strerror(errno));
-	if (fstat(fd, &st) < 0) {
-		rc = cx_err(-errno, "%s: fstat %s: %s", what, path,
+	rc = open_dir(what, path, &base, &dfd);
+	if (rc < 0)
+		return rc;
+	/* Exclusively: never adopt a file someone else slips in. */
+	fd = openat(dfd, base,
+		    O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		created = true;
+		if (fstat(fd, &st) < 0)
+			rc = cx_err(-errno, "%s: fstat %s: %s", what, path,
+				    strerror(errno));
+	} else if (errno == EEXIST) {
+		rc = open_owned(what, dfd, base, path, &st, &fd);
+	} else {
+		rc = cx_err(-errno, "%s: create %s: %s", what, path,
 			    strerror(errno));
-		goto fail;
 	}
-	if (S_ISREG(st.st_mode)) {
-		if ((uint64_t)st.st_size > size) {
-			/* Shrinking would throw away what it holds. */
-			rc = cx_err(
-				-EINVAL,
-				"%s: %s is %llu bytes, more than the %zu asked for",
-				what, path, (unsigned long long)st.st_size,
-				size);
-			goto fail;
-		}
-		if ((uint64_t)st.st_size < size &&
-		    ftruncate(fd, (off_t)size) < 0) {
-			rc = cx_err(-errno, "%s: ftruncate %s to %zu bytes: %s",
-				    what, path, size, strerror(errno));
-			goto fail;
-		}
-	} else if (!S_ISCHR(st.st_mode) || strncmp(path, "/dev/dax", 8)) {
+	if (rc == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > size)
+		/* Shrinking would throw away what it holds. */
 		rc = cx_err(-EINVAL,
-			    "%s: %s is %s, not a regular file or a dax device",
-			    what, path, fd_type_name(st.st_mode));
-		goto fail;
-	}
-	return finish(what, fd, size, flags, out);
-fail:
-	cx_close(fd);
+			    "%s: %s is %llu bytes, more than the %zu asked for",
+			    what, path, (unsigned long long)st.st_size, size);
+	if (rc == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size < size &&
+	    ftruncate(fd, (off_t)size) < 0)
+		rc = cx_err(-errno, "%s: ftruncate %s to %zu bytes: %s", what,
+			    path, size, strerror(errno));
+	if (rc == 0)
+		rc = finish(what, &fd, size, flags, out);
+	/* A failed call leaves no file of its own behind. */
+	if (rc < 0 && created)
+		unlink_created(dfd, base, fd);
 	return rc;
 }
 
@@ -425,7 +583,9 @@ CX_EXPORT int cprxfer_ram_put(cprxfer_state *st, const char *name,
 
 	if (!st || !r)
 		return cx_err(-EINVAL, "%s: NULL argument", what);
-	rc = cx_name_check(what, name, name ? strnlen(name, 256) : 0);
+	if (!name)
+		return cx_err(-EINVAL, "%s: NULL name", what);
+	rc = cx_name_check(what, name, strnlen(name, 256));
 	if (rc < 0)
 		return rc;
 	if (r->fd < 0 || fcntl(r->fd, F_GETFD) < 0)
@@ -452,21 +612,40 @@ CX_EXPORT int cprxfer_ram_put(cprxfer_state *st, const char *name,
 			 (copy ? CX_RAM_F_FILE : 0);
 	e->v.ram.path = copy;
 	e->owns_fd = false;
+	cx_entry_note_fd(e);
 	return 0;
+}
+
+/* A region saved by path (file mode): reopen it, if it is still ours. */
+static int reopen(const char *what, const char *name, const char *path,
+		  int *out)
+{
+	cx_autoclose int dfd = -1;
+	const char *base;
+	struct stat st;
+	int rc;
+
+	rc = open_dir(what, path, &base, &dfd);
+	if (rc == 0)
+		rc = open_owned(what, dfd, base, path, &st, out);
+	return rc < 0 ? cx_err_prefix(rc, "record '%s'", name) : 0;
 }
 
 CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 			      unsigned flags, struct cprxfer_ram *out)
 {
 	const char *what = "cprxfer_ram_get";
+	cx_autoclose int fd = -1;
 	char path[PATH_MAX];
 	struct cx_entry *e;
-	int rc, fd, kind;
 	uint64_t size;
+	int rc, kind;
 
 	if (!st)
 		return cx_err(-EINVAL, "%s: NULL state", what);
-	rc = cx_name_check(what, name, name ? strnlen(name, 256) : 0);
+	if (!name)
+		return cx_err(-EINVAL, "%s: NULL name", what);
+	rc = cx_name_check(what, name, strnlen(name, 256));
 	if (rc < 0)
 		return rc;
 	rc = check_out(what, 1, flags, out);
@@ -483,28 +662,31 @@ CX_EXPORT int cprxfer_ram_get(cprxfer_state *st, const char *name,
 		return cx_err(-EBADMSG, "%s: record '%s': size %llu", what,
 			      name, (unsigned long long)size);
 	if (e->v.ram.fd >= 0) {
+		rc = cx_entry_check_fd(e);
+		if (rc < 0)
+			return cx_err_prefix(rc, "%s", what);
 		fd = fcntl(e->v.ram.fd, F_DUPFD_CLOEXEC, 0);
 		if (fd < 0)
 			return cx_err(-errno,
 				      "%s: record '%s': dup of fd %d: %s", what,
 				      name, e->v.ram.fd, strerror(errno));
 	} else if (e->v.ram.path) {
-		fd = open(e->v.ram.path, O_RDWR | O_CLOEXEC);
-		if (fd < 0)
-			return cx_err(-errno, "%s: record '%s': open %s: %s",
-				      what, name, e->v.ram.path,
-				      strerror(errno));
+		rc = reopen(what, name, e->v.ram.path, &fd);
+		if (rc < 0)
+			return rc;
 	} else {
 		return cx_err(-EBADF,
 			      "%s: record '%s' has neither an fd nor a path",
 			      what, name);
 	}
-	rc = fd_check(what, name, fd, size, path, sizeof(path), &kind);
-	if (rc < 0) {
-		cx_close(fd);
-		return rc;
-	}
-	rc = finish(what, fd, (size_t)size, flags, out);
+	/* A peer's region: what the loader allowed at load still holds. */
+	if (st->from_peer)
+		rc = cx_ram_check_fd(name, fd, size, st->allow_file_ram);
+	else
+		rc = fd_check(what, name, fd, size, path, sizeof(path), &kind);
+	if (rc < 0)
+		return st->from_peer ? cx_err_prefix(rc, "%s", what) : rc;
+	rc = finish(what, &fd, (size_t)size, flags, out);
 	if (rc < 0)
 		return cx_err_prefix(rc, "record '%s'", name);
 	return 0;

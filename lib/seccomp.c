@@ -18,7 +18,8 @@
  *   read, write, close, fcntl, lseek, fstat (newfstatat), getpid,
  *   geteuid, prlimit64 (getrlimit), clock_gettime, brk, mmap, munmap,
  *   mremap, madvise, mincore, memfd_create, ftruncate, fstatfs,
- *   readlink, openat (/proc/meminfo, /proc/self/smaps, RAM files)
+ *   readlink (readlinkat), openat (/proc/meminfo, /proc/self/smaps,
+ *   RAM files and their directories)
  *
  * CPRXFER_MODE_TRANSFER (listen, accept, connect, channel_open, save,
  * load, ack, wait_ack):
@@ -30,9 +31,12 @@
  *
  * CPRXFER_MODE_EXEC (cprxfer_exec, cprxfer_load_exec):
  *   execve, pread64, and for the helper that unmaps the old image after
- *   the exec: pipe2, prctl (PR_GET_CHILD_SUBREAPER only), clone (the two
- *   flag sets lib/exec.c uses only), wait4, futex, kill (SIGKILL only),
- *   close_range, rt_sigprocmask, exit
+ *   the exec (lib/exec-helper.c): pipe2, prctl (PR_GET_CHILD_SUBREAPER
+ *   only), clone (the two flag sets it uses only), wait4, rt_sigprocmask,
+ *   rt_sigaction, close_range, poll/ppoll, pidfd_open, pidfd_send_signal
+ *   (SIGKILL only), exit;
+ *   for cprxfer_exec_opts' confirmation and fallback: socketpair
+ *   (AF_UNIX), sendto/recvfrom, execveat, exit_group
  *
  * CPRXFER_MODE_FILE (cprxfer_save_file, cprxfer_load_file):
  *   fsync, rename (renameat, renameat2), unlink (unlinkat), pread64,
@@ -83,6 +87,8 @@ static const struct {
 	{ "ftruncate", ALL },	 /* RAM sizing */
 	{ "fstatfs", ALL },	 /* hugetlbfs detection */
 	{ "readlink", ALL },	 /* names behind /proc/self/fd */
+	{ "readlinkat", ALL },	 /* the same, as glibc makes it on
+					  * aarch64 and newer ports */
 	{ "openat", ALL },	 /* RAM files, /proc/meminfo; state
 					 * files */
 
@@ -97,8 +103,8 @@ static const struct {
 	{ "shutdown", T },    /* after a refused load */
 	{ "sendmsg", T },     /* frames, SCM_RIGHTS */
 	{ "recvmsg", T },
-	{ "poll", T }, /* every wait, bounded */
-	{ "ppoll", T },
+	{ "poll", T | X }, /* every wait, bounded; the exec helper's */
+	{ "ppoll", T | X },
 	{ "inotify_init1", T }, /* connect waits for the path */
 	{ "inotify_add_watch", T },
 	{ "inotify_rm_watch", T },
@@ -117,10 +123,16 @@ static const struct {
 	{ "pread64", X | F },	 /* the stream magic; the CRC */
 	{ "pipe2", X },		 /* the exec wakes the helper */
 	{ "wait4", X },		 /* reap the intermediate */
-	{ "futex", X },		 /* wait for the helper's exit */
-	{ "close_range", X },	 /* the helper drops every fd */
-	{ "rt_sigprocmask", X }, /* the helper blocks signals */
-	{ "exit", X },		 /* the helper's own exit */
+	{ "rt_sigprocmask", X }, /* signals blocked around the clone */
+	{ "rt_sigaction", X },	 /* the helper resets handlers */
+	{ "close_range", X },	 /* the helper drops its files */
+	{ "pidfd_open", X },	 /* the helper; the new image */
+	{ "socketpair", X },	 /* confirmation socket */
+	{ "sendto", X },	 /* cprxfer_exec_commit */
+	{ "recvfrom", X },
+	{ "execveat", X }, /* the fallback */
+	{ "exit", X },	   /* the helper's own exit */
+	{ "exit_group", X },
 
 	/* file mode */
 	{ "fsync", F },	    /* the file, its directory */
@@ -154,10 +166,10 @@ static int add_exec_args(scmp_filter_ctx ctx)
 		SCMP_A0(SCMP_CMP_EQ, PR_GET_CHILD_SUBREAPER),
 	};
 	const struct scmp_arg_cmp spawn[] = {
-		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | CLONE_VFORK | SIGCHLD),
+		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | CLONE_VFORK),
 	};
 	const struct scmp_arg_cmp helper[] = {
-		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | CLONE_CHILD_CLEARTID | SIGCHLD),
+		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | SIGCHLD),
 	};
 	const struct scmp_arg_cmp sigkill[] = {
 		SCMP_A1(SCMP_CMP_EQ, SIGKILL),
@@ -170,7 +182,7 @@ static int add_exec_args(scmp_filter_ctx ctx)
 	if (rc == 0)
 		rc = add(ctx, "clone", 1, helper);
 	if (rc == 0)
-		rc = add(ctx, "kill", 1, sigkill);
+		rc = add(ctx, "pidfd_send_signal", 1, sigkill);
 	return rc;
 }
 

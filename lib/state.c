@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -241,6 +242,36 @@ int cx_entry_fd(const struct cx_entry *e)
 	return -1;
 }
 
+void cx_entry_note_fd(struct cx_entry *e)
+{
+	struct stat s;
+
+	e->fd_id = fstat(cx_entry_fd(e), &s) == 0;
+	e->dev = e->fd_id ? (uint64_t)s.st_dev : 0;
+	e->ino = e->fd_id ? (uint64_t)s.st_ino : 0;
+}
+
+int cx_entry_check_fd(const struct cx_entry *e)
+{
+	int fd = cx_entry_fd(e);
+	struct stat s;
+
+	if (e->owns_fd || !e->fd_id || fd < 0)
+		return 0;
+	if (fstat(fd, &s) < 0) {
+		int err = errno;
+
+		return cx_err(-err, "record '%s': fd %d: %s", e->name, fd,
+			      err == EBADF ? "is not open" : strerror(err));
+	}
+	if ((uint64_t)s.st_dev != e->dev || (uint64_t)s.st_ino != e->ino)
+		return cx_err(
+			-ESTALE,
+			"record '%s': fd %d is no longer the file that was put (closed and its number reused?): refusing to send another file under its name",
+			e->name, fd);
+	return 0;
+}
+
 size_t cx_state_nfds(const cprxfer_state *st)
 {
 	size_t i, n = 0;
@@ -370,6 +401,7 @@ CX_EXPORT int cprxfer_put_fd(cprxfer_state *st, const char *name, int fd)
 	if (rc == 0) {
 		e->v.fd = fd;
 		e->owns_fd = false;
+		cx_entry_note_fd(e);
 	}
 	return rc;
 }

@@ -14,6 +14,8 @@ struct cx_entry {
 	uint8_t type; /* CPRXFER_TYPE_* */
 	uint8_t name_len;
 	bool owns_fd; /* close the fd on free */
+	bool fd_id;   /* a borrowed fd: dev and ino hold its file at put */
+	uint64_t dev, ino;
 	union {
 		uint64_t u64;
 		int64_t i64;
@@ -44,6 +46,10 @@ struct cprxfer_state {
 	size_t n, cap;
 	uint64_t *tab; /* hash << 32 | (entry index + 1); 0: empty */
 	size_t tabcap; /* a power of two */
+	/* A loaded state: from a peer over a socket, and what the loader
+	 * allowed then (cprxfer_ram_get checks RAM against it again). */
+	bool from_peer;
+	bool allow_file_ram;
 };
 
 /*
@@ -74,5 +80,15 @@ size_t cx_state_nfds(const cprxfer_state *st);
 
 /* The fd an entry carries, or -1. */
 int cx_entry_fd(const struct cx_entry *e);
+
+/* A borrowed fd was just put in e: remember which file it is. */
+void cx_entry_note_fd(struct cx_entry *e);
+
+/*
+ * Is e's borrowed fd still the file it was at put? 0 (also for an entry
+ * that owns its fd or has none); -EBADF if the fd was closed; -ESTALE,
+ * naming the record, if it was closed and its number reused.
+ */
+int cx_entry_check_fd(const struct cx_entry *e);
 
 #endif

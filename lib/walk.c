@@ -28,6 +28,8 @@ struct wk {
 	uint64_t announced, claimed;
 	uint32_t *numbers; /* inline fd numbers, by index */
 	size_t numbers_cap;
+	uint8_t pending[CX_HDR]; /* read ahead: not a HELLO after all */
+	size_t npending;
 };
 
 /* Read n stream bytes, counted and checksummed. */
@@ -40,7 +42,14 @@ static int take(struct wk *k, void *p, size_t n)
 		return cx_err(-EBADMSG,
 			      "stream runs past its declared %llu bytes",
 			      (unsigned long long)w->declared_bytes);
-	rc = cx_io_read(k->io, p, n);
+	if (k->npending) {
+		/* Only ever a whole header, read back in one take. */
+		memcpy(p, k->pending, n);
+		k->npending = 0;
+		rc = 0;
+	} else {
+		rc = cx_io_read(k->io, p, n);
+	}
 	if (rc == -ENODATA || (rc == -ECONNRESET && !k->io->sock))
 		return cx_err(
 			-EBADMSG,
@@ -235,7 +244,7 @@ static int claim_fd(struct wk *k, struct cx_walk_rec *r)
 static int on_record(struct wk *k, const struct cx_frame *f)
 {
 	struct cx_walk *w = k->w;
-	struct cx_walk_rec r = { .offset = k->frame,
+	struct cx_walk_rec r = { .offset = w->base + k->frame,
 				 .fd = -1,
 				 .fd_number = -1 };
 	uint8_t h[CX_REC_HDR], v[CX_RAM_LEN], head[CX_WALK_HEAD];
@@ -404,6 +413,51 @@ static int on_end(struct wk *k, const struct cx_frame *f)
 	return 0;
 }
 
+/*
+ * An exec-mode memfd written by cprxfer_exec_opts() starts with a HELLO
+ * frame (pid, uid, tag of the old image), outside the stream and its
+ * checksum. Anything else is the stream's first header: kept for it.
+ */
+static int maybe_hello(struct wk *k)
+{
+	struct cx_walk *w = k->w;
+	uint8_t p[CX_HELLO_LEN + CX_TAG_MAX];
+	struct cx_frame f;
+	size_t tlen;
+	int rc;
+
+	rc = cx_io_read(k->io, k->pending, CX_HDR);
+	if (rc == -ENODATA)
+		return cx_err(-EBADMSG, "stream truncated: no first frame");
+	if (rc < 0)
+		return rc;
+	if (cx_get32(k->pending) != CX_MAGIC || k->pending[5] != CX_F_HELLO) {
+		k->npending = CX_HDR;
+		return 0;
+	}
+	rc = cx_frame_parse(k->pending, &f);
+	if (rc < 0)
+		return rc;
+	if (f.len < CX_HELLO_LEN || f.len > CX_HELLO_LEN + CX_TAG_MAX)
+		return cx_err(-EPROTO, "HELLO frame of %llu bytes",
+			      (unsigned long long)f.len);
+	rc = cx_io_read(k->io, p, (size_t)f.len);
+	if (rc < 0)
+		return rc == -ENODATA ? cx_err(-EBADMSG,
+					       "stream truncated in its HELLO")
+				      : rc;
+	tlen = cx_get16(p + 12);
+	if (CX_HELLO_LEN + tlen != f.len || memchr(p + CX_HELLO_LEN, 0, tlen))
+		return cx_err(-EPROTO, "malformed HELLO frame");
+	w->hello = true;
+	w->hello_pid = cx_get32(p + 4);
+	w->hello_uid = cx_get32(p + 8);
+	memcpy(w->hello_tag, p + CX_HELLO_LEN, tlen);
+	w->hello_tag[tlen] = 0;
+	w->base = CX_HDR + f.len;
+	return 0;
+}
+
 int cx_walk(struct cx_io *io, struct cx_walk *w)
 {
 	struct wk k = { .io = io, .w = w };
@@ -414,7 +468,9 @@ int cx_walk(struct cx_io *io, struct cx_walk *w)
 	k.max_fds = cx_opts_max_fds(&k.o);
 	io->max_fds = k.max_fds;
 	io->fds_in = io->fdq_len - io->fdq_pos;
-	rc = on_begin(&k);
+	rc = w->sock ? 0 : maybe_hello(&k);
+	if (rc == 0)
+		rc = on_begin(&k);
 	while (rc == 0) {
 		rc = parse_header(&k, &f);
 		if (rc < 0)
@@ -446,7 +502,7 @@ int cx_walk(struct cx_io *io, struct cx_walk *w)
 	w->fds = k.claimed;
 	if (rc < 0) {
 		w->err = rc;
-		w->err_offset = k.frame;
+		w->err_offset = w->base + k.frame;
 		snprintf(w->errmsg, sizeof(w->errmsg), "%s", cx_errmsg_get());
 	}
 	return rc;

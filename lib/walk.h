@@ -21,7 +21,7 @@
 #define CX_WALK_HEAD 64
 
 struct cx_walk_rec {
-	uint64_t offset; /* of the RECORD frame's header */
+	uint64_t offset; /* of the RECORD frame's header, in the input */
 	uint64_t len;	 /* of the value */
 	const char *name;
 	uint8_t type; /* CPRXFER_TYPE_*, or a later version's type */
@@ -54,11 +54,16 @@ struct cx_walk {
 	bool inline_fds;   /* an FDS frame listed fd numbers */
 	bool fds_absent;   /* non-socket input with socket FDS batches */
 	uint8_t version;
+	bool hello; /* an exec memfd's HELLO frame came first */
+	uint32_t hello_pid, hello_uid;
+	char hello_tag[256];
+	uint64_t base; /* bytes before the stream (the HELLO frame) */
 	uint64_t declared_records, declared_fds, declared_bytes;
 	uint64_t records, fds, bytes;
 	uint32_t crc_stream, crc_data; /* valid once ended */
 	int err;		       /* 0 or the first error */
-	uint64_t err_offset;	       /* of the frame the error lies in */
+	uint64_t err_offset;	       /* of the frame the error lies in,
+				        * in the input */
 	char errmsg[512];
 };
 

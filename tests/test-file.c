@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cprxfer/cprxfer.h>
@@ -365,12 +368,119 @@ static void test_replace(void **state)
 	cprxfer_state_free(st);
 }
 
+/* ---- what is not a state file; a rename not yet durable ------------------ */
+
+struct notfile {
+	const char *path, *what;
+};
+
+static int load_notfile(void *arg)
+{
+	const struct notfile *n = arg;
+	cprxfer_state *st = NULL;
+	int64_t t = tu_now_ms();
+	int rc;
+
+	alarm(20); /* on 077bcd1 the FIFO's open() never returned */
+	rc = cprxfer_load_file(n->path, &st);
+	printf("# %s: %d in %lld ms: %s\n", n->what, rc,
+	       (long long)(tu_now_ms() - t), cprxfer_errmsg());
+	fflush(stdout);
+	if (rc != -EINVAL || st || !strstr(cprxfer_errmsg(), n->what))
+		return 1;
+	return tu_now_ms() - t < 1000 ? 0 : 2;
+}
+
+/*
+ * A FIFO (no writer), a socket or a device at the path fails at once,
+ * by type, before a byte is read: nothing waits on open() or read().
+ */
+static void test_load_file_fifo_fails_at_once(void **state)
+{
+	struct paths *p = *state;
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct notfile n;
+	int s;
+
+	n.path = p->state;
+	n.what = "a FIFO";
+	assert_int_equal(mkfifo(p->state, 0600), 0);
+	assert_int_equal(tu_wait(tu_fork(load_notfile, &n)), 0);
+	unlink(p->state);
+
+	assert_true(strlen(p->state) < sizeof(a.sun_path));
+	memcpy(a.sun_path, p->state, strlen(p->state) + 1);
+	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(s >= 0);
+	assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
+	n.what = "a socket";
+	assert_int_equal(tu_wait(tu_fork(load_notfile, &n)), 0);
+	close(s);
+	unlink(p->state);
+
+	n.path = "/dev/null";
+	n.what = "a character device";
+	assert_int_equal(tu_wait(tu_fork(load_notfile, &n)), 0);
+	n.path = p->dir;
+	n.what = "a directory";
+	assert_int_equal(tu_wait(tu_fork(load_notfile, &n)), 0);
+}
+
+/*
+ * Fault injection: this fsync() wins over libc's for the library linked
+ * statically into this test; it fails a directory's fsync when asked.
+ */
+static int fail_dir_fsync;
+
+int fsync(int fd)
+{
+	struct stat s;
+
+	if (fail_dir_fsync && fstat(fd, &s) == 0 && S_ISDIR(s.st_mode)) {
+		errno = EIO;
+		return -1;
+	}
+	return (int)syscall(SYS_fsync, fd);
+}
+
+/*
+ * The directory's fsync after the rename fails: not a plain failure but
+ * -EINPROGRESS, and the reason says that the new file is in place.
+ */
+static void test_save_file_dir_fsync_failure_says_file_in_place(void **state)
+{
+	struct paths *p = *state;
+	cprxfer_state *st;
+	uint64_t v;
+
+	make_state(p->state, 1);
+	st = cprxfer_state_new();
+	assert_int_equal(cprxfer_put_u64(st, "a", 99), 0);
+	fail_dir_fsync = 1;
+	assert_int_equal(cprxfer_save_file(st, p->state), -EINPROGRESS);
+	fail_dir_fsync = 0;
+	print_message("# %s\n", cprxfer_errmsg());
+	assert_non_null(strstr(cprxfer_errmsg(), "is in place"));
+	assert_non_null(strstr(cprxfer_errmsg(), "may not be durable"));
+	cprxfer_state_free(st);
+	/* Indeed in place: the new state loads, nothing else was left. */
+	assert_int_equal(dir_entries(p->dir), 1);
+	assert_int_equal(cprxfer_load_file(p->state, &st), 0);
+	assert_int_equal(cprxfer_get_u64(st, "a", &v), 0);
+	assert_int_equal(v, 99);
+	cprxfer_state_free(st);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		ftest(test_file_1gib),	 ftest(test_corrupted),
-		ftest(test_limits_kept), ftest(test_refuse_fds),
+		ftest(test_file_1gib),
+		ftest(test_corrupted),
+		ftest(test_limits_kept),
+		ftest(test_refuse_fds),
 		ftest(test_replace),
+		ftest(test_load_file_fifo_fails_at_once),
+		ftest(test_save_file_dir_fsync_failure_says_file_in_place),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

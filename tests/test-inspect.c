@@ -184,6 +184,67 @@ static void test_inspect_state_file_lists_every_record(void **state)
 	assert_has(c, "checksum: ok");
 }
 
+static void flip(const char *path, off_t at)
+{
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	uint8_t b;
+
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &b, 1, at), 1);
+	b ^= 0x5a;
+	assert_int_equal(pwrite(fd, &b, 1, at), 1);
+	close(fd);
+}
+
+/*
+ * An exec-mode memfd from cprxfer_exec_opts() starts with a HELLO frame
+ * (the old image's pid, uid and tag), outside the stream: reported, and
+ * every offset counts it.
+ */
+static void test_inspect_hello_frame_before_the_stream(void **state)
+{
+	struct ctx *c = *state;
+	static const char tag[] = "inspect/exec";
+	uint8_t hello[16 + 16 + sizeof(tag) - 1] = { 'C', 'P', 'X', 'F', 1, 1 };
+	size_t hlen = sizeof(hello);
+	off_t size = write_state_file(c);
+	char *buf = malloc((size_t)size + hlen), want[64];
+	int fd;
+
+	assert_non_null(buf);
+	hello[8] = (uint8_t)(16 + sizeof(tag) - 1);
+	hello[16 + 4] = 0x39; /* pid 12345 */
+	hello[16 + 5] = 0x30;
+	hello[16 + 12] = (uint8_t)(sizeof(tag) - 1);
+	memcpy(hello + 32, tag, sizeof(tag) - 1);
+	memcpy(buf, hello, hlen);
+	fd = open(c->state, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(read(fd, buf + hlen, (size_t)size), (ssize_t)size);
+	close(fd);
+	fd = open(c->state, O_WRONLY | O_TRUNC | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, buf, (size_t)size + hlen),
+			 (ssize_t)(size + (off_t)hlen));
+	close(fd);
+	free(buf);
+
+	assert_int_equal(tool(c, "--json", c->state, NULL), 0);
+	assert_json(c);
+	assert_has(c, "\"hello\": {\"pid\": 12345, \"uid\": 0, \"tag\": "
+		      "\"inspect/exec\"}");
+	snprintf(want, sizeof(want), "{\"offset\": %zu, \"name\": \"ticks\"",
+		 40 + hlen);
+	assert_has(c, want);
+
+	/* A damaged END is named at its offset in the file. */
+	flip(c->state, size + (off_t)hlen - 8);
+	assert_int_equal(tool(c, c->state, NULL, NULL), 1);
+	snprintf(want, sizeof(want), "error at byte %lld: checksum mismatch",
+		 (long long)(size + (off_t)hlen - 40));
+	assert_has(c, want);
+}
+
 /* Cut inside END: the error lies in the END frame, 40 bytes from the end. */
 static void test_inspect_truncated_file_names_the_frame(void **state)
 {
@@ -204,18 +265,6 @@ static void test_inspect_truncated_file_names_the_frame(void **state)
 	assert_int_equal(truncate(c->state, 48), 0);
 	assert_int_equal(tool(c, c->state, NULL, NULL), 1);
 	assert_has(c, "error at byte 40: stream truncated");
-}
-
-static void flip(const char *path, off_t at)
-{
-	int fd = open(path, O_RDWR | O_CLOEXEC);
-	uint8_t b;
-
-	assert_true(fd >= 0);
-	assert_int_equal(pread(fd, &b, 1, at), 1);
-	b ^= 0x5a;
-	assert_int_equal(pwrite(fd, &b, 1, at), 1);
-	close(fd);
 }
 
 static void test_inspect_flipped_checksum_names_end_frame(void **state)
@@ -419,6 +468,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(
 			test_inspect_state_file_lists_every_record, setup,
+			teardown),
+		cmocka_unit_test_setup_teardown(
+			test_inspect_hello_frame_before_the_stream, setup,
 			teardown),
 		cmocka_unit_test_setup_teardown(
 			test_inspect_truncated_file_names_the_frame, setup,

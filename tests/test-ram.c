@@ -8,18 +8,22 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cprxfer/cprxfer.h>
 
+#include "ram.h"
 #include "state.h"
+#include "stream.h"
 #include "testutil.h"
 #include "rampat.h"
 
@@ -139,7 +143,8 @@ static void test_hugepage(void **state)
 	int b, want;
 
 	(void)state;
-	if (meminfo("HugePages_Free:") * meminfo("Hugepagesize:") * 1024 >=
+	if ((meminfo("HugePages_Free:") - meminfo("HugePages_Rsvd:")) *
+		    meminfo("Hugepagesize:") * 1024 >=
 	    size)
 		want = CPRXFER_BACKING_HUGETLB;
 	else if (shmem_thp_allowed())
@@ -417,6 +422,473 @@ static void test_open_file(void **state)
 			 -ENOENT);
 }
 
+/* ---- hugetlb pages that are free but reserved ---------------------------- */
+
+static long saved_nr_hugepages = -1;
+
+static long nr_hugepages(long set)
+{
+	const char *path = "/proc/sys/vm/nr_hugepages";
+	long v = -1;
+	FILE *f;
+
+	if (set >= 0) {
+		f = fopen(path, "we");
+		if (!f)
+			return -1;
+		fprintf(f, "%ld\n", set);
+		if (fclose(f) != 0)
+			return -1;
+	}
+	f = fopen(path, "re");
+	if (f && fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/* Give the pages back whatever the test's outcome. */
+static int restore_hugepages(void **state)
+{
+	if (saved_nr_hugepages >= 0)
+		nr_hugepages(saved_nr_hugepages);
+	saved_nr_hugepages = -1;
+	return tu_fd_teardown(state);
+}
+
+/*
+ * Fault injection: this mmap() wins over libc's for the library linked
+ * statically into this test (malloc uses its own internal mmap), so a
+ * hugetlb reservation can fail after the check said the pages fit.
+ */
+static int fail_hugetlb_mmap;
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	struct statfs sf;
+
+	if (fail_hugetlb_mmap && fd >= 0 && fstatfs(fd, &sf) == 0 &&
+	    sf.f_type == 0x958458f6 /* HUGETLBFS_MAGIC */) {
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+/*
+ * Free huge pages that existing mappings have reserved are not ours to
+ * take: HUGEPAGE falls back to THP or base pages, as documented, instead
+ * of failing in mmap() (on 077bcd1: -ENOMEM from cprxfer_ram_create). A
+ * hugetlb mmap() that fails although the pages looked free falls back
+ * the same way.
+ */
+static void test_hugepage_reserved_pages_fall_back(void **state)
+{
+	const size_t huge = 2 * MIB;
+	struct cprxfer_ram r;
+	unsigned long long fr, rs;
+	void *hold;
+	long n;
+	int fd, b;
+
+	(void)state;
+	if (meminfo("Hugepagesize:") != 2048 || geteuid() != 0)
+		skip();
+	saved_nr_hugepages = nr_hugepages(-1);
+	n = nr_hugepages(saved_nr_hugepages + 4);
+	if (saved_nr_hugepages < 0 || n < saved_nr_hugepages + 4) {
+		print_message("# skip: cannot add 4 huge pages (%ld)\n", n);
+		skip();
+	}
+	n = (long)(meminfo("HugePages_Free:") - meminfo("HugePages_Rsvd:"));
+	assert_true(n >= 4);
+
+	/* Reserve every free page: a shared mapping, never touched. */
+	fd = memfd_create("hold", MFD_CLOEXEC | MFD_HUGETLB);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)(n * huge)), 0);
+	hold = mmap(NULL, n * huge, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(hold != MAP_FAILED);
+	fr = meminfo("HugePages_Free:");
+	rs = meminfo("HugePages_Rsvd:");
+	print_message("# HugePages_Free %llu, HugePages_Rsvd %llu\n", fr, rs);
+	assert_true(fr >= 4 && fr - rs == 0);
+	assert_int_equal(
+		cprxfer_ram_create("huge", 4 * huge,
+				   CPRXFER_RAM_HUGEPAGE | CPRXFER_RAM_POPULATE,
+				   &r),
+		0);
+	b = cprxfer_ram_backing(&r);
+	assert_true(b == CPRXFER_BACKING_THP || b == CPRXFER_BACKING_PAGES);
+	memset(r.addr, 1, r.size);
+	cprxfer_ram_release(&r);
+	munmap(hold, n * huge);
+	close(fd);
+
+	/* The pages are free now, but the hugetlb mmap() still fails. */
+	fail_hugetlb_mmap = 1;
+	assert_int_equal(
+		cprxfer_ram_create("huge", 4 * huge, CPRXFER_RAM_HUGEPAGE, &r),
+		0);
+	fail_hugetlb_mmap = 0;
+	b = cprxfer_ram_backing(&r);
+	assert_true(b == CPRXFER_BACKING_THP || b == CPRXFER_BACKING_PAGES);
+	cprxfer_ram_release(&r);
+	/* And when it works, hugetlb it is. */
+	assert_int_equal(
+		cprxfer_ram_create("huge", 4 * huge, CPRXFER_RAM_HUGEPAGE, &r),
+		0);
+	assert_int_equal(cprxfer_ram_backing(&r), CPRXFER_BACKING_HUGETLB);
+	cprxfer_ram_release(&r);
+}
+
+/* ---- cprxfer_ram_open_file: whose file, and never through a link ------ */
+
+struct shared_dir {
+	char dir[64], theirs[96], mine[96];
+};
+
+/* A sticky world-writable directory like /dev/shm or /tmp. */
+static void shared_dir_init(struct shared_dir *s)
+{
+	snprintf(s->dir, sizeof(s->dir), "/dev/shm/cprxfer-test-shared-XXXXXX");
+	assert_non_null(mkdtemp(s->dir));
+	assert_int_equal(chmod(s->dir, 01777), 0);
+	snprintf(s->theirs, sizeof(s->theirs), "%s/theirs", s->dir);
+	snprintf(s->mine, sizeof(s->mine), "%s/mine", s->dir);
+}
+
+static void shared_dir_fini(struct shared_dir *s)
+{
+	tu_rmdir(s->dir);
+}
+
+/* Under a third uid: the other user's file is refused, a new one made. */
+static int open_as_third_uid(void *arg)
+{
+	struct shared_dir *s = arg;
+	struct cprxfer_ram r;
+	struct stat st;
+
+	if (seteuid(65533) < 0)
+		return 20;
+	if (cprxfer_ram_open_file(s->theirs, MIB, 0, &r) != -EPERM ||
+	    !strstr(cprxfer_errmsg(), "belongs to uid 65534"))
+		return 21;
+	if (cprxfer_ram_open_file(s->mine, MIB, 0, &r) < 0)
+		return 22;
+	if (fstat(r.fd, &st) < 0 || st.st_uid != 65533 ||
+	    (st.st_mode & 07777) != 0600)
+		return 23;
+	cprxfer_ram_release(&r);
+	return 0;
+}
+
+/*
+ * Another user's 0666 file in a shared directory is not adopted (on
+ * 077bcd1 it was: that user read and wrote the guest's memory).
+ */
+static void test_open_file_refuses_others_file(void **state)
+{
+	struct cprxfer_ram r = { 0 };
+	struct shared_dir s;
+	int fd;
+
+	(void)state;
+	shared_dir_init(&s);
+	fd = open(s.theirs, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(fchmod(fd, 0666), 0);
+	assert_int_equal(fchown(fd, 65534, 65534), 0);
+	close(fd);
+	assert_int_equal(cprxfer_ram_open_file(s.theirs, MIB, 0, &r), -EPERM);
+	assert_non_null(strstr(cprxfer_errmsg(), "belongs to uid 65534"));
+	assert_null(r.addr);
+	assert_int_equal(tu_wait(tu_fork(open_as_third_uid, &s)), 0);
+
+	/* Ours, but others may write it: refused too. */
+	fd = open(s.mine, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(fchown(fd, geteuid(), getegid()), 0);
+	assert_int_equal(fchmod(fd, 0620), 0);
+	close(fd);
+	assert_int_equal(cprxfer_ram_open_file(s.mine, MIB, 0, &r), -EPERM);
+	assert_non_null(strstr(cprxfer_errmsg(), "0620"));
+	assert_int_equal(chmod(s.mine, 0640), 0);
+	assert_int_equal(cprxfer_ram_open_file(s.mine, MIB, 0, &r), 0);
+	cprxfer_ram_release(&r);
+	shared_dir_fini(&s);
+}
+
+/* A symbolic link is never followed: not as the file, not as its
+ * directory, not even dangling (which would create its target). */
+static void test_open_file_never_follows_symlinks(void **state)
+{
+	char link[112], dangling[112], target[112], dirlink[112], via[128];
+	struct cprxfer_ram r = { 0 };
+	struct shared_dir s;
+	struct stat st;
+
+	(void)state;
+	shared_dir_init(&s);
+	assert_int_equal(cprxfer_ram_open_file(s.mine, MIB, 0, &r), 0);
+	cprxfer_ram_release(&r);
+	snprintf(link, sizeof(link), "%s/link", s.dir);
+	snprintf(dangling, sizeof(dangling), "%s/dangling", s.dir);
+	snprintf(target, sizeof(target), "%s/target", s.dir);
+	snprintf(dirlink, sizeof(dirlink), "%s/dirlink", s.dir);
+	snprintf(via, sizeof(via), "%s/mine", dirlink);
+	assert_int_equal(symlink(s.mine, link), 0);
+	assert_int_equal(symlink(target, dangling), 0);
+	assert_int_equal(symlink(s.dir, dirlink), 0);
+	assert_int_equal(cprxfer_ram_open_file(link, MIB, 0, &r), -ELOOP);
+	assert_non_null(strstr(cprxfer_errmsg(), "symbolic link"));
+	assert_int_equal(cprxfer_ram_open_file(dangling, MIB, 0, &r), -ELOOP);
+	assert_int_equal(stat(target, &st), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(cprxfer_ram_open_file(via, MIB, 0, &r), -ELOOP);
+	assert_non_null(strstr(cprxfer_errmsg(), "directory"));
+	assert_null(r.addr);
+	shared_dir_fini(&s);
+}
+
+/* ---- a peer's file-backed RAM (SIGBUS by truncation) ------------------- */
+
+struct peer {
+	int sock, go[2]; /* go: the parent has truncated the file */
+	int allow;	 /* cprxfer_opts_allow_file_ram */
+	size_t size;
+};
+
+/*
+ * The new process: load, map, ack, then run the guest (touch every
+ * page) once the old one says it has truncated the file. Exit 0 when
+ * the load is refused as it must be; a SIGBUS kills it otherwise.
+ */
+static int file_ram_receiver(void *arg)
+{
+	struct peer *p = arg;
+	cprxfer_opts *o = cprxfer_opts_new();
+	struct cprxfer_ram g;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	volatile uint8_t *b;
+	size_t i;
+	char c;
+	int rc;
+
+	close(p->go[1]);
+	if (!o || cprxfer_opts_allow_file_ram(o, p->allow) < 0 ||
+	    cprxfer_channel_open_opts(p->sock, o, &ch) < 0)
+		return 10;
+	cprxfer_opts_free(o);
+	rc = cprxfer_load(ch, &st);
+	if (!p->allow) {
+		if (rc != -EPERM ||
+		    !strstr(cprxfer_errmsg(), "cprxfer_opts_allow_file_ram"))
+			return 11;
+		cprxfer_channel_close(ch);
+		return 0;
+	}
+	if (rc < 0 || cprxfer_ram_get(st, "ram", 0, &g) < 0 ||
+	    cprxfer_ack(ch, 0, NULL) < 0)
+		return 12;
+	if (read(p->go[0], &c, 1) != 1)
+		return 13;
+	signal(SIGBUS, SIG_DFL); /* not cmocka's handler: die of it */
+	for (b = g.addr, i = 0; i < p->size; i += 4096)
+		b[i]++;
+	return 14; /* not reached: the truncated pages fault */
+}
+
+static pid_t start_file_ram_peer(struct peer *p, const char *path,
+				 cprxfer_channel **ch, struct cprxfer_ram *r,
+				 cprxfer_state **st)
+{
+	int sv[2];
+	pid_t pid;
+
+	unlink(path);
+	assert_int_equal(cprxfer_ram_open_file(path, p->size, 0, r), 0);
+	memset(r->addr, 7, p->size);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	assert_int_equal(pipe2(p->go, O_CLOEXEC), 0);
+	p->sock = sv[1];
+	/* Fork first: the child inherits no heap memory it must free. */
+	pid = tu_fork(file_ram_receiver, p);
+	assert_true(pid > 0);
+	close(sv[1]);
+	close(p->go[0]);
+	*st = cprxfer_state_new();
+	assert_int_equal(cprxfer_ram_put(*st, "ram", r), 0);
+	assert_int_equal(cprxfer_channel_open(sv[0], ch), 0);
+	assert_int_equal(cprxfer_save(*ch, *st), 0);
+	return pid;
+}
+
+/*
+ * By default a peer's RAM must be a sealed memfd: a file it could
+ * truncate after the ack is refused at load, and the sender learns why.
+ * On 077bcd1 the receiver died of SIGBUS.
+ */
+static void test_peer_file_ram_refused_no_sigbus(void **state)
+{
+	struct peer p = { .size = 4 * MIB };
+	struct cprxfer_ram r;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	char path[64];
+	pid_t pid;
+
+	(void)state;
+	snprintf(path, sizeof(path), "/dev/shm/cprxfer-test-peer-%d", getpid());
+	pid = start_file_ram_peer(&p, path, &ch, &r, &st);
+	assert_int_equal(cprxfer_wait_ack(ch, 10000), -EPERM);
+	assert_non_null(strstr(cprxfer_errmsg(), "SIGBUS"));
+	print_message("# sender told: %s\n", cprxfer_errmsg());
+	/* What the attack did: truncate once the state is away. */
+	assert_int_equal(ftruncate(r.fd, 0), 0);
+	assert_int_equal(write(p.go[1], "x", 1), 1);
+	close(p.go[1]);
+	assert_int_equal(tu_wait(pid), 0);
+	cprxfer_channel_close(ch);
+	cprxfer_state_free(st);
+	cprxfer_ram_release(&r);
+	unlink(path);
+}
+
+/* The opt-in trusts the file's writers, as its documentation says: a
+ * truncation after the ack is a SIGBUS in the loader. */
+static void test_peer_file_ram_allowed_trusts_writers(void **state)
+{
+	struct peer p = { .size = 4 * MIB, .allow = 1 };
+	struct cprxfer_ram r;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	char path[64];
+	pid_t pid;
+
+	(void)state;
+	snprintf(path, sizeof(path), "/dev/shm/cprxfer-test-peer-%d", getpid());
+	pid = start_file_ram_peer(&p, path, &ch, &r, &st);
+	assert_int_equal(cprxfer_wait_ack(ch, 10000), 0);
+	assert_int_equal(ftruncate(r.fd, 0), 0);
+	assert_int_equal(write(p.go[1], "x", 1), 1);
+	close(p.go[1]);
+	assert_int_equal(tu_wait(pid), 128 + SIGBUS);
+	cprxfer_channel_close(ch);
+	cprxfer_state_free(st);
+	cprxfer_ram_release(&r);
+	unlink(path);
+}
+
+/* cprxfer_ram_get on a state from a peer checks again, by itself. */
+static void test_peer_state_ram_get_refuses_file(void **state)
+{
+	struct cprxfer_ram r, g = { 0 };
+	cprxfer_state *st;
+	char path[64];
+
+	(void)state;
+	snprintf(path, sizeof(path), "/dev/shm/cprxfer-test-peer-%d", getpid());
+	unlink(path);
+	assert_int_equal(cprxfer_ram_open_file(path, MIB, 0, &r), 0);
+	st = cprxfer_state_new();
+	st->from_peer = true; /* as cx_decode marks a state from a socket */
+	forge(st, "file", r.fd, MIB);
+	assert_int_equal(cprxfer_ram_get(st, "file", 0, &g), -EPERM);
+	assert_non_null(strstr(cprxfer_errmsg(), path));
+	assert_null(g.addr);
+	st->allow_file_ram = true;
+	assert_int_equal(cprxfer_ram_get(st, "file", 0, &g), 0);
+	cprxfer_ram_release(&g);
+	/* A sealed memfd needs no opt-in; an unsealed one never passes. */
+	cprxfer_ram_release(&r);
+	st->allow_file_ram = false;
+	assert_int_equal(cprxfer_ram_create("m", MIB, 0, &r), 0);
+	forge(st, "memfd", r.fd, MIB);
+	assert_int_equal(cprxfer_ram_get(st, "memfd", 0, &g), 0);
+	cprxfer_ram_release(&g);
+	cprxfer_state_free(st);
+	cprxfer_ram_release(&r);
+	unlink(path);
+}
+
+/* cx_ram_check_fd, the decoder's check, code by code. */
+static void test_ram_check_fd_codes(void **state)
+{
+	struct cprxfer_ram r;
+	cprxfer_opts *o;
+	int fd, p[2];
+
+	(void)state;
+	assert_int_equal(cprxfer_ram_create("m", MIB, 0, &r), 0);
+	assert_int_equal(cx_ram_check_fd("m", r.fd, MIB, false), 0);
+	assert_int_equal(cx_ram_check_fd("m", r.fd, 2 * MIB, false), -EBADMSG);
+	cprxfer_ram_release(&r);
+	fd = memfd_create("unsealed", MFD_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, MIB), 0);
+	assert_int_equal(cx_ram_check_fd("u", fd, MIB, true), -EBADFD);
+	close(fd);
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	assert_int_equal(cx_ram_check_fd("p", p[0], MIB, true), -EBADFD);
+	assert_non_null(strstr(cprxfer_errmsg(), "a pipe"));
+	close(p[0]);
+	close(p[1]);
+	fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	assert_int_equal(cx_ram_check_fd("n", fd, MIB, true), -EBADFD);
+	close(fd);
+	assert_int_equal(cprxfer_opts_allow_file_ram(NULL, 1), -EINVAL);
+	o = cprxfer_opts_new();
+	assert_int_equal(cprxfer_opts_allow_file_ram(o, 2), -EINVAL);
+	assert_int_equal(cprxfer_opts_allow_file_ram(o, 0), 0);
+	cprxfer_opts_free(o);
+}
+
+/* Exec mode: the RAM comes from this very process: files still pass. */
+static void test_exec_mode_keeps_file_ram(void **state)
+{
+	struct cprxfer_ram r, g;
+	cprxfer_state *st, *got;
+	struct cx_io io;
+	char path[64];
+	int s;
+
+	(void)state;
+	snprintf(path, sizeof(path), "/dev/shm/cprxfer-test-exec-%d", getpid());
+	unlink(path);
+	assert_int_equal(cprxfer_ram_open_file(path, MIB, 0, &r), 0);
+	((uint8_t *)r.addr)[77] = 77;
+	st = cprxfer_state_new();
+	assert_int_equal(cprxfer_ram_put(st, "ram", &r), 0);
+	s = memfd_create("stream", MFD_CLOEXEC);
+	assert_int_equal(cx_io_init(&io, s, false), 0);
+	assert_int_equal(cx_encode(&io, st, CX_MODE_EXEC), 0);
+	cx_io_fini(&io);
+	cprxfer_state_free(st);
+	assert_int_equal(lseek(s, 0, SEEK_SET), 0);
+	/* The decoded state takes the fd number over, as after execve. */
+	assert_int_equal(cx_io_init(&io, s, false), 0);
+	{
+		struct cprxfer_opts o;
+
+		cx_opts_default(&o);
+		assert_int_equal(cx_decode(&io, &o, CX_MODE_EXEC, &got), 0);
+	}
+	cx_io_fini(&io);
+	close(s);
+	assert_false(got->from_peer);
+	assert_int_equal(cprxfer_ram_get(got, "ram", 0, &g), 0);
+	assert_int_equal(((uint8_t *)g.addr)[77], 77);
+	cprxfer_ram_release(&g);
+	cprxfer_state_free(got); /* closes r.fd, which it adopted */
+	munmap(r.addr, r.size);
+	unlink(path);
+}
+
 /* ---- 1 GiB to a child over a socketpair -------------------------------- */
 
 struct xfer {
@@ -520,10 +992,24 @@ static void test_transfer_1gib(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		tu_test(test_create),	 tu_test(test_hugepage),
-		tu_test(test_populate),	 tu_test(test_populate_resident),
-		tu_test(test_local_get), tu_test(test_refuse),
-		tu_test(test_open_file), tu_test(test_transfer_1gib),
+		tu_test(test_create),
+		tu_test(test_hugepage),
+		tu_test(test_populate),
+		tu_test(test_populate_resident),
+		tu_test(test_local_get),
+		tu_test(test_refuse),
+		tu_test(test_open_file),
+		tu_test(test_transfer_1gib),
+		tu_test(test_peer_file_ram_refused_no_sigbus),
+		tu_test(test_peer_file_ram_allowed_trusts_writers),
+		tu_test(test_peer_state_ram_get_refuses_file),
+		tu_test(test_ram_check_fd_codes),
+		tu_test(test_exec_mode_keeps_file_ram),
+		tu_test(test_open_file_refuses_others_file),
+		tu_test(test_open_file_never_follows_symlinks),
+		cmocka_unit_test_setup_teardown(
+			test_hugepage_reserved_pages_fall_back, tu_fd_setup,
+			restore_hugepages),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

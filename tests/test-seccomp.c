@@ -20,6 +20,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cprxfer/cprxfer.h>
@@ -533,6 +534,68 @@ static void test_exec(void **unused)
 #endif
 }
 
+/* ---- readlinkat: a libc whose readlink() is readlinkat (aarch64...) ---- */
+
+/*
+ * This readlink() wins over libc's for the library linked statically
+ * into this test: when asked, it makes the call the way glibc does on
+ * architectures without a readlink syscall.
+ */
+static int readlink_via_at;
+
+ssize_t readlink(const char *restrict path, char *restrict buf, size_t len)
+{
+#ifdef SYS_readlink
+	if (!readlink_via_at)
+		return syscall(SYS_readlink, path, buf, len);
+#endif
+	return syscall(SYS_readlinkat, AT_FDCWD, path, buf, len);
+}
+
+static int readlinkat_child(void *arg)
+{
+	unsigned modes = *(unsigned *)arg;
+	struct cprxfer_ram r, g;
+	cprxfer_state *st;
+
+	readlink_via_at = 1;
+	if (sandbox(SCMP_ACT_ERRNO(EPERM), modes, false))
+		return 100;
+	if (cprxfer_ram_create("sandboxed", RAM_LEN, 0, &r))
+		return step_failed(1, "cprxfer_ram_create");
+	st = cprxfer_state_new();
+	if (!st)
+		return step_failed(2, "cprxfer_state_new");
+	if (cprxfer_ram_put(st, "ram", &r))
+		return step_failed(3, "cprxfer_ram_put");
+	if (cprxfer_ram_get(st, "ram", 0, &g))
+		return step_failed(4, "cprxfer_ram_get");
+	cprxfer_ram_release(&g);
+	cprxfer_state_free(st);
+	cprxfer_ram_release(&r);
+	return 0;
+}
+
+/*
+ * The RAM helpers name an fd through /proc/self/fd with readlink(),
+ * which glibc makes as readlinkat where the architecture has no
+ * readlink: the list allows it in every mode (on 077bcd1 it did not,
+ * and cprxfer_ram_put failed with -EPERM in the sandbox).
+ */
+static void test_ram_allowed_with_readlinkat(void **unused)
+{
+	static const unsigned modes[] = { CPRXFER_MODE_TRANSFER,
+					  CPRXFER_MODE_EXEC,
+					  CPRXFER_MODE_FILE };
+	size_t i;
+
+	(void)unused;
+	for (i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+		assert_int_equal(
+			tu_wait(tu_fork(readlinkat_child, (void *)&modes[i])),
+			0);
+}
+
 /* ---- the sandbox is real -------------------------------------------- */
 
 static const unsigned all_modes =
@@ -610,6 +673,7 @@ int main(int argc, char **argv)
 		tu_test(test_exec),
 		tu_test(test_forbidden_errno),
 		tu_test(test_forbidden_kills),
+		tu_test(test_ram_allowed_with_readlinkat),
 	};
 
 #ifdef HAVE_EXEC

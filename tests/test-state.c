@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cprxfer/cprxfer.h>
@@ -204,14 +206,117 @@ static void test_version(void **unused)
 	assert_string_equal(cprxfer_version(), CPRXFER_VERSION_STRING);
 }
 
+/* ---- a borrowed fd closed and its number reused ------------------------- */
+
+static int stale_receiver(void *arg)
+{
+	int sock = *(int *)arg;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	uint64_t v = 0;
+	int rc;
+
+	if (cprxfer_channel_open(sock, &ch) < 0)
+		return 10;
+	/* The first stream that arrives is the good one: no 'sock'. */
+	rc = cprxfer_load(ch, &st);
+	if (rc < 0)
+		return 11;
+	if (cprxfer_state_count(st) != 1 ||
+	    cprxfer_get_u64(st, "try", &v) < 0 || v != 2)
+		return 12;
+	cprxfer_state_free(st);
+	cprxfer_channel_close(ch);
+	return 0;
+}
+
+/*
+ * The caller put fd N, closed it, and N now names another file: save
+ * refuses with -ESTALE naming the record, before a byte is sent (on
+ * 077bcd1 the other file went to the peer under the record's name).
+ */
+static void test_put_fd_reused_number_is_stale(void **unused)
+{
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	int sv[2], fd, again;
+	char path[300], *dir;
+	pid_t pid;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	pid = tu_fork(stale_receiver, &sv[1]);
+	assert_true(pid > 0);
+	close(sv[1]);
+	assert_int_equal(cprxfer_channel_open(sv[0], &ch), 0);
+
+	st = cprxfer_state_new();
+	fd = eventfd(0, EFD_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(cprxfer_put_u64(st, "try", 1), 0);
+	assert_int_equal(cprxfer_put_fd(st, "sock", fd), 0);
+	close(fd);
+	again = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	assert_int_equal(again, fd);
+	assert_int_equal(cprxfer_save(ch, st), -ESTALE);
+	assert_non_null(strstr(cprxfer_errmsg(), "'sock'"));
+	print_message("# %s\n", cprxfer_errmsg());
+	/* File mode sees it too. */
+	dir = tu_tmpdir();
+	snprintf(path, sizeof(path), "%s/state", dir);
+	assert_int_equal(cprxfer_save_file(st, path), -ESTALE);
+	assert_int_equal(access(path, F_OK), -1);
+	tu_rmdir(dir);
+	free(dir);
+	close(again);
+	/* Closed and not reused: -EBADF, still before anything is sent. */
+	assert_int_equal(cprxfer_save(ch, st), -EBADF);
+	cprxfer_state_free(st);
+
+	/* The channel is intact: the next save is the first stream. */
+	st = cprxfer_state_new();
+	assert_int_equal(cprxfer_put_u64(st, "try", 2), 0);
+	assert_int_equal(cprxfer_save(ch, st), 0);
+	cprxfer_state_free(st);
+	assert_int_equal(tu_wait(pid), 0);
+	cprxfer_channel_close(ch);
+}
+
+/* The same for a RAM region's fd, borrowed by cprxfer_ram_put. */
+static void test_ram_put_reused_number_is_stale(void **unused)
+{
+	struct cprxfer_ram r, g;
+	cprxfer_state *st;
+	int again;
+
+	assert_int_equal(cprxfer_ram_create("r", 1 << 20, 0, &r), 0);
+	st = cprxfer_state_new();
+	assert_int_equal(cprxfer_ram_put(st, "ram", &r), 0);
+	close(r.fd);
+	again = memfd_create("other", MFD_CLOEXEC);
+	assert_int_equal(again, r.fd);
+	assert_int_equal(cprxfer_ram_get(st, "ram", 0, &g), -ESTALE);
+	assert_non_null(strstr(cprxfer_errmsg(), "'ram'"));
+	close(again);
+	r.fd = -1;
+	cprxfer_ram_release(&r);
+	cprxfer_state_free(st);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		tu_test(test_new_free), tu_test(test_scalars),
-		tu_test(test_names),	tu_test(test_blob_str),
-		tu_test(test_fds),	tu_test(test_entries),
-		tu_test(test_many),	tu_test(test_opts),
+		tu_test(test_new_free),
+		tu_test(test_scalars),
+		tu_test(test_names),
+		tu_test(test_blob_str),
+		tu_test(test_fds),
+		tu_test(test_entries),
+		tu_test(test_many),
+		tu_test(test_opts),
 		tu_test(test_version),
+		tu_test(test_put_fd_reused_number_is_stale),
+		tu_test(test_ram_put_reused_number_is_stale),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -380,6 +380,14 @@ static void tail(struct out *o, const struct cx_walk *w, const char *peer)
 			fputs(peer, f);
 			fputs(",\n", f);
 		}
+		if (w->hello) {
+			fprintf(f,
+				"  \"hello\": {\"pid\": %" PRIu32
+				", \"uid\": %" PRIu32 ", \"tag\": ",
+				w->hello_pid, w->hello_uid);
+			jcstr(f, w->hello_tag);
+			fputs("},\n", f);
+		}
 		if (w->begun)
 			fprintf(f,
 				"  \"version\": %u,\n  \"declared\": {\"records\": %" PRIu64
@@ -419,6 +427,11 @@ static void tail(struct out *o, const struct cx_walk *w, const char *peer)
 	}
 	if (peer)
 		fprintf(f, "peer: %s\n", peer);
+	if (w->hello)
+		fprintf(f,
+			"written by pid %" PRIu32 ", uid %" PRIu32
+			", tag '%s' (HELLO frame, %" PRIu64 " bytes)\n",
+			w->hello_pid, w->hello_uid, w->hello_tag, w->base);
 	if (w->begun)
 		fprintf(f,
 			"format version %u; declared %" PRIu64

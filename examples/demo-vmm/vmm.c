@@ -52,6 +52,13 @@ int vmm_cprxfer_opts(const struct vmm *v, cprxfer_opts **out,
 	r = cprxfer_opts_set_tag(o, v->o.tag ? v->o.tag : VMM_TAG);
 	if (r >= 0)
 		r = cprxfer_opts_set_timeout(o, v->o.timeout_ms);
+	/*
+	 * --mem-path RAM is a file, and the peer is this same program
+	 * under our own uid: trust it (and the file's 0600) not to
+	 * truncate the file under the guest.
+	 */
+	if (r >= 0)
+		r = cprxfer_opts_allow_file_ram(o, 1);
 	if (r < 0) {
 		cprxfer_opts_free(o);
 		return vmm_errf(err, r, "options: %s", cprxfer_errmsg());

@@ -111,6 +111,21 @@ int cprxfer_opts_set_tag(cprxfer_opts *o, const char *tag);
 /* Also accept a peer running as this effective uid / with this pid. */
 int cprxfer_opts_allow_uid(cprxfer_opts *o, uid_t uid);
 int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid);
+/*
+ * Let a loader accept RAM regions a peer sends as a file or dax device,
+ * not only as a memfd sealed against shrinking (allow: 1; default 0).
+ * This trusts the peer and every writer of the file not to truncate it:
+ * a truncation is a SIGBUS in the process that maps the region.
+ */
+int cprxfer_opts_allow_file_ram(cprxfer_opts *o, int allow);
+/*
+ * What the fallback of cprxfer_exec_opts() runs if the new image fails
+ * before it confirms: path (NULL: the running program, reopened through
+ * /proc/self/exe) with argv (NULL: the new image's argv). Not copied:
+ * both must stay valid until cprxfer_exec_opts() is called.
+ */
+int cprxfer_opts_set_exec_fallback(cprxfer_opts *o, const char *path,
+				   char *const argv[]);
 
 /* ---- channel: a connected unix socket with a handshake ------------- */
 
@@ -181,8 +196,24 @@ void cprxfer_ram_release(struct cprxfer_ram *r);
 
 int cprxfer_exec(const cprxfer_state *st, const char *path, char *const argv[],
 		 char *const envp[]);
+/*
+ * cprxfer_exec() with the options' application tag, and a confirmation:
+ * until the new image calls cprxfer_exec_commit(), a helper keeps the
+ * old program's fds and memory; if the new image exits, refuses the
+ * state or does not confirm within the options' timeout, the old
+ * program runs again with the same state (under another PID).
+ */
+int cprxfer_exec_opts(const cprxfer_state *st, const char *path,
+		      char *const argv[], char *const envp[],
+		      const cprxfer_opts *o);
 int cprxfer_load_exec(cprxfer_state **out);
 int cprxfer_load_exec_opts(const cprxfer_opts *o, cprxfer_state **out);
+/*
+ * In the new image, after a successful load: confirm the takeover. 1 if
+ * a waiting old side was told (no fallback can run any more), 0 if none
+ * waits (plain cprxfer_exec, or a fallback run).
+ */
+int cprxfer_exec_commit(void);
 
 /* ---- file (reboot) mode --------------------------------------------- */
 
