@@ -111,6 +111,7 @@ mount -t overlay overlay \
 mount -t proc proc "$R/proc"
 mount --bind /dev "$R/dev"
 mount --make-private "$R/dev"
+mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts"
 mount -t tmpfs -o mode=1777 tmp "$R/tmp"
 mount -t tmpfs -o mode=0755 usrlocal "$R/usr/local"
 mkdir -p "$R/root/debs" "$R/root/src"
@@ -130,11 +131,12 @@ if ls /usr/lib/*/libcprxfer* /usr/include/cprxfer 2>/dev/null | grep -q .; then
 	echo "check-debian: this root already has libcprxfer" >&2; exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -q --no-download ./debs/libcprxfer0_*.deb \
-	./debs/libcprxfer-dev_*.deb ./debs/cprxfer-tools_*.deb >apt.log 2>&1 ||
+apt-get install -y -q /root/debs/libcprxfer0_*.deb \
+	/root/debs/libcprxfer-dev_*.deb /root/debs/cprxfer-tools_*.deb \
+	>apt.log 2>&1 ||
 	{ cat apt.log; exit 1; }
-dpkg-query -W -f="\${Package} \${Version}\n" "libcprxfer*" cprxfer-tools |
-	sed "s/^/  installed: /"
+dpkg-query -W -f="\${db:Status-Abbrev} \${Package} \${Version}\n" \
+	"libcprxfer*" cprxfer-tools | grep "^ii" | sed "s/^ii */  installed: /"
 if dpkg-query -W -f="\${Status}\n" libcprxfer-seccomp0 2>/dev/null |
 	grep -q "ok installed"; then
 	echo "check-debian: libcprxfer-dev pulled in the seccomp library" >&2
@@ -151,17 +153,16 @@ if ldd ./state-handoff | grep -q libseccomp; then
 	echo "check-debian: a program without seccomp loads libseccomp" >&2
 	exit 1
 fi
-ldd ./state-handoff | grep -q "libcprxfer.so.0 => /usr/lib/"
+ldd ./state-handoff | grep -Eq "libcprxfer.so.0 => (/usr)?/lib/"
 
 for page in "3 cprxfer_save" "3 cprxfer" "7 cprxfer" "1 cprxfer-inspect" \
 	"3 cprxfer_seccomp_allow"; do
-	MANWIDTH=80 man $page 2>/dev/null | col -b >man.txt
+	MANWIDTH=80 man $page 2>man.err | col -bx >man.txt || true
 	name=${page#* }
-	grep -q "^ *$name - " man.txt ||
-	grep -q "^ *libcprxfer, $name - " man.txt || {
+	grep -Eq "^ *(libcprxfer, +)?$name +- " man.txt || {
 		echo "check-debian: man $page does not show its page" >&2
-		head -20 man.txt; exit 1; }
-	echo "  man $page: $(grep -m1 " - " man.txt | sed "s/^ *//")"
+		head -20 man.txt man.err; exit 1; }
+	echo "  man $page: $(grep -m1 -E " +- " man.txt | sed "s/^ *//; s/  */ /g")"
 done
 
 cat >save.c <<EOF
