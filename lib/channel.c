@@ -21,58 +21,83 @@
 #include "stream.h"
 #include "wire.h"
 
+#ifndef SO_PASSPIDFD
+#define SO_PASSPIDFD 76
+#endif
+
+/*
+ * Stop the kernel from attaching credentials, pidfds or security labels
+ * to what we receive: an adopted socket may come with SO_PASS* set, and
+ * a pidfd per recvmsg would pile up. Options this kernel lacks are fine.
+ */
+static int clear_pass_options(int sockfd)
+{
+	static const struct {
+		int opt;
+		const char *name;
+	} pass[] = {
+		{ SO_PASSCRED, "SO_PASSCRED" },
+		{ SO_PASSPIDFD, "SO_PASSPIDFD" },
+		{ SO_PASSSEC, "SO_PASSSEC" },
+	};
+	int off = 0;
+	size_t i;
+
+	for (i = 0; i < sizeof(pass) / sizeof(pass[0]); i++)
+		if (setsockopt(sockfd, SOL_SOCKET, pass[i].opt, &off,
+			       sizeof(off)) < 0 &&
+		    errno != ENOPROTOOPT && errno != EINVAL)
+			return cx_err(-errno, "fd %d: clearing %s: %s", sockfd,
+				      pass[i].name, strerror(errno));
+	return 0;
+}
+
 int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 		   cprxfer_channel **out)
 {
-	cprxfer_channel *ch;
-	struct ucred cred;
-	socklen_t len = sizeof(cred);
-	int type = 0, rc, fl;
-	struct sockaddr_storage sa;
+	cx_autoclose int fd = sockfd;
+	cx_autofree cprxfer_channel *ch = NULL;
+	struct sockaddr_storage sa = { 0 };
 	socklen_t salen = sizeof(sa);
+	struct ucred cred;
+	socklen_t len;
+	int type = 0, rc, fl;
 
 	len = sizeof(type);
-	if (getsockopt(sockfd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
-		rc = cx_err(errno == ENOTSOCK ? -ENOTSOCK : -EBADF,
-			    "fd %d is not a socket", sockfd);
-		goto fail;
-	}
-	if (getsockname(sockfd, (struct sockaddr *)&sa, &salen) < 0 ||
-	    sa.ss_family != AF_UNIX || type != SOCK_STREAM) {
-		rc = cx_err(-EINVAL, "fd %d is not an AF_UNIX stream socket",
-			    sockfd);
-		goto fail;
-	}
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+		return cx_err(errno == ENOTSOCK ? -ENOTSOCK : -EBADF,
+			      "fd %d is not a socket", sockfd);
+	if (getsockname(fd, (struct sockaddr *)&sa, &salen) < 0 ||
+	    sa.ss_family != AF_UNIX || type != SOCK_STREAM)
+		return cx_err(-EINVAL, "fd %d is not an AF_UNIX stream socket",
+			      sockfd);
 	len = sizeof(cred);
-	if (getsockopt(sockfd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
-	    cred.pid == 0) {
-		rc = cx_err(-ENOTCONN, "fd %d: socket is not connected",
-			    sockfd);
-		goto fail;
-	}
-	fl = fcntl(sockfd, F_GETFD);
-	if (fl >= 0 && !(fl & FD_CLOEXEC))
-		fcntl(sockfd, F_SETFD, fl | FD_CLOEXEC);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+	    cred.pid == 0)
+		return cx_err(-ENOTCONN, "fd %d: socket is not connected",
+			      sockfd);
+	fl = fcntl(fd, F_GETFD);
+	if (fl < 0 ||
+	    (!(fl & FD_CLOEXEC) && fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0))
+		return cx_err(-errno, "fd %d: making it close-on-exec: %s",
+			      sockfd, strerror(errno));
+	rc = clear_pass_options(fd);
+	if (rc < 0)
+		return rc;
 	ch = calloc(1, sizeof(*ch));
-	if (!ch) {
-		rc = cx_err(-ENOMEM, "channel: out of memory");
-		goto fail;
-	}
-	rc = cx_io_init(&ch->io, sockfd, true);
-	if (rc < 0) {
-		free(ch);
-		goto fail;
-	}
+	if (!ch)
+		return cx_err(-ENOMEM, "channel: out of memory");
+	rc = cx_io_init(&ch->io, fd, true);
+	if (rc < 0)
+		return rc;
 	cx_opts_copy(&ch->o, o);
-	/* fds a peer attaches to handshake or ack frames count too. */
+	/* fds a peer attaches to ack frames count too. */
 	ch->io.max_fds = cx_opts_max_fds(&ch->o);
 	ch->peer_pid = cred.pid;
 	ch->peer_uid = cred.uid;
-	*out = ch;
+	cx_steal_fd(&fd);
+	*out = cx_steal_ptr(&ch);
 	return 0;
-fail:
-	cx_close(sockfd);
-	return rc;
 }
 
 int cx_send_ack(cprxfer_channel *ch, int phase, int status, const char *reason)

@@ -11,6 +11,7 @@
 
 #include "crc32c.h"
 #include "error.h"
+#include "preflight.h"
 #include "stream.h"
 #include "wire.h"
 
@@ -80,6 +81,10 @@ static int plan(struct enc *e, const cprxfer_state *st, uint64_t *bytes)
 	uint64_t b = 2 * CX_HDR + CX_BEGIN_LEN + CX_END_LEN;
 	int rc;
 
+	/* Blockers first: a refused save writes and sends nothing. */
+	rc = cx_preflight_check(st, e->mode);
+	if (rc < 0)
+		return rc;
 	for (i = 0; i < st->n; i++) {
 		const struct cx_entry *x = &st->e[i];
 		int fd = cx_entry_fd(x);

@@ -23,6 +23,14 @@ void cx_errmsg_set(const char *fmt, ...)
 	errno = saved;
 }
 
+CX_EXPORT void cprxfer__errmsg_vset(const char *fmt, va_list ap)
+{
+	int saved = errno;
+
+	vsnprintf(errmsg, sizeof(errmsg), fmt, ap);
+	errno = saved;
+}
+
 void cx_errmsg_prefix(const char *fmt, ...)
 {
 	char old[CX_ERRMSG_MAX];

@@ -17,6 +17,7 @@
 #define CX_ERROR_H
 
 #include <errno.h>
+#include <stdarg.h>
 
 #define CX_EXPORT __attribute__((visibility("default")))
 
@@ -27,6 +28,15 @@ void cx_errmsg_set(const char *fmt, ...)
 /* Prefix the current reason with more context: "<prefix>: <old>". */
 void cx_errmsg_prefix(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2), cold));
+
+/*
+ * The same for libcprxfer-seccomp, which has its own copy of
+ * cx_errmsg_set() calling this: exported from libcprxfer.so.0 in the
+ * version node CPRXFER_PRIVATE, for the project's own libraries only
+ * (no header, no stability promise).
+ */
+CX_EXPORT void cprxfer__errmsg_vset(const char *fmt, va_list ap)
+	__attribute__((format(printf, 1, 0), cold));
 
 /* The calling thread's current reason (the buffer cprxfer_errmsg shows). */
 const char *cx_errmsg_get(void);

@@ -14,6 +14,8 @@ void cx_opts_default(struct cprxfer_opts *o)
 	o->max_record = CPRXFER_DEFAULT_RECORD_BYTES;
 	o->max_stream = CPRXFER_DEFAULT_STREAM_BYTES;
 	o->max_records = CPRXFER_DEFAULT_RECORDS;
+	o->socket_mode = 0600;
+	o->socket_gid = (gid_t)-1;
 }
 
 void cx_opts_copy(struct cprxfer_opts *dst, const struct cprxfer_opts *src)
@@ -122,6 +124,29 @@ CX_EXPORT int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid)
 			      "cprxfer_opts_allow_pid: at most %d pids",
 			      CX_ALLOW_MAX);
 	o->pids[o->npids++] = pid;
+	return 0;
+}
+
+CX_EXPORT int cprxfer_opts_set_socket_mode(cprxfer_opts *o, mode_t mode)
+{
+	if (!o)
+		return cx_err(-EINVAL,
+			      "cprxfer_opts_set_socket_mode: NULL options");
+	if (mode & ~(mode_t)0777)
+		return cx_err(
+			-EINVAL,
+			"cprxfer_opts_set_socket_mode: mode %04o has bits outside 0777",
+			(unsigned)mode);
+	o->socket_mode = mode;
+	return 0;
+}
+
+CX_EXPORT int cprxfer_opts_set_socket_group(cprxfer_opts *o, gid_t gid)
+{
+	if (!o)
+		return cx_err(-EINVAL,
+			      "cprxfer_opts_set_socket_group: NULL options");
+	o->socket_gid = gid;
 	return 0;
 }
 

@@ -23,6 +23,8 @@ struct cprxfer_opts {
 	unsigned nuids;
 	pid_t pids[CX_ALLOW_MAX];
 	unsigned npids;
+	mode_t socket_mode;  /* a listener's socket: 0600 by default */
+	gid_t socket_gid;    /* its group; (gid_t)-1: left as created */
 	bool allow_file_ram; /* a peer's RAM may be a file, not a memfd */
 	/* cprxfer_exec_opts: the program its fallback runs (NULL: the old) */
 	const char *exec_path;

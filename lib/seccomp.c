@@ -105,6 +105,12 @@ static const struct {
 	{ "recvmsg", T },
 	{ "poll", T | X }, /* every wait, bounded; the exec helper's */
 	{ "ppoll", T | X },
+	{ "epoll_create1", T }, /* the listener's pollable fd */
+	{ "epoll_ctl", T },
+	{ "epoll_wait", T },
+	{ "epoll_pwait", T },
+	{ "timerfd_create", T }, /* the earliest handshake deadline */
+	{ "timerfd_settime", T },
 	{ "inotify_init1", T }, /* connect waits for the path */
 	{ "inotify_add_watch", T },
 	{ "inotify_rm_watch", T },

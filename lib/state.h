@@ -50,6 +50,7 @@ struct cprxfer_state {
 	 * allowed then (cprxfer_ram_get checks RAM against it again). */
 	bool from_peer;
 	bool allow_file_ram;
+	const struct cprxfer_blockers *blockers; /* borrowed; NULL: none */
 };
 
 /*

@@ -14,6 +14,9 @@ enum cx_mode {
 	CX_MODE_SOCKET, /* fds travel as SCM_RIGHTS */
 	CX_MODE_EXEC,	/* fds stay open across execve: numbers inline */
 	CX_MODE_FILE,	/* no fds; RAM files by path */
+	/* fds out of band, as an ordered array (lib/memfd-stream.c) */
+	CX_MODE_RESTART, /* through a service manager's fd store */
+	CX_MODE_KEXEC,	 /* the same, across a kexec: memfds only */
 };
 
 /* Write st to io and flush. */

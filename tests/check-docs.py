@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 """Every exported function has a reference page and a test.
 
-For each function in the global list of lib/libcprxfer.sym:
+For each function in the public version nodes of every library's version
+script (lib/*.sym, lib/*/*.sym; not the *_PRIVATE nodes):
   - docs/ref/<name>.md exists and has the sections SYNOPSIS, DESCRIPTION,
     RETURN VALUE and EXAMPLE;
   - the name is used (outside comments and string literals) by a test
@@ -42,11 +43,16 @@ def read(path):
 
 
 def exported():
+    """Public functions of every library's version script (lib/*.sym,
+    lib/*/*.sym), outside the *_PRIVATE nodes."""
     names = set()
-    for sym in glob.glob(os.path.join(root, 'lib', '*.sym')):
+    syms = glob.glob(os.path.join(root, 'lib', '*.sym')) + \
+        glob.glob(os.path.join(root, 'lib', '*', '*.sym'))
+    for sym in sorted(syms):
         text = read(sym)
-        for m in re.finditer(r'global:(.*?)local:', text, re.S):
-            names |= set(re.findall(r'\b(cprxfer_\w+)\s*;', m.group(1)))
+        for m in re.finditer(r'^([\w.]+)\s*\{(.*?)\}', text, re.M | re.S):
+            if not m.group(1).endswith('_PRIVATE'):
+                names |= set(re.findall(r'\b(cprxfer_\w+)\s*;', m.group(2)))
     return sorted(names)
 
 
@@ -66,10 +72,11 @@ def check_man(names):
             if not os.path.exists(target):
                 bad.append(f'{n}.3: .so to a missing page {so.group(1)}')
             continue
-        m = re.search(r'^\.SH "?NAME"?\n(?:\.[^\n]*\n)*([^\n]*)', text,
-                      re.M)
-        if not m or not re.search(r'(^|[ ,])' + re.escape(n) + r'\b',
-                                  m.group(1).replace('\\', '')):
+        m = re.search(r'^\.SH "?NAME"?\n(.*?)^\.SH', text, re.M | re.S)
+        name = ' '.join(l for l in m.group(1).splitlines()
+                        if not l.startswith('.')) if m else ''
+        if not re.search(r'(^|[ ,])' + re.escape(n) + r'\b',
+                         name.replace('\\', '')):
             bad.append(f'{n}.3: NAME does not name {n}')
     if not os.path.exists(os.path.join(man_dir, 'cprxfer.7')):
         bad.append('no man page cprxfer.7')

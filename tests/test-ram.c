@@ -689,6 +689,9 @@ static int file_ram_receiver(void *arg)
 		    !strstr(cprxfer_errmsg(), "cprxfer_opts_allow_file_ram"))
 			return 11;
 		cprxfer_channel_close(ch);
+		/* Keep the pipe's reader until the parent has written. */
+		if (read(p->go[0], &c, 1) != 1)
+			return 13;
 		return 0;
 	}
 	if (rc < 0 || cprxfer_ram_get(st, "ram", 0, &g) < 0 ||

@@ -28,7 +28,7 @@
 
 #include "testutil.h"
 
-#if __has_include("../lib/rendezvous.c")
+#if __has_include("../lib/connect.c")
 #define HAVE_RENDEZVOUS 1
 #endif
 #if __has_include("../lib/ram.c")

@@ -24,6 +24,7 @@ static const struct {
 	{ "handoff-exec", CONTROL_HANDOFF_EXEC, 0 },
 	{ "save", CONTROL_SAVE, 1 },
 	{ "touch", CONTROL_TOUCH, 2 },
+	{ "preflight", CONTROL_PREFLIGHT, 1 },
 	{ "quit", CONTROL_QUIT, 0 },
 	{ "help", CONTROL_HELP, 0 },
 	{ "selftest-forbidden", CONTROL_SELFTEST, 0 },
@@ -98,6 +99,14 @@ int control_parse(const char *line, size_t len, struct control_cmd *out)
 	if (commands[k].kind == CONTROL_TOUCH && out->arg[0] &&
 	    strcmp(out->arg, "read") && strcmp(out->arg, "write")) {
 		out->error = "touch takes 'read' or 'write'";
+		return -EINVAL;
+	}
+	if (commands[k].kind == CONTROL_PREFLIGHT &&
+	    strcmp(out->arg, "transfer") && strcmp(out->arg, "exec") &&
+	    strcmp(out->arg, "file") && strcmp(out->arg, "restart") &&
+	    strcmp(out->arg, "kexec")) {
+		out->error =
+			"preflight takes transfer, exec, file, restart or kexec";
 		return -EINVAL;
 	}
 	out->kind = commands[k].kind;

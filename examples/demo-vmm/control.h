@@ -8,6 +8,8 @@
  *   handoff-exec       exec a new demo-vmm in place (same PID)
  *   save FILE          file mode (needs --mem-path): save, then quit
  *   touch [read|write] the guest touches all its RAM; the time it took
+ *   preflight MODE     what a handoff in MODE (transfer, exec, file,
+ *                      restart, kexec) would carry, recreate, or block
  *   quit               stop the guest and exit
  *   help               the list above
  */
@@ -31,6 +33,7 @@ enum control_kind {
 	CONTROL_QUIT,
 	CONTROL_HELP,
 	CONTROL_SELFTEST, /* hidden, tests: selftest-forbidden */
+	CONTROL_PREFLIGHT,
 };
 
 struct control_cmd {

@@ -15,6 +15,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifdef DEMO_VMM_HAVE_SYSTEMD
+#include <cprxfer/systemd.h>
+#endif
+
 #include "handoff.h"
 
 #define FINAL_ACK_TIMEOUT_MS 5000
@@ -991,6 +995,196 @@ int handoff_restore_file(struct vmm *v, struct vmm_err *err)
 out:
 	vmm_thread_boost(false);
 	frozen_free(&f);
+	cprxfer_state_free(st);
+	return r;
+}
+
+/* ---- restart (systemd's fd store) ------------------------------------- */
+
+#ifdef DEMO_VMM_HAVE_SYSTEMD
+int handoff_restart_out(struct vmm *v, struct handoff_result *res,
+			struct vmm_err *err)
+{
+	cprxfer_state *st = NULL;
+	struct frozen f = { 0 };
+	uint64_t t_stop, t_stopped;
+	int r;
+
+	memset(res, 0, sizeof(*res));
+	if (!v->sd)
+		return vmm_errf(err, -EINVAL, "restart mode needs --systemd");
+	st = cprxfer_state_new();
+	if (!st)
+		return vmm_errf(err, -ENOMEM, "state: no memory");
+	cprxfer_state_set_blockers(st, v->blockers);
+	/* The RAM memfd, console and control fds go to the store. */
+	r = put_common(v, st, true, err);
+	if (r < 0)
+		goto out;
+	r = freeze(v, true, &f, &t_stop, &t_stopped, res, err);
+	if (r >= 0)
+		r = put_frozen(st, &f, false, NULL, err);
+	if (r >= 0)
+		r = put_times(st, t_stop, t_stopped, err);
+	if (r < 0)
+		goto rollback;
+	r = cprxfer_sd_save(v->sd, st, CPRXFER_MODE_RESTART);
+	if (r == 0)
+		goto out;
+	r = cx_fail(err, r, "restart save");
+rollback:
+	resume_here(v, res, err);
+out:
+	vmm_thread_boost(false);
+	frozen_free(&f);
+	cprxfer_state_free(st);
+	return r;
+}
+
+int handoff_restart_in(struct vmm *v, struct vmm_err *err)
+{
+	cprxfer_state *st = NULL;
+	cprxfer_opts *o = NULL;
+	struct frozen f = { 0 };
+	int r;
+
+	r = cprxfer_sd_open(&v->sd);
+	if (r < 0)
+		return cx_fail(err, r, "fd store");
+	r = vmm_cprxfer_opts(v, &o, err);
+	if (r < 0)
+		return r;
+	r = cprxfer_sd_load(v->sd, o, &st);
+	cprxfer_opts_free(o);
+	if (r == -ENOENT)
+		return r; /* first start, or after a crash: boot fresh */
+	if (r < 0)
+		return cx_fail(err, r, "load");
+	vmm_thread_boost(true);
+	r = take_fds(v, st, err);
+	if (r >= 0)
+		r = build_from(v, st, 0, LAZY_RAM_LOW, err);
+	if (r < 0)
+		goto out;
+	report_begin(v, st, st, "restart");
+	v->rep.t_main = v->t_main;
+	v->rep.t_received = vmm_now_ns();
+	r = machine_start(&v->m, true, err);
+	if (r >= 0)
+		r = get_frozen(st, v->m.ncpus, &f, err);
+	if (r >= 0)
+		r = machine_restore(&v->m, &f, err);
+	if (r < 0)
+		goto out;
+	v->rep.t_restored = vmm_now_ns();
+	r = go_live(v, &f, err);
+out:
+	vmm_thread_boost(false);
+	frozen_free(&f);
+	cprxfer_state_free(st);
+	return r;
+}
+#else
+int handoff_restart_out(struct vmm *v, struct handoff_result *res,
+			struct vmm_err *err)
+{
+	(void)v;
+	memset(res, 0, sizeof(*res));
+	return vmm_errf(
+		err, -ENOTSUP,
+		"restart mode: this demo-vmm was built without libcprxfer-systemd");
+}
+
+int handoff_restart_in(struct vmm *v, struct vmm_err *err)
+{
+	(void)v;
+	return vmm_errf(
+		err, -ENOTSUP,
+		"--systemd: this demo-vmm was built without libcprxfer-systemd");
+}
+#endif
+
+/* ---- blockers and preflight -------------------------------------------- */
+
+int handoff_blockers_init(struct vmm *v, struct vmm_err *err)
+{
+	char tty[64] = "";
+	int r;
+
+	if (v->blockers)
+		return 0;
+	v->blockers = cprxfer_blockers_new();
+	if (!v->blockers)
+		return vmm_errf(err, -ENOMEM, "blockers: no memory");
+	if (!isatty(v->console_fd) ||
+	    ttyname_r(v->console_fd, tty, sizeof(tty)) != 0)
+		return 0;
+	/*
+	 * The serial device's host side is a terminal: a state file (or a
+	 * kexec) would give the restored guest another console.
+	 */
+	r = cprxfer_blocker_add(
+		v->blockers, CPRXFER_MODE_FILE | CPRXFER_MODE_KEXEC,
+		"serial console is the terminal of its operator: it cannot travel in a state file or across a kexec",
+		NULL);
+	return r < 0 ? cx_fail(err, r, "blocker") : 0;
+}
+
+static uint32_t mode_bit(const char *mode)
+{
+	static const struct {
+		const char *word;
+		uint32_t bit;
+	} modes[] = {
+		{ "transfer", CPRXFER_MODE_TRANSFER },
+		{ "exec", CPRXFER_MODE_EXEC },
+		{ "file", CPRXFER_MODE_FILE },
+		{ "restart", CPRXFER_MODE_RESTART },
+		{ "kexec", CPRXFER_MODE_KEXEC },
+	};
+
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+		if (!strcmp(mode, modes[i].word))
+			return modes[i].bit;
+	return 0;
+}
+
+int handoff_preflight(struct vmm *v, const char *mode, char *buf, size_t len,
+		      struct vmm_err *err)
+{
+	uint32_t bit = mode_bit(mode);
+	cprxfer_report *rep = NULL;
+	cprxfer_state *st;
+	const char *t;
+	size_t k = 0;
+	int r;
+
+	if (!bit)
+		return vmm_errf(err, -EINVAL, "unknown mode '%s'", mode);
+	st = cprxfer_state_new();
+	if (!st)
+		return vmm_errf(err, -ENOMEM, "state: no memory");
+	cprxfer_state_set_blockers(st, v->blockers);
+	/* What the save of that mode would put in the state. */
+	r = put_common(v, st, bit != CPRXFER_MODE_FILE, err);
+	if (r >= 0) {
+		r = cprxfer_preflight(st, bit, &rep);
+		if (r < 0)
+			r = cx_fail(err, r, "preflight");
+	}
+	/* One line: the report's lines joined by "; ". */
+	for (t = r >= 0 ? cprxfer_report_text(rep) : ""; *t && k + 3 < len;
+	     t++) {
+		if (*t != '\n') {
+			buf[k++] = *t;
+		} else if (t[1]) {
+			buf[k++] = ';';
+			buf[k++] = ' ';
+		}
+	}
+	if (len)
+		buf[k < len ? k : len - 1] = 0;
+	cprxfer_report_free(rep);
 	cprxfer_state_free(st);
 	return r;
 }

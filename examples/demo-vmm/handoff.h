@@ -69,4 +69,28 @@ int handoff_save_file(struct vmm *v, const char *file,
 /* --restore FILE. */
 int handoff_restore_file(struct vmm *v, struct vmm_err *err);
 
+/*
+ * Restart mode (--systemd, built with libcprxfer-systemd): on SIGTERM,
+ * stop and leave the guest in systemd's fd store (the RAM memfd, the
+ * console and control fds, the frozen vCPU and device state); the next
+ * instance of the service takes it back.  out: 0 saved (exit now).
+ * in: 0 the guest runs, -ENOENT nothing in the store (boot fresh).
+ */
+int handoff_restart_out(struct vmm *v, struct handoff_result *res,
+			struct vmm_err *err);
+int handoff_restart_in(struct vmm *v, struct vmm_err *err);
+
+/*
+ * The blockers of this VMM: a serial console on a terminal cannot be
+ * carried by a state file or across a kexec.
+ */
+int handoff_blockers_init(struct vmm *v, struct vmm_err *err);
+
+/*
+ * "preflight MODE" on the control socket: what MODE would carry, as one
+ * line ("; " between entries) in buf.
+ */
+int handoff_preflight(struct vmm *v, const char *mode, char *buf, size_t len,
+		      struct vmm_err *err);
+
 #endif

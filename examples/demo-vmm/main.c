@@ -29,6 +29,11 @@
 #include "handoff.h"
 #include "sandbox.h"
 
+#ifdef DEMO_VMM_HAVE_SYSTEMD
+#include <cprxfer/systemd.h>
+#include <systemd/sd-daemon.h>
+#endif
+
 struct main_opts {
 	struct vmm_opts vmm;
 	struct demo_opts demo;
@@ -40,7 +45,7 @@ struct main_opts {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: demo-vmm --handoff [--mode transfer|exec|file] [--json FILE]\n                          [--mem SIZE] [--cpus N] [--warm STRATEGY]\n                          [--repeat N] [--no-touch]\n       demo-vmm [--mem SIZE] [--cpus N] [--mem-path FILE] [--control PATH]\n       demo-vmm --incoming PATH [--control PATH] [--warm STRATEGY]\n       demo-vmm --restore FILE [--control PATH]\n       demo-vmm --ctl PATH COMMAND [ARG]\n  --mem SIZE        guest RAM, e.g. 256M (default), 4G\n  --cpus N          vCPUs, 1..%d (default 2)\n  --mem-path FILE   file-backed RAM (e.g. under /dev/shm), for file mode\n  --control PATH    control socket: status, handoff PATH, handoff-exec,\n                    save FILE, touch [read|write], quit, help\n  --warm STRATEGY   how a new VMM warms the RAM: none, populate\n                    (default), helper, best\n  --timeout MS      bound on each handoff round (default 10000)\n  --sandbox         run under the seccomp sandbox, if built in\n",
+		"usage: demo-vmm --handoff [--mode transfer|exec|file] [--json FILE]\n                          [--mem SIZE] [--cpus N] [--warm STRATEGY]\n                          [--repeat N] [--no-touch]\n       demo-vmm [--mem SIZE] [--cpus N] [--mem-path FILE] [--control PATH]\n       demo-vmm --incoming PATH [--control PATH] [--warm STRATEGY]\n       demo-vmm --restore FILE [--control PATH]\n       demo-vmm --ctl PATH COMMAND [ARG]\n  --mem SIZE        guest RAM, e.g. 256M (default), 4G\n  --cpus N          vCPUs, 1..%d (default 2)\n  --mem-path FILE   file-backed RAM (e.g. under /dev/shm), for file mode\n  --control PATH    control socket: status, handoff PATH, handoff-exec,\n                    save FILE, touch [read|write], quit, help\n  --warm STRATEGY   how a new VMM warms the RAM: none, populate\n                    (default), helper, best\n  --timeout MS      bound on each handoff round (default 10000)\n  --sandbox         run under the seccomp sandbox, if built in\n  --systemd         a systemd service (demo-vmm.service): on SIGTERM the\n                    guest waits in the fd store for the next instance\n",
 		GUEST_MAX_CPUS);
 }
 
@@ -82,6 +87,7 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 		O_REPEAT,
 		O_BOOT_WARM,
 		O_NO_TOUCH,
+		O_SYSTEMD,
 		O_HELP
 	};
 	static const struct option longopts[] = {
@@ -106,6 +112,7 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 		{ "repeat", required_argument, NULL, O_REPEAT },
 		{ "boot-warm", no_argument, NULL, O_BOOT_WARM },
 		{ "no-touch", no_argument, NULL, O_NO_TOUCH },
+		{ "systemd", no_argument, NULL, O_SYSTEMD },
 		{ "help", no_argument, NULL, O_HELP },
 		{ 0 }
 	};
@@ -184,6 +191,9 @@ static int parse_options(int argc, char **argv, struct main_opts *m,
 		}
 		case O_NO_TOUCH:
 			m->demo.no_touch = true;
+			break;
+		case O_SYSTEMD:
+			o->systemd = true;
 			break;
 		case O_TAG:
 			o->tag = optarg;
@@ -518,6 +528,17 @@ static void vmm_cleanup(struct vmm *v, bool unlink_ram)
 	cprxfer_ram_release(&v->ram);
 }
 
+/* --systemd: SIGTERM is blocked and taken here, between commands. */
+static bool sigterm_pending(void)
+{
+	struct timespec zero = { 0, 0 };
+	sigset_t m;
+
+	sigemptyset(&m);
+	sigaddset(&m, SIGTERM);
+	return sigtimedwait(&m, NULL, &zero) == SIGTERM;
+}
+
 /* Serve the control socket until the guest leaves or quits. */
 static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 {
@@ -558,6 +579,17 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 			if (!mo->vmm.quiet)
 				print_report(v);
 		}
+		if (v->o.systemd && sigterm_pending()) {
+			/* systemctl restart/stop: leave the guest in the store */
+			r = handoff_restart_out(v, &res, &err);
+			if (r == 0) {
+				v->ctl_unlink = false; /* the socket stays */
+				vmm_cleanup(v, false);
+				return 0;
+			}
+			client = -1;
+			goto failed;
+		}
 		if (!v->ctl) {
 			usleep(100000);
 			continue;
@@ -592,7 +624,16 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 		case CONTROL_HELP:
 			control_reply(
 				v->ctl, client,
-				"ok commands: status, handoff PATH, handoff-exec, save FILE, touch [read|write], quit");
+				"ok commands: status, handoff PATH, handoff-exec, save FILE, touch [read|write], preflight MODE, quit");
+			break;
+		case CONTROL_PREFLIGHT:
+			r = handoff_preflight(v, cmd.arg, line, sizeof(line),
+					      &err);
+			if (r < 0)
+				control_reply(v->ctl, client, "error: %s",
+					      err.msg);
+			else
+				control_reply(v->ctl, client, "ok %s", line);
 			break;
 		case CONTROL_TOUCH:
 			r = guest_mailbox(v->ram.addr,
@@ -655,10 +696,11 @@ static int serve(struct vmm *v, struct main_opts *mo, int exec_client)
 			!res.stopped  ? " (the guest was not stopped)"
 			: res.resumed ? " (the guest resumed here)"
 				      : " (the guest is lost)");
-		control_reply(v->ctl, client, "error: %s%s", err.msg,
-			      !res.stopped  ? "; the guest runs on here"
-			      : res.resumed ? "; the guest resumed here"
-					    : "");
+		if (client >= 0)
+			control_reply(v->ctl, client, "error: %s%s", err.msg,
+				      !res.stopped  ? "; the guest runs on here"
+				      : res.resumed ? "; the guest resumed here"
+						    : "");
 		if (res.stopped && !res.resumed)
 			return 1;
 	}
@@ -698,7 +740,16 @@ static int vmm_main(struct main_opts *mo, uint64_t t_main)
 		if (r < 0)
 			goto fail;
 	}
-	if (v.o.incoming) {
+	if (v.o.systemd) {
+		sigset_t term;
+
+		sigemptyset(&term);
+		sigaddset(&term, SIGTERM);
+		pthread_sigmask(SIG_BLOCK, &term, NULL);
+	}
+	if (v.o.systemd && (r = handoff_restart_in(&v, &err)) != -ENOENT) {
+		/* the guest came back from the fd store (or failed to) */
+	} else if (v.o.incoming) {
 		if (!mo->vmm.quiet)
 			printf("[demo-vmm %d] waiting for a guest on %s\n",
 			       (int)getpid(), v.o.incoming);
@@ -718,13 +769,23 @@ static int vmm_main(struct main_opts *mo, uint64_t t_main)
 			       v.o.mem_path ? v.o.mem_path : "",
 			       v.ctl ? ", control socket up" : "");
 	}
+	if (r >= 0)
+		r = handoff_blockers_init(&v, &err);
 	if (r < 0)
 		goto fail;
+#ifdef DEMO_VMM_HAVE_SYSTEMD
+	if (v.o.systemd)
+		sd_notify(0, "READY=1");
+#endif
 	if (mo->ready_fd >= 0) {
 		(void)!write(mo->ready_fd, "1", 1);
 		close(mo->ready_fd);
 	}
 	r = serve(&v, mo, client);
+	cprxfer_blockers_free(v.blockers);
+#ifdef DEMO_VMM_HAVE_SYSTEMD
+	cprxfer_sd_close(v.sd);
+#endif
 	return r;
 fail:
 	fprintf(stderr, "demo-vmm: %s\n", err.msg);

@@ -41,6 +41,7 @@ struct vmm_opts {
 	int timeout_ms;	    /* handoff rounds */
 	bool quiet;	    /* no report lines (the demo prints) */
 	bool boot_warm;	    /* hidden: boot with RAM warm */
+	bool systemd;	    /* a systemd service: restart mode */
 };
 
 /* A handoff as the VMM that received the guest saw it. */
@@ -78,6 +79,9 @@ struct vmm {
 	bool have_report;
 	uint64_t t_main; /* CLOCK_MONOTONIC at main() */
 	struct handoff_report rep;
+	/* What must not travel in some modes (handoff_blockers_init). */
+	cprxfer_blockers *blockers;
+	struct cprxfer_sd *sd; /* --systemd: the fd store's hand-over */
 };
 
 /* Guest-physical addresses whose page frames prove RAM stayed put. */

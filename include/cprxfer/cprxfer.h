@@ -112,6 +112,12 @@ int cprxfer_opts_set_tag(cprxfer_opts *o, const char *tag);
 int cprxfer_opts_allow_uid(cprxfer_opts *o, uid_t uid);
 int cprxfer_opts_allow_pid(cprxfer_opts *o, pid_t pid);
 /*
+ * A listener's socket file: its permission bits (default 0600) and its
+ * group (default: as created), set before the socket appears at the path.
+ */
+int cprxfer_opts_set_socket_mode(cprxfer_opts *o, mode_t mode);
+int cprxfer_opts_set_socket_group(cprxfer_opts *o, gid_t gid);
+/*
  * Let a loader accept RAM regions a peer sends as a file or dax device,
  * not only as a memfd sealed against shrinking (allow: 1; default 0).
  * This trusts the peer and every writer of the file not to truncate it:
@@ -137,6 +143,11 @@ int cprxfer_listen(const char *path, cprxfer_listener **out);
 int cprxfer_listen_opts(const char *path, const cprxfer_opts *o,
 			cprxfer_listener **out);
 int cprxfer_accept(cprxfer_listener *l, int timeout_ms, cprxfer_channel **out);
+/*
+ * For an event loop: an fd that is readable when cprxfer_accept(l, 0,
+ * ...) can make progress; that call never blocks (-EAGAIN: not yet).
+ */
+int cprxfer_listener_fd(const cprxfer_listener *l);
 void cprxfer_listener_close(cprxfer_listener *l);
 
 /* outgoing (old process) */
@@ -221,6 +232,74 @@ int cprxfer_save_file(const cprxfer_state *st, const char *path);
 int cprxfer_load_file(const char *path, cprxfer_state **out);
 int cprxfer_load_file_opts(const char *path, const cprxfer_opts *o,
 			   cprxfer_state **out);
+
+/* ---- modes, blockers and preflight --------------------------------- */
+
+/*
+ * The handoff modes, as bits: a blocker names a set of them (OR them),
+ * cprxfer_preflight() and cprxfer_save_memfd() take exactly one.
+ */
+#define CPRXFER_MODE_TRANSFER (1u << 0) /* cprxfer_save over a channel */
+#define CPRXFER_MODE_EXEC     (1u << 1) /* cprxfer_exec, PID kept */
+#define CPRXFER_MODE_FILE     (1u << 2) /* cprxfer_save_file */
+#define CPRXFER_MODE_RESTART  (1u << 3) /* service manager's fd store */
+#define CPRXFER_MODE_KEXEC    (1u << 4) /* fd store across a kexec (LUO) */
+#define CPRXFER_MODE_ALL      0x1fu
+
+/*
+ * Blockers: parts of an application say "not in these modes, because
+ * ...". The application owns the object; a state borrows it.
+ */
+typedef struct cprxfer_blockers cprxfer_blockers;
+
+cprxfer_blockers *cprxfer_blockers_new(void);
+void cprxfer_blockers_free(cprxfer_blockers *b);
+/* Block the modes of the mask with reason; *id names it for removal. */
+int cprxfer_blocker_add(cprxfer_blockers *b, uint32_t modes, const char *reason,
+			uint32_t *id);
+int cprxfer_blocker_remove(cprxfer_blockers *b, uint32_t id);
+/* Every save of st checks b (borrowed; NULL: none) before anything. */
+int cprxfer_state_set_blockers(cprxfer_state *st, const cprxfer_blockers *b);
+
+/* What happens to an entry in a mode (cprxfer_report_entry). */
+enum {
+	CPRXFER_TRAVELS = 1, /* arrives as it is, same kernel object */
+	CPRXFER_RECREATE,    /* arrives as a description: made anew */
+	CPRXFER_BLOCKS	     /* the mode cannot save this state */
+};
+
+typedef struct cprxfer_report cprxfer_report;
+
+/*
+ * What would survive a save of st in mode: returns the number of
+ * blocking entries (0: the mode is open) and the report in *out.
+ */
+int cprxfer_preflight(const cprxfer_state *st, uint32_t mode,
+		      cprxfer_report **out);
+void cprxfer_report_free(cprxfer_report *r);
+/* One entry per state entry, in order, then one per blocker (name NULL). */
+size_t cprxfer_report_count(const cprxfer_report *r);
+int cprxfer_report_entry(const cprxfer_report *r, size_t i, const char **name,
+			 int *verdict, const char **reason);
+/* The whole report as lines of text (valid until cprxfer_report_free). */
+const char *cprxfer_report_text(const cprxfer_report *r);
+
+/* ---- detached stream: a sealed memfd plus an ordered fd array ------ */
+
+/*
+ * Encode st into a new sealed memfd (*memfd, the caller's) and list the
+ * fds that go with it, in stream order, in *fds (malloc'd, free() it;
+ * the fds stay the state's). mode: CPRXFER_MODE_RESTART or _KEXEC.
+ */
+int cprxfer_save_memfd(const cprxfer_state *st, uint32_t mode, int *memfd,
+		       int **fds, size_t *nfds);
+/*
+ * Decode a state from memfd and its fd array. Seals are not required:
+ * the stream's checksum proves it intact. The memfd and the fds stay
+ * the caller's: the state gets duplicates.
+ */
+int cprxfer_load_memfd(int memfd, const int *fds, size_t nfds,
+		       const cprxfer_opts *o, cprxfer_state **out);
 
 #ifdef __cplusplus
 }
