@@ -3,11 +3,12 @@
 #
 # The Debian packages, built and used as a Debian user would (a stage of
 # tests/run-all; SKIP_DEBIAN=1 skips it):
-#   1. builds libcprxfer0, libcprxfer-seccomp0, libcprxfer-dev,
-#      libcprxfer-seccomp-dev and cprxfer-tools with
+#   1. builds libcprxfer0, libcprxfer-seccomp0, libcprxfer-systemd0,
+#      libcprxfer-dev, libcprxfer-seccomp-dev, libcprxfer-systemd-dev and
+#      cprxfer-tools with
 #      `dpkg-buildpackage -us -uc -b` from the committed tree (git HEAD);
 #   2. installs libcprxfer-dev and cprxfer-tools (and what they depend
-#      on: libcprxfer0, not the seccomp packages) with
+#      on: libcprxfer0, not the seccomp or systemd packages) with
 #      `apt-get install ./*.deb` into a scratch root;
 #   3. in that root, as root: builds examples/state-handoff.c with
 #      `cc $(pkg-config --cflags --libs cprxfer)` alone and runs it;
@@ -48,7 +49,7 @@ if [ "$(id -u)" != 0 ]; then
 	exit 77
 fi
 
-deps="dpkg-dev debhelper meson ninja-build pkg-config libseccomp-dev lowdown
+deps="dpkg-dev debhelper meson ninja-build pkg-config libseccomp-dev libsystemd-dev lowdown
 python3 gcc libc6-dev man-db"
 [ "${LINTIAN:-0}" = 1 ] && deps="$deps lintian"
 missing=""
@@ -137,11 +138,13 @@ apt-get install -y -q /root/debs/libcprxfer0_*.deb \
 	{ cat apt.log; exit 1; }
 dpkg-query -W -f="\${db:Status-Abbrev} \${Package} \${Version}\n" \
 	"libcprxfer*" cprxfer-tools | grep "^ii" | sed "s/^ii */  installed: /"
-if dpkg-query -W -f="\${Status}\n" libcprxfer-seccomp0 2>/dev/null |
-	grep -q "ok installed"; then
-	echo "check-debian: libcprxfer-dev pulled in the seccomp library" >&2
-	exit 1
-fi
+for p in libcprxfer-seccomp0 libcprxfer-systemd0; do
+	if dpkg-query -W -f="\${Status}\n" $p 2>/dev/null |
+		grep -q "ok installed"; then
+		echo "check-debian: libcprxfer-dev pulled in $p" >&2
+		exit 1
+	fi
+done
 
 flags=$(pkg-config --cflags --libs cprxfer)
 echo "  pkg-config --cflags --libs cprxfer: $flags"
