@@ -50,12 +50,6 @@ struct cx_pidfd_info {
 #define CX_PIDFD_GET_INFO _IOWR(0xFF, 11, struct cx_pidfd_info)
 #define CX_PIDFD_INFO_PID (1ull << 0)
 
-static inline void hook(int fd, int op, size_t *len)
-{
-	if (cx_io_fault_hook)
-		cx_io_fault_hook(fd, op, len);
-}
-
 /*
  * The pid the pidfd pfd names now, from /proc/self/fdinfo (kernels
  * before PIDFD_GET_INFO): the pid, -1 if the process is gone, or -2 if
@@ -220,12 +214,12 @@ static int flush_out(struct cx_hs *hs)
 		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
 		ssize_t n;
 
-		hook(fd, CX_HOOK_SEND, &iov.iov_len);
+		cx_io_hook(fd, CX_HOOK_SEND, &iov.iov_len);
 		n = sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (n > 0) {
 			size_t done = (size_t)n;
 
-			hook(fd, CX_HOOK_SENT, &done);
+			cx_io_hook(fd, CX_HOOK_SENT, &done);
 			hs->opos += (size_t)n;
 			continue;
 		}
@@ -263,7 +257,7 @@ static int read_frame(struct cx_hs *hs, int type, size_t min, size_t max)
 		ssize_t n;
 		int rc;
 
-		hook(fd, CX_HOOK_RECV, &iov.iov_len);
+		cx_io_hook(fd, CX_HOOK_RECV, &iov.iov_len);
 		n = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -284,7 +278,7 @@ static int read_frame(struct cx_hs *hs, int type, size_t min, size_t max)
 		{
 			size_t done = (size_t)n;
 
-			hook(fd, CX_HOOK_RECVD, &done);
+			cx_io_hook(fd, CX_HOOK_RECVD, &done);
 		}
 		hs->ipos += (size_t)n;
 		if (hs->ipos != CX_HDR || hs->ineed != CX_HDR)

@@ -105,13 +105,9 @@ static int io_wait(struct cx_io *io, short events, short *revents)
 	}
 }
 
+#ifdef CX_TEST_HOOKS
 void (*cx_io_fault_hook)(int fd, int op, size_t *len);
-
-static inline void hook(int fd, int op, size_t *len)
-{
-	if (cx_io_fault_hook)
-		cx_io_fault_hook(fd, op, len);
-}
+#endif
 
 static int timeout_err(const char *what)
 {
@@ -202,7 +198,7 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 		short rev;
 		int rc;
 
-		hook(io->fd, CX_HOOK_RECV, &iov.iov_len);
+		cx_io_hook(io->fd, CX_HOOK_RECV, &iov.iov_len);
 		if (io->sock)
 			r = recvmsg(io->fd, &m,
 				    MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
@@ -211,7 +207,7 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 		if (r > 0) {
 			size_t done = (size_t)r;
 
-			hook(io->fd, CX_HOOK_RECVD, &done);
+			cx_io_hook(io->fd, CX_HOOK_RECVD, &done);
 		}
 		if (r >= 0 && io->sock) {
 			rc = take_cmsgs(io, &m);
@@ -331,7 +327,7 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 			c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
 			memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
 		}
-		hook(io->fd, CX_HOOK_SEND, &iov.iov_len);
+		cx_io_hook(io->fd, CX_HOOK_SEND, &iov.iov_len);
 		if (io->sock)
 			r = sendmsg(io->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
 		else
@@ -339,7 +335,7 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 		if (r > 0) {
 			size_t done = (size_t)r;
 
-			hook(io->fd, CX_HOOK_SENT, &done);
+			cx_io_hook(io->fd, CX_HOOK_SENT, &done);
 			src += r;
 			n -= (size_t)r;
 			io->out_bytes += (uint64_t)r;

@@ -83,6 +83,22 @@ enum {
 	CX_HOOK_RECV,
 	CX_HOOK_RECVD
 };
+#ifdef CX_TEST_HOOKS /* only in the tests' copy of the library */
 extern void (*cx_io_fault_hook)(int fd, int op, size_t *len);
+
+static inline void cx_io_hook(int fd, int op, size_t *len)
+{
+	if (cx_io_fault_hook)
+		cx_io_fault_hook(fd, op, len);
+}
+#else
+/* Release builds (the installed libraries) have no hook. */
+static inline void cx_io_hook(int fd, int op, size_t *len)
+{
+	(void)fd;
+	(void)op;
+	(void)len;
+}
+#endif
 
 #endif

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Build-only test: the public headers compile as strict C99. */
 #include <cprxfer/cprxfer.h>
+#ifdef CX_HAVE_SECCOMP
 #include <cprxfer/seccomp.h>
+#endif
 
 int main(void)
 {
