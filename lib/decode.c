@@ -225,13 +225,34 @@ static int on_fds(struct dec *d, const struct cx_frame *f)
 	return 0;
 }
 
-/* Where a record's bytes come from: a small record already read whole,
- * or the stream itself (large values go straight to their buffer). */
-struct rsrc {
+/*
+ * Records. on_record() reads what every record has (its header and
+ * name) and checks what every record must respect (the record limit,
+ * the declared count); the record's type then picks, from rec_types[],
+ * the length its value may have and the function that decodes it:
+ *
+ *   decode_int        CPRXFER_TYPE_U64, CPRXFER_TYPE_I64
+ *   decode_bytes      CPRXFER_TYPE_BLOB, CPRXFER_TYPE_STR
+ *   decode_fd         CPRXFER_TYPE_FD
+ *   decode_ram        CPRXFER_TYPE_RAM
+ *   decode_fd_array   CPRXFER_TYPE_FDS
+ *   decode_unknown    any other type: skipped, or refused if critical
+ *
+ * A decode function reads the value, checks it, claims its fds and
+ * only then appends the entry, so that a failure leaves nothing behind:
+ * what it holds is released by the cleanup attributes on return.
+ */
+struct rec {
+	uint8_t type, flags, name_len;
+	char name[CPRXFER_NAME_MAX + 1];
+	uint64_t vlen; /* value bytes after the name */
+	/* A small record already read whole: its value bytes; NULL: the
+	 * value is read from the stream (straight to its buffer). */
 	const uint8_t *p;
 };
 
-static int rtake(struct dec *d, struct rsrc *r, void *dst, size_t n)
+/* Read n bytes of the record's value. */
+static int rtake(struct dec *d, struct rec *r, void *dst, size_t n)
 {
 	if (!r->p)
 		return take(d, dst, n);
@@ -240,16 +261,264 @@ static int rtake(struct dec *d, struct rsrc *r, void *dst, size_t n)
 	return 0;
 }
 
+/* Add the record's entry; the caller fills in its value. */
+static int add_entry(struct dec *d, const struct rec *r, struct cx_entry **x)
+{
+	int rc = cx_state_append(d->st, r->name, r->name_len, r->type, x);
+
+	if (rc == -EEXIST)
+		return cx_err(-EBADMSG, "record '%s' appears twice", r->name);
+	return rc;
+}
+
+/* u64, i64: 8 bytes. */
+static int decode_int(struct dec *d, struct rec *r)
+{
+	uint8_t v[8];
+	struct cx_entry *x;
+	int rc;
+
+	rc = rtake(d, r, v, sizeof(v));
+	if (rc < 0)
+		return rc;
+	rc = add_entry(d, r, &x);
+	if (rc < 0)
+		return rc;
+	x->v.u64 = cx_get64(v);
+	return 0;
+}
+
+/* blob, str: the bytes, kept with a NUL after them; a str has no NUL. */
+static int decode_bytes(struct dec *d, struct rec *r)
+{
+	size_t len = (size_t)r->vlen;
+	cx_autofree char *buf = malloc(len + 1);
+	struct cx_entry *x;
+	int rc;
+
+	if (!buf)
+		return cx_err(-ENOMEM,
+			      "record '%s': out of memory for %llu bytes",
+			      r->name, (unsigned long long)r->vlen);
+	prefault(buf, len);
+	rc = rtake(d, r, buf, len);
+	if (rc < 0)
+		return rc;
+	buf[len] = 0;
+	if (r->type == CPRXFER_TYPE_STR && memchr(buf, 0, len))
+		return cx_err(-EBADMSG,
+			      "record '%s': string contains a NUL byte",
+			      r->name);
+	rc = add_entry(d, r, &x);
+	if (rc < 0)
+		return rc;
+	x->v.blob.data = cx_steal_ptr(&buf);
+	x->v.blob.len = len;
+	return 0;
+}
+
+/* fd: u32 index of the fd among the stream's fds. */
+static int decode_fd(struct dec *d, struct rec *r)
+{
+	uint8_t v[4];
+	cx_autoclose int fd = -1;
+	struct cx_entry *x;
+	int rc;
+
+	rc = rtake(d, r, v, sizeof(v));
+	if (rc < 0)
+		return rc;
+	rc = claim_fd(d, r->name, cx_get32(v), &fd);
+	if (rc < 0)
+		return rc;
+	rc = add_entry(d, r, &x);
+	if (rc < 0)
+		return rc;
+	x->v.fd = cx_steal_fd(&fd);
+	x->owns_fd = true;
+	return 0;
+}
+
+/* RAM: u64 size, u32 flags, u32 fd index or CX_NOFD, then a path. */
+static int decode_ram(struct dec *d, struct rec *r)
+{
+	uint8_t v[CX_RAM_LEN];
+	size_t plen = (size_t)r->vlen - CX_RAM_LEN;
+	cx_autofree char *path = NULL;
+	cx_autoclose int fd = -1;
+	struct cx_entry *x;
+	uint32_t index;
+	int rc;
+
+	rc = rtake(d, r, v, CX_RAM_LEN);
+	if (rc < 0)
+		return rc;
+	index = cx_get32(v + 12);
+	if (plen) {
+		path = malloc(plen + 1);
+		if (!path)
+			return cx_err(-ENOMEM, "out of memory");
+		rc = rtake(d, r, path, plen);
+		if (rc < 0)
+			return rc;
+		path[plen] = 0;
+		if (strlen(path) != plen)
+			return cx_err(-EBADMSG,
+				      "record '%s': path contains a NUL byte",
+				      r->name);
+	} else if (index == CX_NOFD) {
+		return cx_err(-EBADMSG,
+			      "record '%s': RAM with neither fd nor path",
+			      r->name);
+	}
+	/* Only a state file names RAM by path alone: a peer must not make
+	 * the loader open files of its choosing. */
+	if (d->mode != CX_MODE_FILE && index == CX_NOFD)
+		return cx_err(
+			-EBADMSG,
+			"record '%s': RAM without an fd outside a state file",
+			r->name);
+	if (index != CX_NOFD) {
+		rc = claim_fd(d, r->name, index, &fd);
+		if (rc < 0)
+			return rc;
+	}
+	/* A peer's RAM: a sealed memfd, or a file only if allowed. */
+	if (d->mode == CX_MODE_SOCKET) {
+		rc = cx_ram_check_fd(r->name, fd, cx_get64(v),
+				     d->o->allow_file_ram);
+		if (rc < 0)
+			return rc;
+	}
+	rc = add_entry(d, r, &x);
+	if (rc < 0)
+		return rc;
+	x->v.ram.size = cx_get64(v);
+	x->v.ram.flags = cx_get32(v + 8);
+	x->v.ram.fd = cx_steal_fd(&fd);
+	x->v.ram.path = cx_steal_ptr(&path);
+	x->owns_fd = x->v.ram.fd >= 0;
+	return 0;
+}
+
+/* n fds owned together: each closed, then the array freed. */
+struct fdvec {
+	int *fds;
+	size_t n;
+};
+
+static void fdvec_clear(struct fdvec *v)
+{
+	if (v->fds)
+		cx_close_all(v->fds, v->n);
+	free(v->fds);
+	v->fds = NULL;
+}
+
+/* Claim the n fds an array names: the next ones, in order. */
+static int claim_fds(struct dec *d, const char *name, uint32_t first,
+		     uint32_t n, struct fdvec *v)
+{
+	if (first != d->fds_claimed || n > d->fds_announced - d->fds_claimed)
+		return cx_err(
+			-EBADMSG,
+			"record '%s': names %u fds from fd %u, expected fd %llu with %llu announced",
+			name, n, first, (unsigned long long)d->fds_claimed,
+			(unsigned long long)d->fds_announced);
+	/* Bounded: n fds were announced, within the loader's fd limit. */
+	v->fds = malloc(n ? (size_t)n * sizeof(int) : 1);
+	if (!v->fds)
+		return cx_err(-ENOMEM, "record '%s': out of memory for %u fds",
+			      name, n);
+	for (v->n = 0; v->n < n; v->n++) {
+		v->fds[v->n] = cx_io_take_fd(d->io);
+		if (v->fds[v->n] < 0)
+			return cx_err(
+				-EBADMSG,
+				"record '%s': fd %llu announced but never arrived",
+				name, (unsigned long long)(first + v->n));
+		d->fds_claimed++;
+	}
+	return 0;
+}
+
+/* fd array: u32 count, u32 index of its first fd (CX_FDA_LEN). */
+static int decode_fd_array(struct dec *d, struct rec *r)
+{
+	uint8_t v[CX_FDA_LEN];
+	__attribute__((cleanup(fdvec_clear))) struct fdvec fds = { 0 };
+	struct cx_entry *x;
+	int rc;
+
+	rc = rtake(d, r, v, sizeof(v));
+	if (rc < 0)
+		return rc;
+	if (d->mode == CX_MODE_FILE)
+		return cx_err(-EBADMSG, "record '%s': fd array in a state file",
+			      r->name);
+	rc = claim_fds(d, r->name, cx_get32(v + 4), cx_get32(v), &fds);
+	if (rc < 0)
+		return rc;
+	rc = add_entry(d, r, &x);
+	if (rc < 0)
+		return rc;
+	x->v.fda.fds = cx_steal_ptr(&fds.fds);
+	x->v.fda.n = fds.n;
+	x->owns_fd = true;
+	return 0;
+}
+
+/* A type this version lacks: a later version's optional record is
+ * skipped; one marked critical is refused. */
+static int decode_unknown(struct dec *d, struct rec *r)
+{
+	if (r->flags & CX_REC_CRITICAL)
+		return cx_err(
+			-EOPNOTSUPP,
+			"record '%s': type %u is not understood by this version and is marked critical",
+			r->name, r->type);
+	if (r->p) {
+		r->p += r->vlen;
+		return 0;
+	}
+	return skip(d, r->vlen);
+}
+
+struct rec_type {
+	const char *what;	   /* for messages */
+	uint64_t min_len, max_len; /* of the value, in bytes */
+	int (*decode)(struct dec *d, struct rec *r);
+};
+
+static const struct rec_type rec_types[] = {
+	[CPRXFER_TYPE_U64] = { "u64", 8, 8, decode_int },
+	[CPRXFER_TYPE_I64] = { "i64", 8, 8, decode_int },
+	[CPRXFER_TYPE_BLOB] = { "blob", 0, UINT64_MAX, decode_bytes },
+	[CPRXFER_TYPE_STR] = { "str", 0, UINT64_MAX, decode_bytes },
+	[CPRXFER_TYPE_FD] = { "fd", 4, 4, decode_fd },
+	[CPRXFER_TYPE_RAM] = { "RAM", CX_RAM_LEN, CX_RAM_LEN + PATH_MAX - 1,
+			       decode_ram },
+	[CPRXFER_TYPE_FDS] = { "fd array", CX_FDA_LEN, CX_FDA_LEN,
+			       decode_fd_array },
+};
+
+static const struct rec_type unknown_type = { "unknown", 0, UINT64_MAX,
+					      decode_unknown };
+
+static const struct rec_type *rec_type_of(uint8_t type)
+{
+	if (type < sizeof(rec_types) / sizeof(rec_types[0]) &&
+	    rec_types[type].decode)
+		return &rec_types[type];
+	return &unknown_type;
+}
+
 static int on_record(struct dec *d, const struct cx_frame *f)
 {
-	uint8_t h[CX_REC_HDR], v[CX_RAM_LEN], small[512];
-	struct rsrc r = { NULL };
-	char name[CPRXFER_NAME_MAX + 1];
-	struct cx_entry *x;
-	uint64_t vlen;
-	uint8_t type;
-	int rc, fd = -1;
-	void *buf = NULL;
+	uint8_t h[CX_REC_HDR], small[512];
+	const struct rec_type *t;
+	struct rec r = { 0 };
+	int rc;
 
 	if (f->len < CX_REC_HDR + 1)
 		return cx_err(-EBADMSG,
@@ -265,149 +534,42 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 	rc = rtake(d, &r, h, sizeof(h));
 	if (rc < 0)
 		return rc;
-	type = h[0];
-	if (h[2] == 0 || CX_REC_HDR + (uint64_t)h[2] > f->len)
+	r.type = h[0];
+	r.flags = h[1];
+	r.name_len = h[2];
+	if (r.name_len == 0 || CX_REC_HDR + (uint64_t)r.name_len > f->len)
 		return cx_err(
 			-EBADMSG,
 			"record %llu: name length %u does not fit its %llu-byte frame",
-			(unsigned long long)d->records, h[2],
+			(unsigned long long)d->records, r.name_len,
 			(unsigned long long)f->len);
-	rc = rtake(d, &r, name, h[2]);
+	rc = rtake(d, &r, r.name, r.name_len);
 	if (rc < 0)
 		return rc;
-	name[h[2]] = 0;
-	if (memchr(name, 0, h[2]))
+	r.name[r.name_len] = 0;
+	if (memchr(r.name, 0, r.name_len))
 		return cx_err(-EBADMSG, "record %llu: name contains a NUL byte",
 			      (unsigned long long)d->records);
-	vlen = f->len - CX_REC_HDR - h[2];
-	if (vlen > d->o->max_record)
+	r.vlen = f->len - CX_REC_HDR - r.name_len;
+	if (r.vlen > d->o->max_record)
 		return cx_err(-EMSGSIZE,
 			      "record '%s': length %llu exceeds limit %llu",
-			      name, (unsigned long long)vlen,
+			      r.name, (unsigned long long)r.vlen,
 			      (unsigned long long)d->o->max_record);
 	if (++d->records > d->declared_records)
 		return cx_err(
 			-EBADMSG,
 			"record '%s': more records than the %llu declared",
-			name, (unsigned long long)d->declared_records);
-	switch (type) {
-	case CPRXFER_TYPE_U64:
-	case CPRXFER_TYPE_I64:
-	case CPRXFER_TYPE_FD:
-		if (vlen != (type == CPRXFER_TYPE_FD ? 4 : 8))
-			return cx_err(
-				-EBADMSG,
-				"record '%s': value of %llu bytes for type %u",
-				name, (unsigned long long)vlen, type);
-		rc = rtake(d, &r, v, (size_t)vlen);
-		break;
-	case CPRXFER_TYPE_BLOB:
-	case CPRXFER_TYPE_STR:
-		buf = malloc((size_t)vlen + 1);
-		if (!buf)
-			return cx_err(
-				-ENOMEM,
-				"record '%s': out of memory for %llu bytes",
-				name, (unsigned long long)vlen);
-		prefault(buf, (size_t)vlen);
-		rc = rtake(d, &r, buf, (size_t)vlen);
-		((char *)buf)[vlen] = 0;
-		if (rc == 0 && type == CPRXFER_TYPE_STR &&
-		    memchr(buf, 0, (size_t)vlen))
-			rc = cx_err(-EBADMSG,
-				    "record '%s': string contains a NUL byte",
-				    name);
-		break;
-	case CPRXFER_TYPE_RAM:
-		if (vlen < CX_RAM_LEN || vlen - CX_RAM_LEN >= PATH_MAX)
-			return cx_err(-EBADMSG,
-				      "record '%s': RAM value of %llu bytes",
-				      name, (unsigned long long)vlen);
-		rc = rtake(d, &r, v, CX_RAM_LEN);
-		if (rc < 0)
-			return rc;
-		if (vlen > CX_RAM_LEN) {
-			buf = malloc((size_t)vlen - CX_RAM_LEN + 1);
-			if (!buf)
-				return cx_err(-ENOMEM, "out of memory");
-			rc = rtake(d, &r, buf, (size_t)vlen - CX_RAM_LEN);
-			((char *)buf)[vlen - CX_RAM_LEN] = 0;
-			if (rc == 0 && strlen(buf) != vlen - CX_RAM_LEN)
-				rc = cx_err(
-					-EBADMSG,
-					"record '%s': path contains a NUL byte",
-					name);
-		} else if (cx_get32(v + 12) == CX_NOFD) {
-			rc = cx_err(-EBADMSG,
-				    "record '%s': RAM with neither fd nor path",
-				    name);
-		}
-		/* Only a state file names RAM by path alone: a peer must
-		 * not make the loader open files of its choosing. */
-		if (rc == 0 && d->mode != CX_MODE_FILE &&
-		    cx_get32(v + 12) == CX_NOFD)
-			rc = cx_err(
-				-EBADMSG,
-				"record '%s': RAM without an fd outside a state file",
-				name);
-		break;
-	default:
-		if (h[1] & CX_REC_CRITICAL)
-			return cx_err(
-				-EOPNOTSUPP,
-				"record '%s': type %u is not understood by this version and is marked critical",
-				name, type);
-		/* A later version's optional record: skip it. */
-		if (r.p) {
-			r.p += vlen;
-			return 0;
-		}
-		return skip(d, vlen);
-	}
-	if (rc < 0)
-		goto fail;
-	if (type == CPRXFER_TYPE_FD)
-		rc = claim_fd(d, name, cx_get32(v), &fd);
-	else if (type == CPRXFER_TYPE_RAM && cx_get32(v + 12) != CX_NOFD)
-		rc = claim_fd(d, name, cx_get32(v + 12), &fd);
-	/* A peer's RAM: a sealed memfd, or a file only if allowed. */
-	if (rc == 0 && type == CPRXFER_TYPE_RAM && d->mode == CX_MODE_SOCKET)
-		rc = cx_ram_check_fd(name, fd, cx_get64(v),
-				     d->o->allow_file_ram);
-	if (rc < 0)
-		goto fail;
-	rc = cx_state_append(d->st, name, h[2], type, &x);
-	if (rc == -EEXIST)
-		rc = cx_err(-EBADMSG, "record '%s' appears twice", name);
-	if (rc < 0)
-		goto fail;
-	switch (type) {
-	case CPRXFER_TYPE_U64:
-	case CPRXFER_TYPE_I64:
-		x->v.u64 = cx_get64(v);
-		break;
-	case CPRXFER_TYPE_BLOB:
-	case CPRXFER_TYPE_STR:
-		x->v.blob.data = buf;
-		x->v.blob.len = (size_t)vlen;
-		break;
-	case CPRXFER_TYPE_FD:
-		x->v.fd = fd;
-		x->owns_fd = true;
-		break;
-	case CPRXFER_TYPE_RAM:
-		x->v.ram.size = cx_get64(v);
-		x->v.ram.flags = cx_get32(v + 8);
-		x->v.ram.fd = fd;
-		x->v.ram.path = buf;
-		x->owns_fd = fd >= 0;
-		break;
-	}
-	return 0;
-fail:
-	free(buf);
-	cx_close(fd);
-	return rc;
+			r.name, (unsigned long long)d->declared_records);
+	t = rec_type_of(r.type);
+	if (r.vlen < t->min_len || r.vlen > t->max_len)
+		return cx_err(
+			-EBADMSG,
+			"record '%s': %s value of %llu bytes (type %u takes %llu to %llu)",
+			r.name, t->what, (unsigned long long)r.vlen, r.type,
+			(unsigned long long)t->min_len,
+			(unsigned long long)t->max_len);
+	return t->decode(d, &r);
 }
 
 static int on_end(struct dec *d, const struct cx_frame *f)

@@ -105,21 +105,30 @@ static int collect_fds(const cprxfer_state *st, const int *extra, size_t nx,
 	if (!v)
 		return cx_err(-ENOMEM, "out of memory");
 	for (i = 0; i < st->n + nx; i++) {
-		int fd = i < st->n ? cx_entry_fd(&st->e[i]) : extra[i - st->n];
+		const int *fds = i < st->n ? NULL : &extra[i - st->n];
+		size_t m = 1, x;
 
-		if (fd < 0)
-			continue;
-		for (j = 0; j < k && v[j].fd != fd; j++)
-			;
-		if (j < k)
-			continue;
-		v[k].fd = fd;
-		v[k].flags = fcntl(fd, F_GETFD);
-		if (v[k].flags < 0)
-			return cx_err(-EBADF, "record '%s': fd %d is not open",
-				      i < st->n ? st->e[i].name : "(state)",
-				      fd);
-		k++;
+		if (i < st->n)
+			m = cx_entry_fds(&st->e[i], &fds);
+		for (x = 0; x < m; x++) {
+			int fd = fds[x];
+
+			if (fd < 0)
+				continue;
+			for (j = 0; j < k && v[j].fd != fd; j++)
+				;
+			if (j < k)
+				continue;
+			v[k].fd = fd;
+			v[k].flags = fcntl(fd, F_GETFD);
+			if (v[k].flags < 0)
+				return cx_err(-EBADF,
+					      "record '%s': fd %d is not open",
+					      i < st->n ? st->e[i].name
+							: "(state)",
+					      fd);
+			k++;
+		}
 	}
 	*out = cx_steal_ptr(&v);
 	*n = k;

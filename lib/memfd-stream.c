@@ -49,10 +49,12 @@ CX_EXPORT int cprxfer_save_memfd(const cprxfer_state *st, uint32_t mode,
 			return cx_err(-ENOMEM,
 				      "cprxfer_save_memfd: out of memory");
 		for (i = 0; i < st->n; i++) {
-			int f = cx_entry_fd(&st->e[i]);
+			const int *f;
+			size_t m = cx_entry_fds(&st->e[i], &f);
 
-			if (f >= 0)
-				v[k++] = f;
+			if (m)
+				memcpy(v + k, f, m * sizeof(int));
+			k += m;
 		}
 	}
 	fd = memfd_create(CX_STATE_MEMFD, MFD_CLOEXEC | MFD_ALLOW_SEALING);

@@ -157,6 +157,43 @@ static int kexec_verdict(enum kind k, const char *desc, char *why, size_t len)
 	return CPRXFER_BLOCKS;
 }
 
+/* An fd array: the worst verdict of its fds. */
+static int classify_array(const struct cx_entry *x, uint32_t mode, char *why,
+			  size_t len)
+{
+	char desc[300];
+	size_t i;
+
+	if (!x->v.fda.fds) {
+		snprintf(why, len, "its fds were taken");
+		return CPRXFER_BLOCKS;
+	}
+	if (mode == CPRXFER_MODE_FILE) {
+		snprintf(
+			why, len,
+			"an fd array cannot be saved to a file (its fds would not survive a reboot)");
+		return CPRXFER_BLOCKS;
+	}
+	for (i = 0; i < x->v.fda.n; i++) {
+		enum kind k = fd_kind(x->v.fda.fds[i], desc, sizeof(desc));
+
+		if (k == K_CLOSED) {
+			snprintf(why, len, "fd %zu of %zu: %s", i, x->v.fda.n,
+				 desc);
+			return CPRXFER_BLOCKS;
+		}
+		if (mode == CPRXFER_MODE_KEXEC &&
+		    kexec_verdict(k, desc, why, len) == CPRXFER_BLOCKS) {
+			snprintf(desc, sizeof(desc), "%s", why);
+			snprintf(why, len, "fd %zu of %zu: %s", i, x->v.fda.n,
+				 desc);
+			return CPRXFER_BLOCKS;
+		}
+	}
+	snprintf(why, len, "%zu fds: the same open files", x->v.fda.n);
+	return CPRXFER_TRAVELS;
+}
+
 /* The verdict on entry x in mode, with its reason in why. */
 static int classify(const struct cx_entry *x, uint32_t mode, char *why,
 		    size_t len)
@@ -165,6 +202,8 @@ static int classify(const struct cx_entry *x, uint32_t mode, char *why,
 	enum kind k;
 	int fd = cx_entry_fd(x);
 
+	if (x->type == CPRXFER_TYPE_FDS)
+		return classify_array(x, mode, why, len);
 	if (x->type != CPRXFER_TYPE_FD && x->type != CPRXFER_TYPE_RAM) {
 		snprintf(why, len, "value, in the stream");
 		return CPRXFER_TRAVELS;
@@ -255,7 +294,8 @@ int cx_preflight_check(const cprxfer_state *st, enum cx_mode m)
 	for (i = 0; i < st->n; i++) {
 		const struct cx_entry *x = &st->e[i];
 
-		if (x->type != CPRXFER_TYPE_FD && x->type != CPRXFER_TYPE_RAM)
+		if (x->type != CPRXFER_TYPE_FD && x->type != CPRXFER_TYPE_RAM &&
+		    x->type != CPRXFER_TYPE_FDS)
 			continue;
 		if (classify(x, mode, why, sizeof(why)) == CPRXFER_BLOCKS)
 			return cx_err(-EOPNOTSUPP, "record '%s': %s", x->name,

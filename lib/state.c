@@ -193,6 +193,12 @@ static void entry_clear(struct cx_entry *e)
 			cx_close(e->v.ram.fd);
 		free(e->v.ram.path);
 		break;
+	case CPRXFER_TYPE_FDS:
+		if (e->owns_fd && e->v.fda.fds)
+			cx_close_all(e->v.fda.fds, e->v.fda.n);
+		free(e->v.fda.fds);
+		free(e->v.fda.ids);
+		break;
 	}
 }
 
@@ -242,6 +248,23 @@ int cx_entry_fd(const struct cx_entry *e)
 	return -1;
 }
 
+size_t cx_entry_fds(const struct cx_entry *e, const int **fds)
+{
+	switch (e->type) {
+	case CPRXFER_TYPE_FD:
+		*fds = &e->v.fd;
+		return e->v.fd >= 0;
+	case CPRXFER_TYPE_RAM:
+		*fds = &e->v.ram.fd;
+		return e->v.ram.fd >= 0;
+	case CPRXFER_TYPE_FDS:
+		*fds = e->v.fda.fds;
+		return e->v.fda.fds ? e->v.fda.n : 0;
+	}
+	*fds = NULL;
+	return 0;
+}
+
 void cx_entry_note_fd(struct cx_entry *e)
 {
 	struct stat s;
@@ -251,10 +274,41 @@ void cx_entry_note_fd(struct cx_entry *e)
 	e->ino = e->fd_id ? (uint64_t)s.st_ino : 0;
 }
 
+/* Each fd of a borrowed array against its device and inode at put. */
+static int check_array(const struct cx_entry *e)
+{
+	const uint64_t *id = e->v.fda.ids;
+	struct stat s;
+	size_t i;
+
+	for (i = 0; id && e->v.fda.fds && i < e->v.fda.n; i++) {
+		int fd = e->v.fda.fds[i];
+
+		if (fstat(fd, &s) < 0) {
+			int err = errno;
+
+			return cx_err(
+				-err, "record '%s': fd %d (index %zu): %s",
+				e->name, fd, i,
+				err == EBADF ? "is not open" : strerror(err));
+		}
+		if ((uint64_t)s.st_dev != id[2 * i] ||
+		    (uint64_t)s.st_ino != id[2 * i + 1])
+			return cx_err(
+				-ESTALE,
+				"record '%s': fd %d (index %zu) is no longer the file that was put (closed and its number reused?): refusing to send another file under its name",
+				e->name, fd, i);
+	}
+	return 0;
+}
+
 int cx_entry_check_fd(const struct cx_entry *e)
 {
 	int fd = cx_entry_fd(e);
 	struct stat s;
+
+	if (e->type == CPRXFER_TYPE_FDS && !e->owns_fd)
+		return check_array(e);
 
 	if (e->owns_fd || !e->fd_id || fd < 0)
 		return 0;
@@ -274,10 +328,11 @@ int cx_entry_check_fd(const struct cx_entry *e)
 
 size_t cx_state_nfds(const cprxfer_state *st)
 {
+	const int *fds;
 	size_t i, n = 0;
 
 	for (i = 0; i < st->n; i++)
-		n += cx_entry_fd(&st->e[i]) >= 0;
+		n += cx_entry_fds(&st->e[i], &fds);
 	return n;
 }
 
@@ -406,6 +461,51 @@ CX_EXPORT int cprxfer_put_fd(cprxfer_state *st, const char *name, int fd)
 	return rc;
 }
 
+CX_EXPORT int cprxfer_put_fds(cprxfer_state *st, const char *name,
+			      const int *fds, size_t n)
+{
+	cx_autofree int *copy = NULL;
+	cx_autofree uint64_t *ids = NULL;
+	struct cx_entry *e;
+	size_t i;
+	int rc;
+
+	if (!fds && n)
+		return cx_err(-EINVAL, "cprxfer_put_fds: NULL fds, count %zu",
+			      n);
+	if (n > UINT32_MAX)
+		return cx_err(-E2BIG,
+			      "cprxfer_put_fds: %zu fds exceed the wire's %u",
+			      n, UINT32_MAX);
+	copy = malloc(n ? n * sizeof(int) : 1);
+	ids = malloc(n ? 2 * n * sizeof(uint64_t) : 1);
+	if (!copy || !ids)
+		return cx_err(-ENOMEM,
+			      "cprxfer_put_fds: out of memory for %zu fds", n);
+	/* Which file each fd is, so that a save can tell a reused number. */
+	for (i = 0; i < n; i++) {
+		struct stat s;
+
+		if (fds[i] < 0 || fstat(fds[i], &s) < 0)
+			return cx_err(
+				-EBADF,
+				"cprxfer_put_fds: fd %d (index %zu) is not open",
+				fds[i], i);
+		ids[2 * i] = (uint64_t)s.st_dev;
+		ids[2 * i + 1] = (uint64_t)s.st_ino;
+	}
+	if (n)
+		memcpy(copy, fds, n * sizeof(int));
+	rc = put(st, "cprxfer_put_fds", name, CPRXFER_TYPE_FDS, &e);
+	if (rc < 0)
+		return rc;
+	e->v.fda.fds = cx_steal_ptr(&copy);
+	e->v.fda.ids = cx_steal_ptr(&ids);
+	e->v.fda.n = n;
+	e->owns_fd = false;
+	return 0;
+}
+
 static int get(const cprxfer_state *st, const char *what, const char *name,
 	       int type, struct cx_entry **out)
 {
@@ -529,6 +629,81 @@ CX_EXPORT int cprxfer_take_fd(cprxfer_state *st, const char *name)
 	e->v.fd = -1;
 	e->owns_fd = false;
 	return fd;
+}
+
+CX_EXPORT int cprxfer_get_fds(const cprxfer_state *st, const char *name,
+			      const int **fds, size_t *n)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (!fds || !n)
+		return cx_err(-EINVAL, "cprxfer_get_fds: NULL output");
+	rc = get(st, "cprxfer_get_fds", name, CPRXFER_TYPE_FDS, &e);
+	if (rc < 0)
+		return rc;
+	if (!e->v.fda.fds)
+		return cx_err(-EBADF,
+			      "cprxfer_get_fds: fds of record '%s' were taken",
+			      name);
+	*fds = e->v.fda.fds;
+	*n = e->v.fda.n;
+	return 0;
+}
+
+/* Duplicates of n borrowed fds, all or none. */
+static int dup_all(const char *name, const int *fds, size_t n, int **out)
+{
+	cx_autofree int *v = malloc(n ? n * sizeof(int) : 1);
+	size_t i;
+
+	if (!v)
+		return cx_err(-ENOMEM,
+			      "cprxfer_take_fds: out of memory for %zu fds", n);
+	for (i = 0; i < n; i++) {
+		v[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+		if (v[i] < 0) {
+			int err = -errno;
+
+			cx_close_all(v, i);
+			return cx_err(
+				err,
+				"cprxfer_take_fds: record '%s': dup of fd %d: %s",
+				name, fds[i], strerror(-err));
+		}
+	}
+	*out = cx_steal_ptr(&v);
+	return 0;
+}
+
+CX_EXPORT int cprxfer_take_fds(cprxfer_state *st, const char *name, int **fds,
+			       size_t *n)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (!fds || !n)
+		return cx_err(-EINVAL, "cprxfer_take_fds: NULL output");
+	rc = get(st, "cprxfer_take_fds", name, CPRXFER_TYPE_FDS, &e);
+	if (rc < 0)
+		return rc;
+	if (!e->v.fda.fds)
+		return cx_err(
+			-EBADF,
+			"cprxfer_take_fds: fds of record '%s' were already taken",
+			name);
+	if (!e->owns_fd) {
+		/* Borrowed fds stay the caller's: hand out duplicates. */
+		rc = dup_all(name, e->v.fda.fds, e->v.fda.n, fds);
+		if (rc < 0)
+			return rc;
+		*n = e->v.fda.n;
+		return 0;
+	}
+	*fds = cx_steal_ptr(&e->v.fda.fds);
+	*n = e->v.fda.n;
+	e->owns_fd = false;
+	return 0;
 }
 
 CX_EXPORT size_t cprxfer_state_count(const cprxfer_state *st)

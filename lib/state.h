@@ -9,6 +9,15 @@
 
 #include <cprxfer/cprxfer.h>
 
+#include "cleanup.h"
+
+/* Close n fds (those >= 0). */
+static inline void cx_close_all(const int *fds, size_t n)
+{
+	while (n--)
+		cx_close(fds[n]);
+}
+
 struct cx_entry {
 	char *name;   /* NUL-terminated, in st->names */
 	uint8_t type; /* CPRXFER_TYPE_* */
@@ -24,6 +33,12 @@ struct cx_entry {
 			size_t len; /* str: without the NUL */
 		} blob;
 		int fd; /* -1 once taken */
+		struct {
+			int *fds; /* n fds; NULL once taken */
+			size_t n;
+			/* Borrowed: each fd's device and inode at put. */
+			uint64_t *ids;
+		} fda; /* CPRXFER_TYPE_FDS */
 		struct {
 			int fd; /* -1: none (file mode, by path) */
 			uint64_t size;
@@ -76,19 +91,26 @@ int cx_state_reserve(cprxfer_state *st, size_t n);
 struct cx_entry *cx_state_find(const cprxfer_state *st, const char *name,
 			       size_t len);
 
-/* Number of entries whose value carries an fd (FD, RAM with an fd). */
+/* Number of fds the entries carry (FD, RAM with an fd, FDS arrays). */
 size_t cx_state_nfds(const cprxfer_state *st);
 
-/* The fd an entry carries, or -1. */
+/* The fd an entry carries, or -1 (an fd array: -1, see cx_entry_fds). */
 int cx_entry_fd(const struct cx_entry *e);
+
+/*
+ * The fds an entry carries, in order: their number, with *fds set to
+ * the first (FD, RAM with an fd, FDS not taken; else 0).
+ */
+size_t cx_entry_fds(const struct cx_entry *e, const int **fds);
 
 /* A borrowed fd was just put in e: remember which file it is. */
 void cx_entry_note_fd(struct cx_entry *e);
 
 /*
- * Is e's borrowed fd still the file it was at put? 0 (also for an entry
- * that owns its fd or has none); -EBADF if the fd was closed; -ESTALE,
- * naming the record, if it was closed and its number reused.
+ * Is e's borrowed fd (each fd of a borrowed array) still the file it was
+ * at put? 0 (also for an entry that owns its fds or has none); -EBADF if
+ * an fd was closed; -ESTALE, naming the record, if it was closed and its
+ * number reused.
  */
 int cx_entry_check_fd(const struct cx_entry *e);
 

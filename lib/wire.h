@@ -40,6 +40,14 @@ enum {
 	0x80000000u /* inline number: fd was not
 					 * close-on-exec before the exec */
 
+/*
+ * fd array record value (CPRXFER_TYPE_FDS, always sent CX_REC_CRITICAL:
+ * a reader that predates arrays refuses the stream rather than drop the
+ * fds): u32 count, u32 index of the first fd; the array's fds are the
+ * stream's fds first .. first + count - 1, carried by FDS frames.
+ */
+#define CX_FDA_LEN 8
+
 /* CX_F_BEGIN payload: u64 records, u64 fds, u64 bytes (all frames) */
 #define CX_BEGIN_LEN 24
 /* CX_F_END payload: u64 records, u64 fds, u32 crc32c, u32 0 */

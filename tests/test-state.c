@@ -129,6 +129,81 @@ static void test_fds(void **unused)
 	close(efd);
 }
 
+/* Read an eventfd's counter: which object an fd is. */
+static uint64_t counter(int fd)
+{
+	uint64_t v = 0;
+
+	assert_int_equal(read(fd, &v, 8), 8);
+	assert_int_equal(write(fd, &v, 8), 8); /* put it back */
+	return v;
+}
+
+/* An array is borrowed like a single fd; take hands out duplicates. */
+static void test_fd_array_put_get_take_borrowed(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int efd[3], bad[2], *got = NULL, i, type = 0;
+	const int *fds = NULL;
+	const char *name;
+	size_t n = 0;
+
+	for (i = 0; i < 3; i++) {
+		efd[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+		assert_true(efd[i] >= 0);
+	}
+	assert_int_equal(cprxfer_put_fds(st, "conns", efd, 3), 0);
+	/* The array is copied: the caller may reuse its own. */
+	bad[0] = efd[0];
+	bad[1] = 9999;
+	assert_int_equal(cprxfer_put_fds(st, "bad", bad, 2), -EBADF);
+	assert_non_null(strstr(cprxfer_errmsg(), "index 1"));
+	assert_int_equal(cprxfer_put_fds(st, "null", NULL, 2), -EINVAL);
+	assert_int_equal(cprxfer_put_fds(st, "conns", efd, 3), -EEXIST);
+	assert_int_equal(cprxfer_put_fds(NULL, "x", efd, 3), -EINVAL);
+	assert_int_equal(cprxfer_put_fds(st, "empty", NULL, 0), 0);
+	assert_int_equal(cprxfer_state_entry(st, 0, &name, &type), 0);
+	assert_int_equal(type, CPRXFER_TYPE_FDS);
+	assert_string_equal(name, "conns");
+
+	assert_int_equal(cprxfer_get_fds(st, "conns", &fds, &n), 0);
+	assert_int_equal(n, 3);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(fds[i], efd[i]);
+	assert_int_equal(cprxfer_get_fds(st, "empty", &fds, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(cprxfer_get_fds(st, "conns", NULL, &n), -EINVAL);
+	assert_int_equal(cprxfer_get_fds(st, "nope", &fds, &n), -ENOENT);
+
+	/* Borrowed: duplicates of the same objects, close-on-exec. */
+	assert_int_equal(cprxfer_take_fds(st, "conns", &got, &n), 0);
+	assert_int_equal(n, 3);
+	for (i = 0; i < 3; i++) {
+		assert_true(got[i] != efd[i]);
+		assert_true(fcntl(got[i], F_GETFD) & FD_CLOEXEC);
+		assert_int_equal(counter(got[i]), (uint64_t)i + 1);
+		close(got[i]);
+	}
+	free(got);
+	/* The state still holds them: take again works, get too. */
+	assert_int_equal(cprxfer_get_fds(st, "conns", &fds, &n), 0);
+	assert_int_equal(cprxfer_take_fds(st, "empty", &got, &n), 0);
+	assert_int_equal(n, 0);
+	free(got);
+
+	/* Types do not mix. */
+	assert_int_equal(cprxfer_put_fd(st, "one", efd[0]), 0);
+	assert_int_equal(cprxfer_get_fds(st, "one", &fds, &n), -ENOMSG);
+	assert_int_equal(cprxfer_take_fds(st, "one", &got, &n), -ENOMSG);
+	assert_int_equal(cprxfer_take_fd(st, "conns"), -ENOMSG);
+	cprxfer_state_free(st);
+	/* free never closes borrowed fds */
+	for (i = 0; i < 3; i++) {
+		assert_true(fcntl(efd[i], F_GETFD) >= 0);
+		close(efd[i]);
+	}
+}
+
 static void test_entries(void **unused)
 {
 	cprxfer_state *st = cprxfer_state_new();
@@ -315,6 +390,7 @@ int main(void)
 		tu_test(test_many),
 		tu_test(test_opts),
 		tu_test(test_version),
+		tu_test(test_fd_array_put_get_take_borrowed),
 		tu_test(test_put_fd_reused_number_is_stale),
 		tu_test(test_ram_put_reused_number_is_stale),
 	};

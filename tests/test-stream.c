@@ -22,6 +22,7 @@
 
 #include "channel.h"
 #include "crc32c.h"
+#include "opts.h"
 #include "stream.h"
 #include "testutil.h"
 #include "wire.h"
@@ -618,7 +619,689 @@ static void test_nak(void **unused)
 	close(sv[1]);
 }
 
-int main(void)
+/* ---- fd arrays ------------------------------------------------------ */
+
+static void rec_fds(struct buf *b, const char *name, uint32_t n, uint32_t first)
+{
+	uint8_t p[CX_FDA_LEN];
+
+	cx_put32(p, n);
+	cx_put32(p + 4, first);
+	record(b, CPRXFER_TYPE_FDS, CX_REC_CRITICAL, name, p, sizeof(p));
+}
+
+/* An eventfd's counter: which object an fd is. */
+static uint64_t counter(int fd)
+{
+	uint64_t v = 0;
+
+	if (read(fd, &v, 8) != 8 || write(fd, &v, 8) != 8)
+		return 0;
+	return v;
+}
+
+struct arrays {
+	int sock;
+	size_t n;
+	int *mine; /* the sender's fds, inherited by fork: closed */
+	int single;
+};
+
+/*
+ * The loading process: every fd of "conns" must be the sender's fd of
+ * the same index (eventfd counter i + 1), close-on-exec; "single" and
+ * "more" around it keep their places. Exit status: which check failed.
+ */
+static int array_loader(void *arg)
+{
+	struct arrays *a = arg;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	const int *fds;
+	int *taken = NULL, *again = NULL, fd, rc = 0;
+	size_t i, n, ntaken = 0;
+	uint64_t v;
+
+	for (i = 0; i < a->n; i++)
+		close(a->mine[i]);
+	close(a->single);
+	if (cprxfer_channel_open(a->sock, &ch) < 0)
+		return 10;
+	if (cprxfer_load(ch, &st) < 0) {
+		fprintf(stderr, "load: %s\n", cprxfer_errmsg());
+		return 11;
+	}
+	if (cprxfer_get_fd(st, "single", &fd) < 0 || counter(fd) != 100000)
+		rc = 12;
+	if (!rc && (cprxfer_get_u64(st, "after", &v) < 0 || v != a->n))
+		rc = 13;
+	if (!rc && (cprxfer_get_fds(st, "more", &fds, &n) < 0 || n != 2 ||
+		    counter(fds[0]) != 200001 || counter(fds[1]) != 200002))
+		rc = 14;
+	if (!rc && cprxfer_take_fds(st, "conns", &taken, &ntaken) < 0)
+		rc = 15;
+	if (!rc && ntaken != a->n)
+		rc = 16;
+	for (i = 0; !rc && i < ntaken; i++)
+		if (counter(taken[i]) != i + 1 ||
+		    !(fcntl(taken[i], F_GETFD) & FD_CLOEXEC))
+			rc = 17;
+	/* Taken: the state no longer has them, and does not close them. */
+	if (!rc && (cprxfer_get_fds(st, "conns", &fds, &n) != -EBADF ||
+		    cprxfer_take_fds(st, "conns", &again, &n) != -EBADF))
+		rc = 18;
+	cprxfer_state_free(st);
+	for (i = 0; i < ntaken; i++) {
+		if (!rc && fcntl(taken[i], F_GETFD) < 0)
+			rc = 19;
+		close(taken[i]);
+	}
+	free(taken);
+	if (cprxfer_ack(ch, rc ? -EBADMSG : 0, rc ? "check failed" : NULL) < 0)
+		rc = rc ? rc : 20;
+	cprxfer_channel_close(ch);
+	return rc;
+}
+
+static void array_round_trip(size_t n)
+{
+	struct arrays a = { .n = n };
+	cprxfer_state *st = cprxfer_state_new();
+	cprxfer_channel *ch;
+	int sv[2], more[2], rc;
+	size_t i;
+	pid_t pid;
+
+	a.mine = malloc(n * sizeof(int));
+	assert_non_null(a.mine);
+	for (i = 0; i < n; i++) {
+		a.mine[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+		assert_true(a.mine[i] >= 0);
+	}
+	a.single = eventfd(100000, EFD_CLOEXEC);
+	more[0] = eventfd(200001, EFD_CLOEXEC);
+	more[1] = eventfd(200002, EFD_CLOEXEC);
+	assert_int_equal(cprxfer_put_fd(st, "single", a.single), 0);
+	assert_int_equal(cprxfer_put_fds(st, "conns", a.mine, n), 0);
+	assert_int_equal(cprxfer_put_u64(st, "after", n), 0);
+	assert_int_equal(cprxfer_put_fds(st, "more", more, 2), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	a.sock = sv[1];
+	pid = tu_fork(array_loader, &a);
+	close(sv[1]);
+	assert_int_equal(cprxfer_channel_open(sv[0], &ch), 0);
+	rc = cprxfer_save(ch, st);
+	if (rc == 0)
+		rc = cprxfer_wait_ack(ch, 30000);
+	if (rc < 0)
+		print_message("  save: %d %s\n", rc, cprxfer_errmsg());
+	assert_int_equal(rc, 0);
+	cprxfer_channel_close(ch);
+	assert_int_equal(tu_wait(pid), 0);
+	cprxfer_state_free(st);
+	for (i = 0; i < n; i++)
+		close(a.mine[i]);
+	close(a.single);
+	close(more[0]);
+	close(more[1]);
+	free(a.mine);
+}
+
+/*
+ * One name, many fds, between two processes: 1, one batch (253), one
+ * more than a batch (254) and 10,000; each fd is the same object on
+ * the other side, in the same place.
+ */
+static void test_fd_array_round_trip_keeps_identity(void **unused)
+{
+	static const size_t ns[] = { 1, 253, 254, 10000 };
+	size_t i;
+
+	/* Each side holds the 10,000 fds once (the loader closes what it
+	 * inherits). */
+	assert_true(tu_raise_nofile() >= 10000 + 256);
+	for (i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
+		int64_t t0 = tu_now_ms();
+
+		array_round_trip(ns[i]);
+		print_message("%zu fds in one array: %lld ms\n", ns[i],
+			      (long long)(tu_now_ms() - t0));
+	}
+}
+
+/* Encode st in mode to a memfd, rewound. */
+static int encode_fd(const cprxfer_state *st, enum cx_mode mode)
+{
+	struct cx_io io;
+	int fd = memfd_create("stream", MFD_CLOEXEC), rc;
+
+	assert_true(fd >= 0);
+	assert_int_equal(cx_io_init(&io, fd, false), 0);
+	rc = cx_encode(&io, st, mode);
+	cx_io_fini(&io);
+	assert_int_equal(rc, 0);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	return fd;
+}
+
+/*
+ * Exec mode: the array's fd numbers travel inline and the new image
+ * adopts the same fds (decoded here in the same process, as
+ * cprxfer_load_exec does after the exec).
+ */
+static void test_fd_array_exec_mode_inline_numbers(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new(), *got = NULL;
+	struct cprxfer_opts o;
+	struct cx_io io;
+	const int *fds;
+	int efd[300], sfd, i;
+	size_t n;
+
+	for (i = 0; i < 300; i++) {
+		efd[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+		assert_true(efd[i] >= 0);
+	}
+	assert_int_equal(cprxfer_put_fds(st, "a", efd, 300), 0);
+	/* The same fd twice: the second gets its own duplicate. */
+	assert_int_equal(cprxfer_put_fds(st, "b", efd, 1), 0);
+	sfd = encode_fd(st, CX_MODE_EXEC);
+	cx_opts_default(&o);
+	assert_int_equal(cx_io_init(&io, sfd, false), 0);
+	assert_int_equal(cx_decode(&io, &o, CX_MODE_EXEC, &got), 0);
+	cx_io_fini(&io);
+	close(sfd);
+	assert_int_equal(cprxfer_get_fds(got, "a", &fds, &n), 0);
+	assert_int_equal(n, 300);
+	for (i = 0; i < 300; i++)
+		assert_int_equal(fds[i], efd[i]);
+	assert_int_equal(cprxfer_get_fds(got, "b", &fds, &n), 0);
+	assert_int_equal(n, 1);
+	assert_true(fds[0] != efd[0]);
+	assert_int_equal(counter(fds[0]), 1);
+	/* got owns the adopted fds now: freeing it closes them. */
+	cprxfer_state_free(got);
+	cprxfer_state_free(st);
+	for (i = 0; i < 300; i++)
+		assert_true(fcntl(efd[i], F_GETFD) < 0);
+}
+
+/*
+ * The new image of test_fd_array_survives_exec: every fd of "conns" is
+ * the one of that index before the exec (counter i + 1), close-on-exec
+ * again. Exit status 0 when all held.
+ */
+static int exec_array_check(void)
+{
+	cprxfer_state *st;
+	const int *fds;
+	size_t n, i;
+
+	if (cprxfer_load_exec(&st) < 0) {
+		fprintf(stderr, "load_exec: %s\n", cprxfer_errmsg());
+		return 2;
+	}
+	if (cprxfer_get_fds(st, "conns", &fds, &n) < 0 || n != 300)
+		return 3;
+	for (i = 0; i < n; i++)
+		if (counter(fds[i]) != i + 1 ||
+		    !(fcntl(fds[i], F_GETFD) & FD_CLOEXEC))
+			return 4;
+	cprxfer_state_free(st);
+	return 0;
+}
+
+static char self[4096]; /* this binary: the exec's new image */
+
+static int exec_array(void *unused)
+{
+	static char arg0[] = "test-stream", arg1[] = "--exec-array-check";
+	char *argv[] = { arg0, arg1, NULL };
+	cprxfer_state *st = cprxfer_state_new();
+	int efd[300], i;
+
+	for (i = 0; i < 300; i++)
+		efd[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+	if (cprxfer_put_fds(st, "conns", efd, 300) < 0)
+		return 10;
+	cprxfer_exec(st, self, argv, NULL);
+	fprintf(stderr, "exec: %s\n", cprxfer_errmsg());
+	return 11;
+}
+
+/* Exec mode for real: the array's fds stay open across execve() (their
+ * close-on-exec cleared for it) and the new image adopts them. */
+static void test_fd_array_survives_exec(void **unused)
+{
+	assert_int_equal(tu_wait(tu_fork(exec_array, NULL)), 0);
+}
+
+/* Encode st in mode to a memfd; return what cx_encode returned. */
+static int encode_rc(const cprxfer_state *st, enum cx_mode mode)
+{
+	struct cx_io io;
+	int m = memfd_create("stream", MFD_CLOEXEC), fd, rc;
+
+	/* Far from the numbers the test closes and reuses. */
+	fd = fcntl(m, F_DUPFD_CLOEXEC, 100);
+	close(m);
+	assert_true(fd >= 0);
+	assert_int_equal(cx_io_init(&io, fd, false), 0);
+	rc = cx_encode(&io, st, mode);
+	cx_io_fini(&io);
+	close(fd);
+	return rc;
+}
+
+/*
+ * Borrowed like cprxfer_put_fd: an fd of the array closed and its number
+ * reused by another file is -ESTALE at save, naming the record and the
+ * index, in every mode; closed and not reused, -EBADF.
+ */
+static void test_fd_array_reused_number_is_stale(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int efd[3], again, i;
+
+	for (i = 0; i < 3; i++)
+		efd[i] = eventfd(0, EFD_CLOEXEC);
+	assert_int_equal(cprxfer_put_fds(st, "conns", efd, 3), 0);
+	assert_int_equal(encode_rc(st, CX_MODE_SOCKET), 0);
+	close(efd[1]);
+	again = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	assert_int_equal(again, efd[1]);
+	assert_int_equal(encode_rc(st, CX_MODE_SOCKET), -ESTALE);
+	assert_non_null(strstr(cprxfer_errmsg(), "'conns'"));
+	assert_non_null(strstr(cprxfer_errmsg(), "index 1"));
+	assert_int_equal(encode_rc(st, CX_MODE_EXEC), -ESTALE);
+	close(again);
+	assert_int_equal(encode_rc(st, CX_MODE_SOCKET), -EBADF);
+	assert_int_equal(encode_rc(st, CX_MODE_EXEC), -EBADF);
+	cprxfer_state_free(st);
+	close(efd[0]);
+	close(efd[2]);
+}
+
+/*
+ * The detached stream (restart mode) lists every fd of an array in
+ * order, and loads it back; preflight sees the array travel in restart
+ * mode and block file and kexec modes (eventfds are not memfds).
+ */
+static void test_fd_array_in_detached_stream_and_preflight(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new(), *got = NULL;
+	cprxfer_report *rep = NULL;
+	int efd[5], one, memfd = -1, *fds = NULL, i, verdict;
+	const char *name, *why;
+	const int *back;
+	size_t n = 0, m;
+
+	for (i = 0; i < 5; i++)
+		efd[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+	one = eventfd(9, EFD_CLOEXEC);
+	assert_int_equal(cprxfer_put_fd(st, "one", one), 0);
+	assert_int_equal(cprxfer_put_fds(st, "conns", efd, 5), 0);
+	assert_int_equal(
+		cprxfer_save_memfd(st, CPRXFER_MODE_RESTART, &memfd, &fds, &n),
+		0);
+	assert_int_equal(n, 6);
+	assert_int_equal(fds[0], one);
+	for (i = 0; i < 5; i++)
+		assert_int_equal(fds[i + 1], efd[i]);
+	assert_int_equal(cprxfer_load_memfd(memfd, fds, n, NULL, &got), 0);
+	assert_int_equal(cprxfer_get_fds(got, "conns", &back, &m), 0);
+	assert_int_equal(m, 5);
+	for (i = 0; i < 5; i++)
+		assert_int_equal(counter(back[i]), (uint64_t)i + 1);
+	cprxfer_state_free(got);
+	free(fds);
+	close(memfd);
+
+	assert_int_equal(cprxfer_preflight(st, CPRXFER_MODE_RESTART, &rep), 0);
+	assert_int_equal(cprxfer_report_entry(rep, 1, &name, &verdict, &why),
+			 0);
+	assert_string_equal(name, "conns");
+	assert_int_equal(verdict, CPRXFER_TRAVELS);
+	cprxfer_report_free(rep);
+	assert_true(cprxfer_preflight(st, CPRXFER_MODE_FILE, &rep) > 0);
+	assert_int_equal(cprxfer_report_entry(rep, 1, &name, &verdict, &why),
+			 0);
+	assert_int_equal(verdict, CPRXFER_BLOCKS);
+	cprxfer_report_free(rep);
+	assert_true(cprxfer_preflight(st, CPRXFER_MODE_KEXEC, &rep) > 0);
+	assert_int_equal(cprxfer_report_entry(rep, 1, &name, &verdict, &why),
+			 0);
+	assert_int_equal(verdict, CPRXFER_BLOCKS);
+	print_message("kexec: conns: %s\n", why);
+	cprxfer_report_free(rep);
+	cprxfer_state_free(st);
+	for (i = 0; i < 5; i++)
+		close(efd[i]);
+	close(one);
+}
+
+/* A state file cannot carry fds: an array is refused like one fd, on
+ * save and on load. The record is critical on the wire. */
+static void test_fd_array_refused_in_files_and_marked_critical(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	struct buf body = { 0 }, s;
+	char *dir = tu_tmpdir(), path[4096];
+	int efd = eventfd(0, EFD_CLOEXEC), fd;
+	cprxfer_state *got = NULL;
+
+	assert_int_equal(cprxfer_put_fds(st, "a", &efd, 1), 0);
+	snprintf(path, sizeof(path), "%s/state", dir);
+	assert_int_equal(cprxfer_save_file(st, path), -EOPNOTSUPP);
+	cprxfer_state_free(st);
+	st = cprxfer_state_new();
+	assert_int_equal(cprxfer_put_fds(st, "empty", NULL, 0), 0);
+	assert_int_equal(cprxfer_save_file(st, path), -EOPNOTSUPP);
+
+	/* Encoded: the record carries CX_REC_CRITICAL. */
+	s = encode(st);
+	assert_int_equal(s.p[40 + 5], CX_F_RECORD);
+	assert_int_equal(s.p[40 + CX_HDR], CPRXFER_TYPE_FDS);
+	assert_int_equal(s.p[40 + CX_HDR + 1], CX_REC_CRITICAL);
+	free(s.p);
+	cprxfer_state_free(st);
+
+	/* A crafted state file with an (empty) array: refused on load. */
+	rec_fds(&body, "empty", 0, 0);
+	s = wrap(&body, 1, 0);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, s.p, s.len), (ssize_t)s.len);
+	close(fd);
+	assert_int_equal(cprxfer_load_file(path, &got), -EBADMSG);
+	assert_non_null(strstr(cprxfer_errmsg(), "state file"));
+	free(s.p);
+	free(body.p);
+	close(efd);
+	tu_rmdir(dir);
+	free(dir);
+}
+
+/*
+ * Hostile fd arrays: each case a stream with one batch of `attach`
+ * eventfds and the records below; every fd received is closed on
+ * failure (the teardown counts them).
+ */
+static const struct array_case {
+	const char *what;
+	uint32_t batch; /* FDS frame count (0: no frame) */
+	int attach;	/* fds attached to the batch */
+	uint32_t count; /* array record: count, first */
+	uint32_t first;
+	int single_after; /* then an fd record claiming index count */
+	int twice;	  /* the array's name used again */
+	uint64_t limit;	  /* CPRXFER_LIMIT_FDS (0: default) */
+	int rc;
+} array_cases[] = {
+	{ "valid", 3, 3, 3, 0, 0, 0, 0, 0 },
+	{ "valid, then one fd", 4, 4, 3, 0, 1, 0, 0, 0 },
+	{ "empty array", 0, 0, 0, 0, 0, 0, 0, 0 },
+	{ "names more fds than announced", 2, 2, 3, 0, 0, 0, 0, -EBADMSG },
+	{ "starts past the next fd", 3, 3, 2, 1, 0, 0, 0, -EBADMSG },
+	{ "count wraps around", 3, 3, UINT32_MAX, 1, 0, 0, 0, -EBADMSG },
+	{ "no batch at all", 0, 0, 3, 0, 0, 0, 0, -EBADMSG },
+	{ "batch announced, fds missing", 3, 1, 3, 0, 0, 0, 0, -EBADMSG },
+	{ "fds left unclaimed", 4, 4, 3, 0, 0, 0, 0, -EBADMSG },
+	{ "single fd claims an array's fd", 4, 4, 3, 0, 2, 0, 0, -EBADMSG },
+	{ "name twice", 4, 4, 2, 0, 0, 1, 0, -EBADMSG },
+	{ "over the fd limit", 8, 8, 8, 0, 0, 0, 7, -EMFILE },
+};
+
+static void test_fd_array_hostile_streams(void **unused)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(array_cases) / sizeof(array_cases[0]); i++) {
+		const struct array_case *c = &array_cases[i];
+		cprxfer_opts *o = cprxfer_opts_new();
+		struct buf body = { 0 }, s;
+		cprxfer_state *st = NULL;
+		uint64_t nrec = 1, nfds = c->batch;
+		struct feed f;
+		int rc;
+
+		if (c->batch)
+			fds_frame(&body, c->batch, 0);
+		rec_fds(&body, "arr", c->count, c->first);
+		if (c->single_after) {
+			rec_fd(&body, "one",
+			       c->single_after == 1 ? c->count : 0);
+			nrec++;
+		}
+		if (c->twice) {
+			rec_fds(&body, "arr", 1, c->count);
+			nrec++;
+		}
+		s = wrap(&body, nrec, nfds);
+		f = (struct feed){ .p = s.p,
+				   .len = s.len,
+				   .nbatches = c->attach ? 1 : 0,
+				   .fd_at = { 40 },
+				   .nfds = { c->attach } };
+		if (c->limit)
+			cprxfer_opts_set_limit(o, CPRXFER_LIMIT_FDS, c->limit);
+		print_message("  %s\n", c->what);
+		rc = feed_load(&f, o, &st);
+		assert_int_equal(rc, c->rc);
+		if (rc == 0) {
+			const int *fds;
+			size_t n, k;
+
+			assert_int_equal(cprxfer_get_fds(st, "arr", &fds, &n),
+					 0);
+			assert_int_equal(n, c->count);
+			for (k = 0; k < n; k++)
+				assert_int_equal(counter(fds[k]), k + 1);
+		}
+		cprxfer_state_free(st);
+		cprxfer_opts_free(o);
+		free(s.p);
+		free(body.p);
+	}
+}
+
+/* ---- small rounds ---------------------------------------------------- */
+
+static int hook_fd = -1;
+static unsigned hook_sends, hook_recvs;
+
+static void count_hook(int fd, int op, size_t *len)
+{
+	(void)len;
+	if (fd != hook_fd)
+		return;
+	if (op == CX_HOOK_SENT)
+		hook_sends++;
+	else if (op == CX_HOOK_RECVD)
+		hook_recvs++;
+}
+
+/* The loader: one stream in, checked, acked; exit status = recvmsg()
+ * calls that brought bytes (or 100 + what failed). */
+static int small_loader(void *arg)
+{
+	int sock = *(int *)arg, fd;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	const char *s;
+	uint64_t v;
+
+	/* No handshake: its reads could bring the stream in early. */
+	if (cx_channel_new(sock, NULL, &ch) < 0)
+		return 101;
+	hook_fd = sock;
+	hook_recvs = 0;
+	cx_io_fault_hook = count_hook;
+	if (cprxfer_load(ch, &st) < 0)
+		return 102;
+	cx_io_fault_hook = NULL;
+	if (cprxfer_get_u64(st, "gen", &v) < 0 || v != 7 ||
+	    cprxfer_get_str(st, "name", &s) < 0 || strcmp(s, "vm0") ||
+	    cprxfer_get_fd(st, "irq", &fd) < 0 || counter(fd) != 42)
+		return 103;
+	cprxfer_state_free(st);
+	if (cprxfer_ack(ch, 0, NULL) < 0)
+		return 104;
+	cprxfer_channel_close(ch);
+	return (int)hook_recvs;
+}
+
+/*
+ * The final round of a handoff is small: a few records, an fd, an ack.
+ * Its stream leaves in one sendmsg(), BEGIN to END with the fd attached,
+ * and arrives in one recvmsg() (before: BEGIN+FDS in one sendmsg, the
+ * records and END in a second).
+ */
+static void test_small_round_is_one_sendmsg(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	cprxfer_channel *ch;
+	int sv[2], efd = eventfd(42, EFD_CLOEXEC);
+	pid_t pid;
+
+	assert_int_equal(cprxfer_put_u64(st, "gen", 7), 0);
+	assert_int_equal(cprxfer_put_str(st, "name", "vm0"), 0);
+	assert_int_equal(cprxfer_put_fd(st, "irq", efd), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	pid = tu_fork(small_loader, &sv[1]);
+	close(sv[1]);
+	assert_int_equal(cx_channel_new(sv[0], NULL, &ch), 0);
+	hook_fd = sv[0];
+	hook_sends = 0;
+	cx_io_fault_hook = count_hook;
+	assert_int_equal(cprxfer_save(ch, st), 0);
+	cx_io_fault_hook = NULL;
+	print_message("save of 3 records and 1 fd: %u sendmsg()\n", hook_sends);
+	assert_int_equal(hook_sends, 1);
+	assert_int_equal(cprxfer_wait_ack(ch, 10000), 0);
+	cprxfer_channel_close(ch);
+	/* The loader read it with one recvmsg(). */
+	assert_int_equal(tu_wait(pid), 1);
+	cprxfer_state_free(st);
+	close(efd);
+}
+
+/* A second batch gets its own sendmsg() (SCM_RIGHTS carries 253 fds at
+ * most): 254 fds in an array leave in two. */
+static void test_two_batches_are_two_sendmsgs(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	struct cx_io io;
+	int sv[2], efd[254], i, rc;
+
+	for (i = 0; i < 254; i++) {
+		efd[i] = eventfd(0, EFD_CLOEXEC);
+		assert_true(efd[i] >= 0);
+	}
+	assert_int_equal(cprxfer_put_fds(st, "a", efd, 254), 0);
+	assert_int_equal(cprxfer_put_u64(st, "n", 254), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	assert_int_equal(cx_io_init(&io, sv[0], true), 0);
+	hook_fd = sv[0];
+	hook_sends = 0;
+	cx_io_fault_hook = count_hook;
+	rc = cx_encode(&io, st, CX_MODE_SOCKET);
+	cx_io_fault_hook = NULL;
+	assert_int_equal(rc, 0);
+	assert_int_equal(hook_sends, 2);
+	cx_io_fini(&io);
+	close(sv[0]);
+	close(sv[1]); /* drops the fds in flight */
+	cprxfer_state_free(st);
+	for (i = 0; i < 254; i++)
+		close(efd[i]);
+}
+
+/* CRC32C byte by byte, from the polynomial: independent of lib/. */
+static uint32_t crc32c_ref(uint32_t crc, const uint8_t *p, size_t n)
+{
+	static uint32_t t[256];
+	uint32_t b, c;
+	int k;
+
+	if (!t[1]) {
+		for (b = 0; b < 256; b++) {
+			c = b;
+			for (k = 0; k < 8; k++)
+				c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+			t[b] = c;
+		}
+	}
+	crc = ~crc;
+	while (n--)
+		crc = t[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+	return ~crc;
+}
+
+/* The generated tables give the known CRC32C values (RFC 3720, B.4). */
+static void test_crc32c_known_vectors(void **unused)
+{
+	uint8_t b[32];
+	int i;
+
+	assert_int_equal(cx_crc32c(0, "123456789", 9), 0xe3069283);
+	assert_int_equal(cx_crc32c(0, "", 0), 0);
+	memset(b, 0, sizeof(b));
+	assert_int_equal(cx_crc32c(0, b, 32), 0x8a9136aa);
+	memset(b, 0xff, sizeof(b));
+	assert_int_equal(cx_crc32c(0, b, 32), 0x62a8ab43);
+	for (i = 0; i < 32; i++)
+		b[i] = (uint8_t)i;
+	assert_int_equal(cx_crc32c(0, b, 32), 0x46dd794e);
+	for (i = 0; i < 32; i++)
+		b[i] = (uint8_t)(31 - i);
+	assert_int_equal(cx_crc32c(0, b, 32), 0x113fdb5c);
+	/* Extending a CRC equals the CRC of the concatenation. */
+	assert_int_equal(cx_crc32c(cx_crc32c(0, "12345", 5), "6789", 4),
+			 0xe3069283);
+}
+
+/*
+ * The block-combining path (three chains joined by the zeros tables)
+ * against the byte-at-a-time reference: 1 MiB buffers at several
+ * alignments and lengths that end inside long blocks, short blocks and
+ * tails.
+ */
+static void test_crc32c_combine_matches_bytewise(void **unused)
+{
+	static const size_t offs[] = { 0, 1, 3, 7, 8, 13 };
+	static const size_t lens[] = { 1 << 20,	    (1 << 20) - 21,
+				       3 * 8192,    3 * 8192 + 3 * 256 + 7,
+				       3 * 256 - 1, 24573 };
+	size_t i, j, k;
+	uint8_t *buf = malloc((1 << 20) + 16);
+	uint32_t x = 12345;
+
+	assert_non_null(buf);
+	for (k = 0; k < (1 << 20) + 16; k++) {
+		x = x * 1103515245 + 12345;
+		buf[k] = (uint8_t)(x >> 16);
+	}
+	for (i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
+		for (j = 0; j < sizeof(lens) / sizeof(lens[0]); j++) {
+			const uint8_t *p = buf + offs[i];
+			size_t n = lens[j];
+
+			assert_int_equal(cx_crc32c(0, p, n),
+					 crc32c_ref(0, p, n));
+			/* Split at an odd place: the seed path too. */
+			assert_int_equal(
+				cx_crc32c(cx_crc32c(0x1234, p, n / 3 + 1),
+					  p + n / 3 + 1, n - n / 3 - 1),
+				crc32c_ref(0x1234, p, n));
+		}
+	free(buf);
+}
+
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		tu_test(test_valid),
@@ -632,7 +1315,23 @@ int main(void)
 		tu_test(test_hostile_records),
 		tu_test(test_100000_records),
 		tu_test(test_nak),
+		tu_test(test_crc32c_known_vectors),
+		tu_test(test_small_round_is_one_sendmsg),
+		tu_test(test_two_batches_are_two_sendmsgs),
+		tu_test(test_fd_array_round_trip_keeps_identity),
+		tu_test(test_fd_array_exec_mode_inline_numbers),
+		tu_test(test_fd_array_survives_exec),
+		tu_test(test_fd_array_reused_number_is_stale),
+		tu_test(test_fd_array_in_detached_stream_and_preflight),
+		tu_test(test_fd_array_refused_in_files_and_marked_critical),
+		tu_test(test_fd_array_hostile_streams),
+		tu_test(test_crc32c_combine_matches_bytewise),
 	};
 
+	if (argc > 1 && !strcmp(argv[1], "--exec-array-check"))
+		return exec_array_check();
+	/* argv[0], not /proc/self/exe: under valgrind that is valgrind. */
+	if (!realpath(argv[0], self))
+		return 1;
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -51,7 +51,8 @@ enum {
 	CPRXFER_TYPE_BLOB,
 	CPRXFER_TYPE_STR,
 	CPRXFER_TYPE_FD,
-	CPRXFER_TYPE_RAM
+	CPRXFER_TYPE_RAM,
+	CPRXFER_TYPE_FDS /* an array of fds under one name */
 };
 
 /* Longest name, in bytes, without the terminating NUL. */
@@ -66,6 +67,14 @@ int cprxfer_put_blob(cprxfer_state *st, const char *name, const void *data,
 		     size_t len);
 int cprxfer_put_str(cprxfer_state *st, const char *name, const char *s);
 int cprxfer_put_fd(cprxfer_state *st, const char *name, int fd);
+/*
+ * n fds under one name, one record on the wire (many client
+ * connections, per-queue eventfds). Borrowed like cprxfer_put_fd: the
+ * fds stay the caller's and must stay open until the save; the array is
+ * copied.
+ */
+int cprxfer_put_fds(cprxfer_state *st, const char *name, const int *fds,
+		    size_t n);
 
 int cprxfer_get_u64(const cprxfer_state *st, const char *name, uint64_t *v);
 int cprxfer_get_i64(const cprxfer_state *st, const char *name, int64_t *v);
@@ -74,6 +83,11 @@ int cprxfer_get_blob(const cprxfer_state *st, const char *name,
 int cprxfer_get_str(const cprxfer_state *st, const char *name, const char **s);
 int cprxfer_get_fd(const cprxfer_state *st, const char *name, int *fd);
 int cprxfer_take_fd(cprxfer_state *st, const char *name);
+/* The fds of an array, owned by the state (valid until it is freed). */
+int cprxfer_get_fds(const cprxfer_state *st, const char *name, const int **fds,
+		    size_t *n);
+/* Take an array's fds: the caller owns them and frees *fds (free()). */
+int cprxfer_take_fds(cprxfer_state *st, const char *name, int **fds, size_t *n);
 
 size_t cprxfer_state_count(const cprxfer_state *st);
 int cprxfer_state_entry(const cprxfer_state *st, size_t i, const char **name,

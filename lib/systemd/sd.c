@@ -504,9 +504,18 @@ static const char **fd_names(const cprxfer_state *st, size_t nfds)
 		const char *name;
 		int type;
 
-		if (cprxfer_state_entry(st, i, &name, &type) == 0 &&
-		    (type == CPRXFER_TYPE_FD || type == CPRXFER_TYPE_RAM))
+		const int *f;
+		size_t m;
+
+		if (cprxfer_state_entry(st, i, &name, &type) < 0)
+			continue;
+		if (type == CPRXFER_TYPE_FD || type == CPRXFER_TYPE_RAM)
 			v[k++] = name;
+		/* An fd array: its name for each of its fds. */
+		if (type == CPRXFER_TYPE_FDS &&
+		    cprxfer_get_fds(st, name, &f, &m) == 0)
+			while (m-- && k < nfds)
+				v[k++] = name;
 	}
 	return v;
 }

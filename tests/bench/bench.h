@@ -17,6 +17,7 @@ extern const char *const bench_parts[BENCH_NPARTS];
 struct report {
 	struct {
 		int nfds;
+		int array; /* one cprxfer_put_fds record, not one per fd */
 		struct stat3 lib, raw; /* ns per fd */
 	} fd[REP_MAX];
 	int nfd;
@@ -51,7 +52,8 @@ double bench_now_ns(void);
 struct stat3 bench_stat(double *v, int n);
 void bench_fail(const char *what, int rc) __attribute__((noreturn));
 
-void report_fd(struct report *r, int nfds, struct stat3 lib, struct stat3 raw);
+void report_fd(struct report *r, int nfds, int array, struct stat3 lib,
+	       struct stat3 raw);
 void report_blob(struct report *r, struct stat3 lib, struct stat3 raw);
 void report_copy(struct report *r, size_t mib, struct stat3 ms);
 void report_blackout(struct report *r, size_t mib, const char *mode,

@@ -228,6 +228,15 @@ void fz_check_state(struct cprxfer_state *st)
 			if (rc == 0)
 				check_cloexec(name, fd);
 			break;
+		case CPRXFER_TYPE_FDS: {
+			const int *fds;
+			size_t k;
+
+			rc = cprxfer_get_fds(st, name, &fds, &len);
+			for (k = 0; rc == 0 && k < len; k++)
+				check_cloexec(name, fds[k]);
+			break;
+		}
 		case CPRXFER_TYPE_RAM:
 			fd = x->v.ram.fd;
 			if (fd >= 0)

@@ -279,12 +279,16 @@ enum {
 	S_MIXED,
 	S_MANY_FDS,
 	S_BIG_BLOB,
+	S_FD_ARRAY,
+	S_FD_ARRAY_EMPTY,
+	S_FD_ARRAY_MIXED,
 	S_COUNT
 };
 
 static const char *const names[S_COUNT] = {
-	"empty", "u64",	      "i64",	  "blob",  "blob-empty", "str",
-	"fd",	 "ram-memfd", "ram-path", "mixed", "many-fds",	 "blob-4k",
+	"empty",    "u64",     "i64",	    "blob",	      "blob-empty",
+	"str",	    "fd",      "ram-memfd", "ram-path",	      "mixed",
+	"many-fds", "blob-4k", "fd-array",  "fd-array-empty", "fd-array-mixed",
 };
 
 /* Build seed state k; fds[] receives the fds to close afterwards. */
@@ -356,6 +360,26 @@ static cprxfer_state *build(int k, int *fds, unsigned *nfds, int *memfds)
 		break;
 	case S_BIG_BLOB:
 		rc = cprxfer_put_blob(st, "ram.dirty", blob, sizeof(blob));
+		break;
+	case S_FD_ARRAY:
+		for (i = 0; i < 5; i++)
+			fds[i] = eventfd(0, EFD_CLOEXEC);
+		*nfds = 5;
+		rc = cprxfer_put_fds(st, "clients", fds, 5);
+		break;
+	case S_FD_ARRAY_EMPTY:
+		rc = cprxfer_put_fds(st, "clients", NULL, 0);
+		rc |= cprxfer_put_u64(st, "count", 0);
+		break;
+	case S_FD_ARRAY_MIXED:
+		for (i = 0; i < 6; i++)
+			fds[i] = eventfd(0, EFD_CLOEXEC);
+		*nfds = 6;
+		rc = cprxfer_put_fd(st, "vm", fds[0]);
+		rc |= cprxfer_put_fds(st, "queues", fds + 1, 3);
+		rc |= cprxfer_put_u64(st, "nqueues", 3);
+		rc |= cprxfer_put_fd(st, "tap", fds[4]);
+		rc |= cprxfer_put_fds(st, "irqfds", fds + 5, 1);
 		break;
 	}
 	if (rc)
