@@ -241,6 +241,44 @@ static int claim_fd(struct wk *k, struct cx_walk_rec *r)
 	return 0;
 }
 
+/* An fd array's fds: the next count ones, in order; never adopted. */
+static int claim_array(struct wk *k, struct cx_walk_rec *r, int **fds)
+{
+	uint32_t i;
+
+	if (r->fd_index != k->claimed ||
+	    r->fd_count > k->announced - k->claimed)
+		return cx_err(
+			-EBADMSG,
+			"record '%s': names %u fds from fd %u, expected fd %llu with %llu announced",
+			r->name, r->fd_count, r->fd_index,
+			(unsigned long long)k->claimed,
+			(unsigned long long)k->announced);
+	r->has_fd = r->fd_count > 0;
+	if (k->w->sock) {
+		/* Bounded: announced fds are within the fd limit. */
+		*fds = malloc(r->fd_count ? r->fd_count * sizeof(int) : 1);
+		if (!*fds)
+			return cx_err(-ENOMEM, "out of memory");
+		for (i = 0; i < r->fd_count; i++) {
+			(*fds)[i] = cx_io_take_fd(k->io);
+			if ((*fds)[i] < 0) {
+				while (i--)
+					cx_close((*fds)[i]);
+				return cx_err(
+					-EBADMSG,
+					"record '%s': fd %u announced but never arrived",
+					r->name, r->fd_index + i);
+			}
+		}
+		r->fds = *fds;
+	} else if (k->w->inline_fds) {
+		r->numbers = k->numbers + r->fd_index;
+	}
+	k->claimed += r->fd_count;
+	return 0;
+}
+
 static int on_record(struct wk *k, const struct cx_frame *f)
 {
 	struct cx_walk *w = k->w;
@@ -249,7 +287,9 @@ static int on_record(struct wk *k, const struct cx_frame *f)
 				 .fd_number = -1 };
 	uint8_t h[CX_REC_HDR], v[CX_RAM_LEN], head[CX_WALK_HEAD];
 	char name[CPRXFER_NAME_MAX + 1], path[PATH_MAX];
+	cx_autofree int *fds = NULL;
 	bool nul;
+	uint32_t i;
 	int rc;
 
 	if (f->len < CX_REC_HDR + 1)
@@ -351,6 +391,19 @@ static int on_record(struct wk *k, const struct cx_frame *f)
 		if (r.fd_index != CX_NOFD)
 			rc = claim_fd(k, &r);
 		break;
+	case CPRXFER_TYPE_FDS:
+		if (r.len != CX_FDA_LEN)
+			return cx_err(
+				-EBADMSG,
+				"record '%s': value of %llu bytes for type %u",
+				name, (unsigned long long)r.len, r.type);
+		rc = take(k, v, CX_FDA_LEN);
+		if (rc < 0)
+			return rc;
+		r.fd_count = cx_get32(v);
+		r.fd_index = cx_get32(v + 4);
+		rc = claim_array(k, &r, &fds);
+		break;
 	default:
 		if (r.flags & CX_REC_CRITICAL)
 			return cx_err(
@@ -365,6 +418,8 @@ static int on_record(struct wk *k, const struct cx_frame *f)
 	if (rc == 0 && w->on_record)
 		w->on_record(w->arg, &r);
 	cx_close(r.fd);
+	for (i = 0; fds && i < r.fd_count; i++)
+		cx_close(fds[i]);
 	return rc;
 }
 

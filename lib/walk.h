@@ -39,6 +39,12 @@ struct cx_walk_rec {
 			 * callback), else -1 */
 	int fd_number;	/* inline (exec) stream: the sender's number, else -1 */
 	bool keep_open; /* inline: was not close-on-exec before the exec */
+	/* FDS (an fd array): fd_count fds from fd_index on; received ones
+	 * in fds[] (closed after the callback), inline ones in numbers[]
+	 * (with CX_FD_KEEP_OPEN), else neither. */
+	uint32_t fd_count;
+	const int *fds;
+	const uint32_t *numbers;
 };
 
 struct cx_walk {

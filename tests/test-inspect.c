@@ -357,6 +357,8 @@ static void test_inspect_listen_refuses_and_sender_keeps_fds(void **state)
 	assert_int_equal(cprxfer_put_u64(st, "vcpus", 2), 0);
 	assert_int_equal(cprxfer_put_fd(st, "irq", efd), 0);
 	assert_int_equal(cprxfer_put_fd(st, "console", p[0]), 0);
+	assert_int_equal(cprxfer_put_fds(st, "queues", (int[]){ efd, p[1] }, 2),
+			 0);
 	assert_int_equal(cprxfer_ram_put(st, "ram0", &r), 0);
 	assert_int_equal(cprxfer_opts_set_tag(o, "inspect/1"), 0);
 	assert_int_equal(cprxfer_connect_opts(c->sock, 10000, o, &ch), 0);
@@ -378,6 +380,9 @@ static void test_inspect_listen_refuses_and_sender_keeps_fds(void **state)
 	assert_has(c, "\"kind\": \"pipe\"");
 	assert_has(c, "\"backing\": \"memfd\"");
 	assert_has(c, "\"kind\": \"memfd\", \"target\": \"/memfd:guest");
+	assert_has(c, "\"name\": \"queues\", \"type\": \"fds\"");
+	assert_has(c, "\"count\": 2, \"fds\": [{\"index\": 2, \"kind\": "
+		      "\"eventfd\"");
 	assert_has(c, "\"ok\": true");
 
 	/* Rolled back: the sender's fds are all still its own and open. */

@@ -205,6 +205,8 @@ static const char *type_name(int type)
 		return "fd";
 	case CPRXFER_TYPE_RAM:
 		return "ram";
+	case CPRXFER_TYPE_FDS:
+		return "fds";
 	}
 	return "unknown";
 }
@@ -250,6 +252,62 @@ static void print_fd_text(FILE *f, const struct cx_walk_rec *r,
 		fputs(": not in this capture", f);
 }
 
+/* Array element i as if it were a record's single fd. */
+static void array_elem(const struct cx_walk_rec *r, uint32_t i,
+		       struct cx_walk_rec *e, struct fdinfo *d, int pid)
+{
+	*e = *r;
+	e->fd_index = r->fd_index + i;
+	e->fd = r->fds ? r->fds[i] : -1;
+	e->fd_number =
+		r->numbers ? (int)(r->numbers[i] & ~CX_FD_KEEP_OPEN) : -1;
+	e->keep_open = r->numbers && (r->numbers[i] & CX_FD_KEEP_OPEN);
+	memset(d, 0, sizeof(*d));
+	if (e->fd >= 0)
+		describe_fd(d, e->fd);
+	else if (e->fd_number >= 0)
+		describe_number(d, pid, e->fd_number);
+}
+
+static void print_array(struct out *o, const struct cx_walk_rec *r)
+{
+	struct cx_walk_rec e;
+	struct fdinfo d;
+	uint32_t i;
+
+	if (o->json) {
+		fprintf(o->f, ", \"count\": %" PRIu32 ", \"fds\": [",
+			r->fd_count);
+		for (i = 0; i < r->fd_count; i++) {
+			array_elem(r, i, &e, &d, o->pid);
+			fputs(i ? ", " : "", o->f);
+			fprintf(o->f, "{\"index\": %" PRIu32, e.fd_index);
+			if (e.fd_number >= 0)
+				fprintf(o->f,
+					", \"number\": %d, \"keep_open\": %s",
+					e.fd_number,
+					e.keep_open ? "true" : "false");
+			if (d.known) {
+				fputs(", \"kind\": ", o->f);
+				jcstr(o->f, d.kind);
+				fputs(", \"target\": ", o->f);
+				jcstr(o->f, d.target);
+			}
+			fputc('}', o->f);
+		}
+		fputc(']', o->f);
+		return;
+	}
+	fprintf(o->f, "%" PRIu32 " fds", r->fd_count);
+	for (i = 0; i < r->fd_count && i < 8; i++) {
+		array_elem(r, i, &e, &d, o->pid);
+		fputs(i ? "; " : ": ", o->f);
+		print_fd_text(o->f, &e, &d, o->pid);
+	}
+	if (r->fd_count > 8)
+		fputs("; ...", o->f);
+}
+
 static void on_record(void *arg, const struct cx_walk_rec *r)
 {
 	struct out *o = arg;
@@ -291,7 +349,9 @@ static void on_record(void *arg, const struct cx_walk_rec *r)
 			jcstr(f, r->ram_path);
 			fputc('}', f);
 		}
-		if (r->has_fd)
+		if (r->type == CPRXFER_TYPE_FDS)
+			print_array(o, r);
+		else if (r->has_fd)
 			print_fd_json(f, r, &d);
 		fputc('}', f);
 	} else {
@@ -317,10 +377,12 @@ static void on_record(void *arg, const struct cx_walk_rec *r)
 				fprintf(f, " %s", r->ram_path);
 			if (r->has_fd)
 				fputs(", ", f);
+		} else if (r->type == CPRXFER_TYPE_FDS) {
+			print_array(o, r);
 		} else if (r->skipped) {
 			fputs("(type of a later version, skipped)", f);
 		}
-		if (r->has_fd)
+		if (r->has_fd && r->type != CPRXFER_TYPE_FDS)
 			print_fd_text(f, r, &d, o->pid);
 		fputc('\n', f);
 	}
