@@ -94,6 +94,11 @@ git archive --format=tar HEAD | tar -xf - -C "$W/pkg/src"
 	say "dpkg-buildpackage FAILED"
 	exit 1
 }
+if grep -q "dpkg-gensymbols: warning" "$W/pkg/build.log"; then
+	# New exported functions: list them in debian/*.symbols.
+	say "warning: debian/*.symbols differ from the libraries' symbols:"
+	grep -E "^[-+] [A-Za-z_]" "$W/pkg/build.log" | sed 's/^/  /'
+fi
 say "packages built in $((SECONDS - t1)) s:"
 (cd "$W/pkg" && ls -- *.deb | sed 's/^/  /')
 if [ "${LINTIAN:-0}" = 1 ]; then
