@@ -7,6 +7,10 @@
  * over all three; the successor reads the bytes the old process left in
  * the pipe, proving it holds the very same open pipe, not a copy.
  *
+ * Exactly one of the two owns the pipe afterwards: the successor acks
+ * "ready" and touches nothing until the old process commits; the old
+ * process commits only after that ack and never resumes after it.
+ *
  * Run it:  ./build/examples/state-handoff
  */
 #include <stdio.h>
@@ -20,7 +24,7 @@
 static int successor(int sock)
 {
 	cprxfer_channel *ch;
-	cprxfer_state *st;
+	cprxfer_state *st = NULL;
 	const char *name;
 	uint64_t counter;
 	char buf[64] = "";
@@ -30,7 +34,14 @@ static int successor(int sock)
 	if (rc < 0)
 		goto fail;
 	rc = cprxfer_load(ch, &st);
+	if (rc == 0)
+		rc = cprxfer_ack(ch, 0, NULL); /* ready */
+	if (rc == 0)
+		rc = cprxfer_wait_commit(ch, 5000); /* 0: ours now */
 	if (rc < 0) {
+		/* Aborted (-ECANCELED) or no decision: use nothing. */
+		if (st)
+			cprxfer_state_free(st);
 		cprxfer_channel_close(ch);
 		goto fail;
 	}
@@ -43,11 +54,9 @@ static int successor(int sock)
 	       (int)getpid(), (unsigned long long)counter, name, buf);
 	fflush(stdout);
 	close(fd);
-	rc = cprxfer_ack(ch, 0, NULL);
 	cprxfer_state_free(st);
 	cprxfer_channel_close(ch);
-	if (rc == 0)
-		return 0;
+	return 0;
 fail:
 	fprintf(stderr, "successor: %s\n", cprxfer_errmsg());
 	return 1;
@@ -87,6 +96,10 @@ int main(void)
 		rc = cprxfer_save(ch, st);
 		if (rc == 0)
 			rc = cprxfer_wait_ack(ch, 5000);
+		/* After a commit that returned 0, never resume. */
+		if (rc == 0)
+			rc = cprxfer_commit(ch);
+		/* Otherwise closing aborts: the successor uses nothing. */
 		cprxfer_channel_close(ch);
 	}
 	if (rc < 0)

@@ -18,11 +18,27 @@
 #include "cleanup.h"
 #include "error.h"
 #include "io.h"
+#include "successor.h"
 #include "wire.h"
 
-#define CX_RBUF	      (64 * 1024)
-#define CX_WBUF	      (64 * 1024)
-#define CX_CMSG_SPACE CMSG_SPACE(CX_FDS_BATCH * sizeof(int))
+#ifndef SCM_PIDFD
+#define SCM_PIDFD 0x04
+#endif
+
+#define CX_RBUF (64 * 1024)
+#define CX_WBUF (64 * 1024)
+/*
+ * Room for a full fd batch and for what a caller's SO_PASSCRED,
+ * SO_PASSPIDFD or SO_PASSSEC on an adopted socket adds to each message,
+ * so that those never truncate the fds (MSG_CTRUNC).
+ */
+#define CX_CMSG_SPACE                                                       \
+	(CMSG_SPACE(CX_FDS_BATCH * sizeof(int)) + CMSG_SPACE(sizeof(int)) + \
+	 CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(256))
+/* A drained fd queue larger than this many entries is freed. */
+#define CX_FDQ_KEEP 1024
+/* After end of stream, how long a watched process gets to be seen dead. */
+#define CX_DEATH_GRACE_MS 1000
 
 int64_t cx_now_ns(void)
 {
@@ -39,6 +55,8 @@ int cx_io_init(struct cx_io *io, int fd, bool sock)
 	io->sock = sock;
 	io->deadline = INT64_MAX;
 	io->max_fds = UINT64_MAX;
+	io->accept_fds = true;
+	io->watch_fd = -1;
 	io->rbuf = malloc(CX_RBUF);
 	io->wbuf = malloc(CX_WBUF);
 	if (!io->rbuf || !io->wbuf) {
@@ -51,11 +69,22 @@ int cx_io_init(struct cx_io *io, int fd, bool sock)
 	return 0;
 }
 
+/* The queue is empty: start again at 0, and give back a large array. */
+static void fdq_reset(struct cx_io *io)
+{
+	io->fdq_len = io->fdq_pos = 0;
+	if (io->fdq_cap > CX_FDQ_KEEP) {
+		free(io->fdq);
+		io->fdq = NULL;
+		io->fdq_cap = 0;
+	}
+}
+
 void cx_io_drop_fds(struct cx_io *io)
 {
 	while (io->fdq_pos < io->fdq_len)
 		cx_close(io->fdq[io->fdq_pos++]);
-	io->fdq_len = io->fdq_pos = 0;
+	fdq_reset(io);
 }
 
 void cx_io_fini(struct cx_io *io)
@@ -66,6 +95,7 @@ void cx_io_fini(struct cx_io *io)
 	free(io->wbuf);
 	memset(io, 0, sizeof(*io));
 	io->fd = -1;
+	io->watch_fd = -1;
 }
 
 void cx_io_deadline(struct cx_io *io, int timeout_ms)
@@ -75,10 +105,17 @@ void cx_io_deadline(struct cx_io *io, int timeout_ms)
 			       : cx_now_ns() + (int64_t)timeout_ms * 1000000;
 }
 
-/* poll() for events until the deadline; 0, -ETIMEDOUT or -errno. */
+/*
+ * poll() for events until the deadline; 0, -ETIMEDOUT, -ECHILD (the
+ * watched process exited and the socket has nothing to read) or -errno.
+ */
 static int io_wait(struct cx_io *io, short events, short *revents)
 {
-	struct pollfd p = { .fd = io->fd, .events = events };
+	struct pollfd p[2] = {
+		{ .fd = io->fd, .events = events },
+		{ .fd = io->watch_fd, .events = POLLIN },
+	};
+	nfds_t np = io->watch_fd >= 0 ? 2 : 1;
 
 	for (;;) {
 		int ms = -1, n;
@@ -93,9 +130,13 @@ static int io_wait(struct cx_io *io, short events, short *revents)
 			left = (left + 999999) / 1000000;
 			ms = left > INT_MAX ? INT_MAX : (int)left;
 		}
-		n = poll(&p, 1, ms);
+		n = poll(p, np, ms);
 		if (n > 0) {
-			*revents = p.revents;
+			if (np == 2 && p[1].revents && !(p[0].revents & POLLIN))
+				return -ECHILD;
+			if (!p[0].revents)
+				continue;
+			*revents = p[0].revents;
 			return 0;
 		}
 		if (n == 0 && (ms == 0 || cx_now_ns() >= io->deadline))
@@ -114,6 +155,42 @@ static int timeout_err(const char *what)
 	return cx_err(-ETIMEDOUT, "%s: timed out waiting for the peer", what);
 }
 
+/* A failed io_wait() as an error with its reason. */
+static int wait_err(struct cx_io *io, int rc, const char *what)
+{
+	if (rc == -ETIMEDOUT)
+		return timeout_err(what);
+	if (rc == -ECHILD)
+		return cx_child_err(io->watch_pid, io->watch_fd);
+	return cx_err(rc, "poll: %s", strerror(-rc));
+}
+
+/*
+ * The connection ended. If a watched process is behind it, the socket
+ * closes a moment before its pidfd says it exited: give it that moment,
+ * so that its death is reported as such (-ECHILD) and not as a plain
+ * close.
+ */
+static int eof_err(struct cx_io *io, int rc, const char *msg)
+{
+	if (io->watch_fd >= 0) {
+		struct pollfd p = { .fd = io->watch_fd, .events = POLLIN };
+		int64_t left = io->deadline == INT64_MAX
+				       ? CX_DEATH_GRACE_MS
+				       : (io->deadline - cx_now_ns()) / 1000000;
+
+		if (left > CX_DEATH_GRACE_MS)
+			left = CX_DEATH_GRACE_MS;
+		if (left < 50)
+			left = 50;
+		while (poll(&p, 1, (int)left) < 0 && errno == EINTR)
+			;
+		if (p.revents)
+			return cx_child_err(io->watch_pid, io->watch_fd);
+	}
+	return cx_err(rc, "%s", msg);
+}
+
 static int fdq_push(struct cx_io *io, const int *fds, size_t n)
 {
 	size_t i;
@@ -128,6 +205,13 @@ static int fdq_push(struct cx_io *io, const int *fds, size_t n)
 			"stream brings more than %llu fds (%llu received, %zu more arrived)",
 			(unsigned long long)io->max_fds,
 			(unsigned long long)had, n);
+	}
+	if (io->fdq_pos && io->fdq_len + n > io->fdq_cap) {
+		/* Slide what is pending to the front before growing. */
+		memmove(io->fdq, io->fdq + io->fdq_pos,
+			(io->fdq_len - io->fdq_pos) * sizeof(int));
+		io->fdq_len -= io->fdq_pos;
+		io->fdq_pos = 0;
 	}
 	if (io->fdq_len + n > io->fdq_cap) {
 		size_t cap = io->fdq_cap ? io->fdq_cap : 256;
@@ -150,7 +234,20 @@ static int fdq_push(struct cx_io *io, const int *fds, size_t n)
 	return 0;
 }
 
-/* Collect SCM_RIGHTS fds; every fd of the message is queued or closed. */
+static void close_all(const int *fds, size_t n)
+{
+	while (n--)
+		cx_close(fds[n]);
+}
+
+/*
+ * Go through every control message: every fd the kernel installed is
+ * queued or closed before this returns, never left open unaccounted.
+ * Expected SCM_RIGHTS fds are queued; SCM_RIGHTS while no fds are
+ * expected (handshake, acks, decisions) and SCM_PIDFD (a caller's
+ * SO_PASSPIDFD on an adopted socket) are closed. The other messages an
+ * AF_UNIX socket can carry (SCM_CREDENTIALS, SCM_SECURITY) hold no fds.
+ */
 static int take_cmsgs(struct cx_io *io, struct msghdr *m)
 {
 	struct cmsghdr *c;
@@ -160,13 +257,14 @@ static int take_cmsgs(struct cx_io *io, struct msghdr *m)
 		size_t n;
 		int *fds;
 
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_len < CMSG_LEN(0))
+			continue;
+		if (c->cmsg_type != SCM_RIGHTS && c->cmsg_type != SCM_PIDFD)
 			continue;
 		n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 		fds = (int *)CMSG_DATA(c);
-		if (rc < 0) {
-			while (n--)
-				cx_close(fds[n]);
+		if (c->cmsg_type == SCM_PIDFD || rc < 0 || !io->accept_fds) {
+			close_all(fds, n);
 			continue;
 		}
 		rc = fdq_push(io, fds, n);
@@ -195,7 +293,7 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 			.msg_controllen = sizeof(u.buf),
 		};
 		ssize_t r;
-		short rev;
+		short rev = 0;
 		int rc;
 
 		cx_io_hook(io->fd, CX_HOOK_RECV, &iov.iov_len);
@@ -220,20 +318,19 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 			if (!io->sock)
 				return cx_err(-ENODATA,
 					      "unexpected end of file");
-			return cx_err(-ECONNRESET,
-				      "peer closed the connection");
+			return eof_err(io, -ECONNRESET,
+				       "peer closed the connection");
 		}
 		if (errno == EINTR)
 			continue;
 		if (errno == ECONNRESET || errno == EPIPE)
-			return cx_err(-ECONNRESET, "peer reset the connection");
+			return eof_err(io, -ECONNRESET,
+				       "peer reset the connection");
 		if (errno != EAGAIN)
 			return cx_err(-errno, "recvmsg: %s", strerror(errno));
 		rc = io_wait(io, POLLIN, &rev);
-		if (rc == -ETIMEDOUT)
-			return timeout_err("read");
 		if (rc < 0)
-			return cx_err(rc, "poll: %s", strerror(-rc));
+			return wait_err(io, rc, "read");
 	}
 }
 
@@ -272,18 +369,40 @@ int cx_io_read(struct cx_io *io, void *dst, size_t n)
 	return 0;
 }
 
+int cx_io_fill(struct cx_io *io, size_t n)
+{
+	size_t have = cx_io_buffered(io);
+
+	if (n > io->rcap)
+		return cx_err(-EINVAL, "fill: %zu bytes exceed the buffer", n);
+	if (have >= n)
+		return 0;
+	if (io->rpos + n > io->rcap) {
+		memmove(io->rbuf, io->rbuf + io->rpos, have);
+		io->rpos = 0;
+		io->rlen = have;
+	}
+	while (io->rlen - io->rpos < n) {
+		ssize_t r = io_read_some(io, io->rbuf + io->rlen,
+					 io->rcap - io->rlen);
+
+		if (r < 0)
+			return (int)r;
+		io->rlen += (size_t)r;
+	}
+	return 0;
+}
+
 int cx_io_wait_readable(struct cx_io *io)
 {
-	short rev;
+	short rev = 0;
 	int rc;
 
 	if (cx_io_buffered(io))
 		return 0;
 	rc = io_wait(io, POLLIN, &rev);
-	if (rc == -ETIMEDOUT)
-		return timeout_err("wait");
 	if (rc < 0)
-		return cx_err(rc, "poll: %s", strerror(-rc));
+		return wait_err(io, rc, "wait");
 	return 0;
 }
 
@@ -294,9 +413,14 @@ int cx_io_queue_fd(struct cx_io *io, int fd)
 
 int cx_io_take_fd(struct cx_io *io)
 {
+	int fd;
+
 	if (io->fdq_pos == io->fdq_len)
 		return -1;
-	return io->fdq[io->fdq_pos++];
+	fd = io->fdq[io->fdq_pos++];
+	if (io->fdq_pos == io->fdq_len)
+		fdq_reset(io);
+	return fd;
 }
 
 /* Write all of src, fds on the first byte. Returns 0 or -errno. */
@@ -312,7 +436,7 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 		struct iovec iov = { .iov_base = (void *)src, .iov_len = n };
 		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
 		ssize_t r;
-		short rev;
+		short rev = 0;
 		int rc;
 
 		if (nfds) {
@@ -322,6 +446,9 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 			m.msg_control = u.buf;
 			m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
 			c = CMSG_FIRSTHDR(&m);
+			if (!c) /* cannot be: msg_controllen holds one */
+				return cx_err(-EINVAL,
+					      "sendmsg: no room for fds");
 			c->cmsg_level = SOL_SOCKET;
 			c->cmsg_type = SCM_RIGHTS;
 			c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
@@ -347,17 +474,15 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 		if (errno == EINTR)
 			continue;
 		if (errno == EPIPE || errno == ECONNRESET)
-			return cx_err(-ECONNRESET,
-				      "peer closed the connection");
+			return eof_err(io, -ECONNRESET,
+				       "peer closed the connection");
 		if (errno != EAGAIN)
 			return cx_err(-errno, "%s: %s",
 				      io->sock ? "sendmsg" : "write",
 				      strerror(errno));
 		rc = io_wait(io, POLLOUT | POLLIN, &rev);
-		if (rc == -ETIMEDOUT)
-			return timeout_err("write");
 		if (rc < 0)
-			return cx_err(rc, "poll: %s", strerror(-rc));
+			return wait_err(io, rc, "write");
 		if ((rev & (POLLIN | POLLHUP)) && !(rev & POLLOUT)) {
 			/* The peer spoke (a refusal) or left mid-stream. */
 			io->peer_spoke = true;

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct cx_io {
 	int fd;
@@ -19,8 +20,16 @@ struct cx_io {
 	uint8_t *rbuf;
 	size_t rcap, rpos, rlen;
 
-	int *fdq; /* fds received and not yet claimed */
+	/*
+	 * fds received and not yet claimed: fdq[fdq_pos..fdq_len). The
+	 * queue restarts at 0 when it empties and shrinks back after a
+	 * large stream, so its size follows what is pending, not what has
+	 * passed through.
+	 */
+	int *fdq;
 	size_t fdq_len, fdq_cap, fdq_pos;
+	/* SCM_RIGHTS expected now; else arriving fds are closed at once. */
+	bool accept_fds;
 	uint64_t max_fds; /* fds one stream may bring */
 	uint64_t fds_in;  /* fds received since cx_io_reset_fds */
 
@@ -30,6 +39,13 @@ struct cx_io {
 
 	/* A peer's ACK frame seen while writing: set by the writer. */
 	bool peer_spoke;
+
+	/*
+	 * A process watched alongside every wait (-1: none): when its
+	 * pidfd becomes readable the wait ends with -ECHILD.
+	 */
+	int watch_fd;
+	pid_t watch_pid;
 };
 
 int cx_io_init(struct cx_io *io, int fd, bool sock);
@@ -42,7 +58,8 @@ int64_t cx_now_ns(void);
 /*
  * Read exactly n bytes. Large reads land directly in dst. -ECONNRESET on
  * end of stream, -ETIMEDOUT past the deadline, -EMFILE if more fds than
- * max_fds arrive or the kernel truncated them (MSG_CTRUNC).
+ * max_fds arrive or the kernel truncated them (MSG_CTRUNC), -ECHILD if
+ * the watched process exited (the reason names it and its status).
  */
 int cx_io_read(struct cx_io *io, void *dst, size_t n);
 
@@ -50,6 +67,32 @@ int cx_io_read(struct cx_io *io, void *dst, size_t n);
 static inline size_t cx_io_buffered(const struct cx_io *io)
 {
 	return io->rlen - io->rpos;
+}
+
+/*
+ * Have at least n bytes (n <= the buffer size) buffered, reading as
+ * needed, without consuming them: on any failure (-ETIMEDOUT included)
+ * the bytes already read stay buffered, so a later call resumes where
+ * this one stopped. Read them with cx_io_peek() / cx_io_read().
+ */
+int cx_io_fill(struct cx_io *io, size_t n);
+
+/* The buffered bytes, valid until the next read. */
+static inline const uint8_t *cx_io_peek(const struct cx_io *io)
+{
+	return io->rbuf + io->rpos;
+}
+
+/* Drop n buffered bytes (n <= cx_io_buffered()). */
+static inline void cx_io_consume(struct cx_io *io, size_t n)
+{
+	io->rpos += n;
+}
+
+/* Capacity of the received-fd queue, in entries (for the tests). */
+static inline size_t cx_io_fdq_capacity(const struct cx_io *io)
+{
+	return io->fdq_cap;
 }
 
 /* Wait until at least one byte is readable or the peer hung up. */

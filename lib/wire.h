@@ -59,7 +59,19 @@ enum {
 
 /* CX_F_HELLO payload: u32 features, u32 pid, u32 uid, u16 tag_len, u16 0 */
 #define CX_HELLO_LEN 16
-#define CX_FEATURES  0u /* feature bits this version offers */
+/*
+ * Feature bits. Bits 16..31 are required: a peer that lacks one refuses
+ * the handshake (-EPROTONOSUPPORT).
+ *
+ * CX_FEAT_DECIDE: after the incoming side's ready ack, the outgoing side
+ * sends its decision, an ACK frame of phase CX_ACK_DECIDE: status 0 is
+ * COMMIT (the incoming side owns everything now), a negative status is
+ * ABORT with a reason (the outgoing side keeps running). A library
+ * without it would resume both sides after a late ack, so it is
+ * required.
+ */
+#define CX_FEAT_DECIDE (1u << 16)
+#define CX_FEATURES    CX_FEAT_DECIDE /* feature bits this version offers */
 
 /* Large values are checksummed and sent in chunks of this size. */
 #define CX_CRC_CHUNK (256 * 1024)

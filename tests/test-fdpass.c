@@ -96,6 +96,8 @@ static int receiver(void *arg)
 		return 18;
 	close(fd);
 	rc = cprxfer_ack(ch, 0, NULL);
+	if (rc == 0)
+		rc = cprxfer_wait_commit(ch, 10000);
 	cprxfer_channel_close(ch);
 	return rc < 0 ? 19 : 0;
 }
@@ -149,6 +151,8 @@ static int run(int nfds, int rlimit, int *ack)
 	t0 = tu_now_ms();
 	rc = cprxfer_save(ch, st);
 	*ack = rc == 0 ? cprxfer_wait_ack(ch, 10000) : rc;
+	if (*ack == 0)
+		assert_int_equal(cprxfer_commit(ch), 0);
 	print_message("%d fds + 64 MiB: save %d, ack %d, %lld ms\n", nfds, rc,
 		      *ack, (long long)(tu_now_ms() - t0));
 	cprxfer_channel_close(ch);

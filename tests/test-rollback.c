@@ -4,7 +4,10 @@
  * (prepare: 300 memfds and a 2 MiB blob; final: values, an fd and a
  * 1 MiB blob) runs between two real processes; one of them is killed
  * with SIGKILL at each protocol step, or refuses, hangs or sends
- * garbage. For every case the survivor must return a specific error in
+ * garbage; after the final ack the outgoing side commits and the
+ * incoming side waits for that decision, or learns that the outgoing
+ * side died undecided. For every case the survivor must return a
+ * specific error in
  * bounded time (well under a second with the 10 s default timeout),
  * leak no fd, and, when it is the outgoing side, still hold every fd
  * and value it had and run the whole handoff again successfully.
@@ -54,6 +57,7 @@ enum point {
 	AT_ACK1,      /* prepare acked, before the final stream */
 	AT_BLOB2,     /* inside the 1 MiB blob of the final stream */
 	AT_DONE2,     /* final stream saved / loaded, before its ack */
+	AT_ACK2,      /* final stream acked, before the decision */
 	REFUSE,	      /* incoming refuses the final state */
 	HANG,	      /* incoming stops before acking the final state */
 	GARBAGE,      /* garbage instead of the next message */
@@ -63,8 +67,8 @@ enum point {
 static const char *const point_name[] = {
 	"none",		"after connect",  "after hello",    "after handshake",
 	"mid fd batch", "mid blob",	  "after stream 1", "after ack 1",
-	"mid blob 2",	"after stream 2", "refusal",	    "hang",
-	"garbage",	"load refused",
+	"mid blob 2",	"after stream 2", "after ack 2",    "refusal",
+	"hang",		"garbage",	  "load refused",
 };
 
 static char *dir;
@@ -254,10 +258,12 @@ enum {
 	S_SAVE1,
 	S_ACK1,
 	S_SAVE2,
-	S_ACK2
+	S_ACK2,
+	S_DECIDE
 };
 static const char *const step_name[] = {
-	"", "connect/accept", "save/load 1", "ack 1", "save/load 2", "ack 2",
+	"",	 "connect/accept", "save/load 1", "ack 1", "save/load 2",
+	"ack 2", "decision",
 };
 
 static void junk(cprxfer_channel *ch)
@@ -320,6 +326,9 @@ static void outgoing(int kill, int ack_ms, struct run *r)
 	if (kill == AT_DONE2)
 		raise(SIGKILL);
 	CALL(r, S_ACK2, cprxfer_wait_ack(ch, ack_ms));
+	if (kill == AT_ACK2)
+		raise(SIGKILL);
+	CALL(r, S_DECIDE, cprxfer_commit(ch));
 out:
 	cprxfer_channel_close(ch);
 }
@@ -377,6 +386,10 @@ static void incoming(cprxfer_listener *l, int kill, int accept_ms,
 	CALL(r, S_ACK2,
 	     kill == REFUSE ? cprxfer_ack(ch, -EBUSY, "not today: device busy")
 			    : cprxfer_ack(ch, 0, NULL));
+	if (kill == REFUSE)
+		goto out;
+	/* Ready: the state is ours only once the outgoing side commits. */
+	CALL(r, S_DECIDE, cprxfer_wait_commit(ch, 10000));
 out:
 	cprxfer_state_free(st);
 	cprxfer_channel_close(ch);
@@ -451,6 +464,7 @@ static void calibrate(void)
 	assert_int_equal(cprxfer_save(ch, fin), 0);
 	f_len = hk.tx - hs_len - p_len;
 	assert_int_equal(cprxfer_wait_ack(ch, 5000), 0);
+	assert_int_equal(cprxfer_commit(ch), 0);
 	cprxfer_channel_close(ch);
 	cx_io_fault_hook = NULL;
 	assert_int_equal(tu_wait(pid), 0);
@@ -542,6 +556,8 @@ static const struct expect outgoing_cases[] = {
 	{ AT_ACK1, S_SAVE2, -ECONNRESET },
 	{ AT_BLOB2, S_SAVE2, -ECONNRESET },
 	{ AT_DONE2, S_ACK2, -ECONNRESET },
+	/* Died undecided after the ready ack: verified dead. */
+	{ AT_ACK2, S_DECIDE, -EOWNERDEAD },
 	{ GARBAGE, S_SAVE1, -EPROTO },
 };
 

@@ -410,10 +410,14 @@ int handoff_transfer_out(struct vmm *v, const char *path,
 	}
 	r = cprxfer_wait_ack(ch, FINAL_ACK_TIMEOUT_MS);
 	if (r == 0)
-		goto out; /* the new VMM runs the guest */
+		r = cprxfer_commit(ch);
+	if (r == 0)
+		goto out; /* committed: the new VMM runs the guest */
 	r = cx_fail(err, r, "the new VMM did not take the guest");
-	if (r == -ETIMEDOUT || r == -EPIPE) {
-		/* It may still ack and run: end it before we resume. */
+	/* It may still ack: abort tells it not to run the guest. */
+	r2 = cprxfer_abort(ch, err->msg);
+	if (r2 < 0 && (r == -ETIMEDOUT || r == -EPIPE)) {
+		/* The abort did not go out: end it before we resume. */
 		r2 = fence(res->peer);
 		if (r2 < 0) {
 			size_t n = strlen(err->msg);
@@ -628,6 +632,12 @@ int handoff_transfer_in(struct vmm *v, struct vmm_err *err)
 	if (r < 0) {
 		/* The old VMM will resume the guest: we must not run it. */
 		r = cx_fail(err, r, "final ack");
+		goto out;
+	}
+	/* Run the guest only once the old VMM committed. */
+	r = cprxfer_wait_commit(ch, v->o.timeout_ms);
+	if (r < 0) {
+		r = cx_fail(err, r, "the old VMM did not commit");
 		goto out;
 	}
 	r = go_live(v, &f, err);

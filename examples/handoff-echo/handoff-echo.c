@@ -166,10 +166,14 @@ static int handoff(struct server *s)
 		rc = cprxfer_save(ch, st);
 	if (rc == 0)
 		rc = cprxfer_wait_ack(ch, HANDOFF_TIMEOUT_MS);
+	/* The new instance is ready: hand over, and never serve again. */
+	if (rc == 0)
+		rc = cprxfer_commit(ch);
 	if (rc < 0)
 		fprintf(stderr,
 			"handoff-echo: handoff failed, still serving: %s\n",
 			cprxfer_errmsg());
+	/* Undecided (timeout, refusal): closing tells the new one to go. */
 	cprxfer_channel_close(ch);
 	cprxfer_state_free(st);
 	cprxfer_opts_free(o);
@@ -233,6 +237,9 @@ static int take_over(struct server *s, const char *path, bool refuse)
 	if (ch)
 		cprxfer_ack(ch, rc < 0 ? rc : 0,
 			    rc < 0 ? cprxfer_errmsg() : NULL);
+	/* Serve nothing until the old instance commits. */
+	if (rc >= 0)
+		rc = cprxfer_wait_commit(ch, HANDOFF_TIMEOUT_MS);
 	if (rc >= 0)
 		printf("handoff-echo: took over %llu clients\n",
 		       (unsigned long long)n);

@@ -178,13 +178,66 @@ void cprxfer_channel_close(cprxfer_channel *ch);
 int cprxfer_save(cprxfer_channel *ch, const cprxfer_state *st);
 int cprxfer_load(cprxfer_channel *ch, cprxfer_state **out);
 
+/*
+ * Acks: the incoming side acks each loaded state, 0 ("ready") or a
+ * refusal; the outgoing side waits for it. wait_ack(ch, 0) is a
+ * non-blocking step: -ETIMEDOUT if the ack is not (all) there yet,
+ * keeping any part of it for the next call.
+ */
 int cprxfer_ack(cprxfer_channel *ch, int status, const char *reason);
 int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms);
 int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms);
 
+/*
+ * An fd to poll for POLLIN in an event loop (owned by the channel): when
+ * it is readable, step with cprxfer_wait_ack(ch, 0) or
+ * cprxfer_wait_commit(ch, 0); -ETIMEDOUT means "not yet".
+ */
+int cprxfer_channel_fd(cprxfer_channel *ch);
+
+/*
+ * The decision: exactly one process owns the workload after any outcome.
+ * Outgoing side, after cprxfer_wait_ack() == 0: cprxfer_commit() (then
+ * never resume) or cprxfer_abort() (then resume); closing an undecided
+ * channel aborts. Incoming side, after cprxfer_ack(ch, 0, NULL):
+ * cprxfer_wait_commit() is 0 (commit: use the state), -ECANCELED
+ * (aborted: exit without using it), -EOWNERDEAD (the outgoing process
+ * died undecided), -ECONNRESET or -ETIMEDOUT.
+ */
+int cprxfer_commit(cprxfer_channel *ch);
+int cprxfer_abort(cprxfer_channel *ch, const char *reason);
+int cprxfer_wait_commit(cprxfer_channel *ch, int timeout_ms);
+
 /* The peer's credentials and application tag, as the handshake saw them. */
 int cprxfer_channel_peer(const cprxfer_channel *ch, pid_t *pid, uid_t *uid,
 			 const char **tag);
+
+/* ---- successor: start the new binary, watch it, reap it ------------ */
+
+typedef struct cprxfer_successor cprxfer_successor;
+
+/*
+ * Start path with argv and envp (NULL: this environment), passing it a
+ * connected socket (variable CPRXFER_SUCCESSOR_FD) and nothing else of
+ * the library's. Every wait on its channel ends with -ECHILD as soon as
+ * it exits.
+ */
+int cprxfer_spawn(const char *path, char *const argv[], char *const envp[],
+		  const cprxfer_opts *o, cprxfer_successor **out);
+/* In the successor: the channel to the process that started it. */
+int cprxfer_inherit(const cprxfer_opts *o, cprxfer_channel **out);
+/* In the starter: the channel to the successor (handshake done). */
+int cprxfer_successor_channel(cprxfer_successor *s, cprxfer_channel **out);
+/* Or connect to the successor's listener at path (cprxfer_connect). */
+int cprxfer_successor_connect(cprxfer_successor *s, const char *path,
+			      int timeout_ms, cprxfer_channel **out);
+pid_t cprxfer_successor_pid(const cprxfer_successor *s);
+/* The successor's pidfd, owned by s: poll it, do not close it. */
+int cprxfer_successor_pidfd(const cprxfer_successor *s);
+/* SIGKILL and reap (rollback). */
+int cprxfer_successor_kill(cprxfer_successor *s);
+/* Kill and reap unless the handoff committed; then just let it go. */
+void cprxfer_successor_free(cprxfer_successor *s);
 
 /* ---- guest RAM: memfd regions --------------------------------------- */
 
