@@ -54,7 +54,7 @@ python3 gcc libc6-dev man-db"
 [ "${LINTIAN:-0}" = 1 ] && deps="$deps lintian"
 missing=""
 for p in $deps; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "ok installed" >/dev/null ||
 		missing="$missing $p"
 done
 if [ -n "$missing" ]; then
@@ -73,7 +73,7 @@ cleanup() {
 	for m in $(findmnt -rn -o TARGET | grep "^$W" | sort -r); do
 		umount "$m" 2>/dev/null || umount -l "$m" || true
 	done
-	if findmnt -rn -o TARGET | grep -q "^$W"; then
+	if findmnt -rn -o TARGET | grep "^$W" >/dev/null; then
 		say "could not unmount everything under $W; left in place"
 		return
 	fi
@@ -133,7 +133,7 @@ in_root() {
 # 3. install and use
 in_root '
 cd /root
-if ls /usr/lib/*/libcprxfer* /usr/include/cprxfer 2>/dev/null | grep -q .; then
+if ls /usr/lib/*/libcprxfer* /usr/include/cprxfer 2>/dev/null | grep . >/dev/null; then
 	echo "check-debian: this root already has libcprxfer" >&2; exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -145,7 +145,7 @@ dpkg-query -W -f="\${db:Status-Abbrev} \${Package} \${Version}\n" \
 	"libcprxfer*" cprxfer-tools | grep "^ii" | sed "s/^ii */  installed: /"
 for p in libcprxfer-seccomp0 libcprxfer-systemd0; do
 	if dpkg-query -W -f="\${Status}\n" $p 2>/dev/null |
-		grep -q "ok installed"; then
+		grep "ok installed" >/dev/null; then
 		echo "check-debian: libcprxfer-dev pulled in $p" >&2
 		exit 1
 	fi
@@ -156,12 +156,13 @@ echo "  pkg-config --cflags --libs cprxfer: $flags"
 cc -Wall -Werror -o state-handoff src/state-handoff.c $flags
 ./state-handoff >handoff.log 2>&1 || { cat handoff.log; exit 1; }
 echo "  examples/state-handoff.c built with pkg-config alone: ran, exit 0"
-ldd ./state-handoff | sed "s/^/  ldd: /"
-if ldd ./state-handoff | grep -q libseccomp; then
+ldd ./state-handoff >ldd.txt
+sed "s/^/  ldd: /" ldd.txt
+if grep -q libseccomp ldd.txt; then
 	echo "check-debian: a program without seccomp loads libseccomp" >&2
 	exit 1
 fi
-ldd ./state-handoff | grep -Eq "libcprxfer.so.0 => (/usr)?/lib/"
+grep -Eq "libcprxfer.so.0 => (/usr)?/lib/" ldd.txt
 
 for page in "3 cprxfer_save" "3 cprxfer" "7 cprxfer" "1 cprxfer-inspect" \
 	"3 cprxfer_seccomp_allow"; do
