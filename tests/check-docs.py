@@ -10,18 +10,31 @@ script (lib/*.sym, lib/*/*.sym; not the *_PRIVATE nodes):
     source: tests/**/*.c, or a C file of examples/ built into a binary
     that a test runs.
 
+With MAN_DIR (the build's docs/ directory, where the man pages are
+generated from docs/ref/*.md and docs/man/*.md):
+  - MAN_DIR/<name>.3 exists for every exported function (its own page or
+    a ".so" link to the page that documents it), and so do cprxfer(3)
+    and cprxfer(7);
+  - its NAME section names the function;
+  - `mandoc -T lint` reports nothing for any page in MAN_DIR (skipped
+    with a note when mandoc is not installed), and neither does groff
+    through `man --warnings` (what lintian checks).
+
 Prints what is missing and exits 1 if anything is.
-Usage: check-docs.py SOURCE_ROOT
+Usage: check-docs.py SOURCE_ROOT [MAN_DIR]
 """
 import glob
 import os
 import re
+import shutil
+import subprocess
 import sys
 
 SECTIONS = ('SYNOPSIS', 'DESCRIPTION', 'RETURN VALUE', 'EXAMPLE')
 
 root = sys.argv[1] if len(sys.argv) > 1 else \
     os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+man_dir = sys.argv[2] if len(sys.argv) > 2 else None
 
 
 def read(path):
@@ -41,6 +54,56 @@ def exported():
             if not m.group(1).endswith('_PRIVATE'):
                 names |= set(re.findall(r'\b(cprxfer_\w+)\s*;', m.group(2)))
     return sorted(names)
+
+
+def check_man(names):
+    """Problems with the generated man pages in man_dir."""
+    bad = []
+    pages = sorted(glob.glob(os.path.join(man_dir, '*.[1-8]')))
+    for n in names + ['cprxfer']:
+        page = os.path.join(man_dir, n + '.3')
+        if not os.path.exists(page):
+            bad.append(f'no man page {n}.3')
+            continue
+        text = read(page)
+        so = re.match(r'^\.so\s+(\S+)', text)
+        if so:
+            target = os.path.join(man_dir, os.path.basename(so.group(1)))
+            if not os.path.exists(target):
+                bad.append(f'{n}.3: .so to a missing page {so.group(1)}')
+            continue
+        m = re.search(r'^\.SH "?NAME"?\n(.*?)^\.SH', text, re.M | re.S)
+        name = ' '.join(l for l in m.group(1).splitlines()
+                        if not l.startswith('.')) if m else ''
+        if not re.search(r'(^|[ ,])' + re.escape(n) + r'\b',
+                         name.replace('\\', '')):
+            bad.append(f'{n}.3: NAME does not name {n}')
+    if not os.path.exists(os.path.join(man_dir, 'cprxfer.7')):
+        bad.append('no man page cprxfer.7')
+    mandoc = shutil.which('mandoc')
+    if not mandoc:
+        print('mandoc not installed: man pages not linted')
+    elif pages:
+        r = subprocess.run([mandoc, '-T', 'lint', '-W', 'style'] + pages,
+                           capture_output=True, text=True)
+        out = (r.stdout + r.stderr).strip()
+        if out:
+            bad.append('mandoc -T lint:\n' + out)
+    # What lintian runs: groff's own warnings (lines it cannot fit); all
+    # pages in one run, then one by one to name the culprit.
+    man = shutil.which('man')
+
+    def groff(files):
+        return subprocess.run([man, '--warnings', '-E', 'UTF-8', '-l',
+                               '-Tutf8', '-Z'] + files, capture_output=True,
+                              text=True,
+                              env=dict(os.environ, MANWIDTH='80')).stderr
+    if man and pages and groff(pages).strip():
+        for p in pages:
+            err = groff([p]).strip()
+            if err:
+                bad.append(f'man --warnings {os.path.basename(p)}:\n' + err)
+    return bad, len(pages)
 
 
 def strip_c(text):
@@ -146,6 +209,12 @@ def main():
     untested = [n for n in names if n not in used]
 
     bad = False
+    if man_dir:
+        man_bad, npages = check_man(names)
+        for b in man_bad:
+            print(b)
+        bad = bool(man_bad)
+        print(f'{npages} man pages in {man_dir} checked')
     if missing_page:
         print(f'no page in docs/ref/ ({len(missing_page)}): '
               + ' '.join(missing_page))
