@@ -58,7 +58,7 @@ static int refused_why(const char *path)
 	return cx_err(
 		-ENOTSOCK,
 		"cprxfer_connect: '%s' is %s, not a socket; nothing will listen there",
-		path, cx_kind_of(st.st_mode));
+		path, cx_file_kind(st.st_mode));
 }
 
 /*

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cprxfer/cprxfer.h>
 
@@ -46,6 +47,25 @@ void cx_errmsg_prefix(const char *fmt, ...)
 	if (old[0] && n + 2 < sizeof(errmsg))
 		snprintf(errmsg + n, sizeof(errmsg) - n, ": %s", old);
 	errno = saved;
+}
+
+const char *cx_file_kind(unsigned int m)
+{
+	if (S_ISREG(m))
+		return "a regular file";
+	if (S_ISDIR(m))
+		return "a directory";
+	if (S_ISLNK(m))
+		return "a symbolic link";
+	if (S_ISFIFO(m))
+		return "a FIFO or pipe";
+	if (S_ISSOCK(m))
+		return "a socket";
+	if (S_ISCHR(m))
+		return "a character device";
+	if (S_ISBLK(m))
+		return "a block device";
+	return "a file of unknown type";
 }
 
 const char *cx_errmsg_get(void)

@@ -41,6 +41,9 @@ CX_EXPORT void cprxfer__errmsg_vset(const char *fmt, va_list ap)
 /* The calling thread's current reason (the buffer cprxfer_errmsg shows). */
 const char *cx_errmsg_get(void);
 
+/* What a file of mode m is, for a reason: "a directory", "a FIFO or pipe". */
+const char *cx_file_kind(unsigned int m);
+
 /* A negative errno for sure: a non-negative code becomes -EIO. */
 static inline int cx_neg(int err)
 {

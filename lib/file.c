@@ -182,21 +182,6 @@ static int check_tail(int fd, const char *path, const struct stat *st)
 	return 0;
 }
 
-static const char *type_name(mode_t m)
-{
-	if (S_ISFIFO(m))
-		return "a FIFO";
-	if (S_ISSOCK(m))
-		return "a socket";
-	if (S_ISDIR(m))
-		return "a directory";
-	if (S_ISCHR(m))
-		return "a character device";
-	if (S_ISBLK(m))
-		return "a block device";
-	return "not a regular file";
-}
-
 /*
  * Open a state file for reading, at once or not at all: O_NONBLOCK so
  * that a FIFO or a device cannot make open() wait, and the type checked
@@ -219,7 +204,7 @@ static int open_state_file(const char *path, struct stat *st, int *out)
 		return cx_err(-errno, "fstat %s: %s", path, strerror(errno));
 	if (!S_ISREG(st->st_mode))
 		return cx_err(-EINVAL, "%s is %s, not a state file", path,
-			      type_name(st->st_mode));
+			      cx_file_kind(st->st_mode));
 	fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
 		return cx_err(-errno, "fcntl %s: %s", path, strerror(errno));

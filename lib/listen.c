@@ -84,7 +84,7 @@ static int check_path(const char *path)
 		return cx_err(
 			-EEXIST,
 			"cprxfer_listen: '%s' exists and is %s; refusing to replace it",
-			path, cx_kind_of(st.st_mode));
+			path, cx_file_kind(st.st_mode));
 	rc = probe_live(path);
 	if (rc == 1)
 		return cx_err(

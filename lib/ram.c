@@ -56,21 +56,6 @@ static size_t page_size(void)
 	return (size_t)sysconf(_SC_PAGESIZE);
 }
 
-static const char *fd_type_name(mode_t m)
-{
-	if (S_ISFIFO(m))
-		return "a pipe";
-	if (S_ISSOCK(m))
-		return "a socket";
-	if (S_ISDIR(m))
-		return "a directory";
-	if (S_ISCHR(m))
-		return "a character device";
-	if (S_ISBLK(m))
-		return "a block device";
-	return "not a regular file";
-}
-
 /*
  * Classify fd: a memfd, a regular file (path filled in when it still has
  * a name) or a dax device. -EINVAL for anything else. Without /proc (a
@@ -89,7 +74,7 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 	if (!S_ISREG(st->st_mode) && !S_ISCHR(st->st_mode))
 		return cx_err(-EINVAL,
 			      "%s: fd %d is %s, not a memfd or a regular file",
-			      what, fd, fd_type_name(st->st_mode));
+			      what, fd, cx_file_kind(st->st_mode));
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	n = readlink(link, path, pathlen - 1);
 	if (n < 0 && errno != ENOENT)
@@ -493,7 +478,7 @@ static int open_owned(const char *what, int dfd, const char *base,
 		return cx_err(
 			-EINVAL,
 			"%s: %s is %s, not a regular file or a dax device",
-			what, path, fd_type_name(st->st_mode));
+			what, path, cx_file_kind(st->st_mode));
 	if (st->st_uid != geteuid())
 		return cx_err(
 			-EPERM,

@@ -51,20 +51,3 @@ int cx_fill_addr(struct sockaddr_un *sa, const char *path, const char *what)
 	memcpy(sa->sun_path, path, n + 1);
 	return 0;
 }
-
-const char *cx_kind_of(mode_t m)
-{
-	if (S_ISREG(m))
-		return "a regular file";
-	if (S_ISDIR(m))
-		return "a directory";
-	if (S_ISLNK(m))
-		return "a symbolic link";
-	if (S_ISFIFO(m))
-		return "a FIFO";
-	if (S_ISCHR(m) || S_ISBLK(m))
-		return "a device node";
-	if (S_ISSOCK(m))
-		return "a socket";
-	return "something other than a socket";
-}

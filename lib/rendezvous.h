@@ -49,7 +49,6 @@ int64_t cx_deadline_of(int timeout_ms);
 int cx_fill_addr(struct sockaddr_un *sa, const char *path, const char *what);
 
 /* What a mode_t is, in words ("a regular file", "a FIFO", ...). */
-const char *cx_kind_of(mode_t m);
 
 /*
  * Make the listener's epoll and timer fds and its pending table (after
