@@ -263,8 +263,12 @@ static int claim_array(struct wk *k, struct cx_walk_rec *r, int **fds)
 		for (i = 0; i < r->fd_count; i++) {
 			(*fds)[i] = cx_io_take_fd(k->io);
 			if ((*fds)[i] < 0) {
+				/* The caller closes fds[0..fd_count): only
+				 * what was taken, then nothing more. */
 				while (i--)
 					cx_close((*fds)[i]);
+				free(*fds);
+				*fds = NULL;
 				return cx_err(
 					-EBADMSG,
 					"record '%s': fd %u announced but never arrived",

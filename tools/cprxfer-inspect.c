@@ -635,6 +635,8 @@ static int inspect_listen(struct out *o, const struct listen_args *a)
 			cprxfer_errmsg());
 		return 2;
 	}
+	if (!ch)
+		return 2; /* not reached: accept gives a channel or an error */
 	/* The path is no longer needed: a later sender finds nobody. */
 	cprxfer_listener_close(cx_steal_ptr(&l));
 	cprxfer_channel_peer(ch, &ppid, &puid, &tag);
@@ -716,7 +718,7 @@ int main(int argc, char **argv)
 	};
 	struct listen_args la = { .timeout_ms = CPRXFER_DEFAULT_TIMEOUT_MS };
 	struct out o = { .f = stdout, .pid = -1 };
-	char path[PATH_MAX];
+	char path[PATH_MAX] = "";
 	long pid = -1, v;
 	int c, rc;
 

@@ -515,7 +515,7 @@ static int map_ram(struct vmm *v, cprxfer_state *st, unsigned int flags,
 static int build_from(struct vmm *v, cprxfer_state *st, unsigned int flags,
 		      uint64_t low, struct vmm_err *err)
 {
-	unsigned int ncpus;
+	unsigned int ncpus = 0;
 	int r;
 
 	r = map_ram(v, st, flags, &ncpus, err);
