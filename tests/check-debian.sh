@@ -49,7 +49,7 @@ if [ "$(id -u)" != 0 ]; then
 	exit 77
 fi
 
-deps="dpkg-dev debhelper meson ninja-build pkg-config libseccomp-dev libsystemd-dev lowdown
+deps="build-essential dpkg-dev debhelper meson ninja-build pkg-config libseccomp-dev libsystemd-dev lowdown
 python3 gcc libc6-dev man-db"
 [ "${LINTIAN:-0}" = 1 ] && deps="$deps lintian"
 missing=""
