@@ -200,19 +200,11 @@ static int on_fds(struct dec *d, const struct cx_frame *f)
 	rc = take(d, p, sizeof(p));
 	if (rc < 0)
 		return rc;
-	n = cx_get32(p);
-	first = cx_get32(p + 4);
-	if (n == 0 || n > CX_FDS_BATCH || first != d->fds_announced ||
-	    f->len != CX_FDS_HDR + (inl ? 4ull * n : 0))
-		return cx_err(
-			-EBADMSG,
-			"malformed fd batch (%u fds from index %u, expected index %llu)",
-			n, first, (unsigned long long)d->fds_announced);
-	if (d->fds_announced + n > d->declared_fds)
-		return cx_err(
-			-EBADMSG,
-			"fd batch goes past the %llu fds the stream declared",
-			(unsigned long long)d->declared_fds);
+	rc = cx_fds_check(p, f->len, inl, d->fds_announced, d->declared_fds,
+			  &n);
+	if (rc < 0)
+		return rc;
+	first = (uint32_t)d->fds_announced;
 	d->fds_announced += n;
 	if (inl)
 		return adopt_inline(d, n);

@@ -164,19 +164,10 @@ static int on_fds(struct wk *k, const struct cx_frame *f)
 	rc = take(k, p, sizeof(p));
 	if (rc < 0)
 		return rc;
-	n = cx_get32(p);
-	first = cx_get32(p + 4);
-	if (n == 0 || n > CX_FDS_BATCH || first != k->announced ||
-	    f->len != CX_FDS_HDR + (inl ? 4ull * n : 0))
-		return cx_err(
-			-EBADMSG,
-			"malformed fd batch (%u fds from index %u, expected index %llu)",
-			n, first, (unsigned long long)k->announced);
-	if (k->announced + n > w->declared_fds)
-		return cx_err(
-			-EBADMSG,
-			"fd batch goes past the %llu fds the stream declared",
-			(unsigned long long)w->declared_fds);
+	rc = cx_fds_check(p, f->len, inl, k->announced, w->declared_fds, &n);
+	if (rc < 0)
+		return rc;
+	first = (uint32_t)k->announced;
 	if (!w->sock && (inl ? w->fds_absent : w->inline_fds))
 		return cx_err(-EBADMSG,
 			      "fd batches both inline and by SCM_RIGHTS");

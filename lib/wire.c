@@ -22,6 +22,26 @@ const char *cx_frame_name(int type)
 	return "unknown";
 }
 
+int cx_fds_check(const uint8_t *p, uint64_t len, bool inl, uint64_t announced,
+		 uint64_t declared, uint32_t *n)
+{
+	uint32_t count = cx_get32(p), first = cx_get32(p + 4);
+
+	if (count == 0 || count > CX_FDS_BATCH || first != announced ||
+	    len != CX_FDS_HDR + (inl ? 4ull * count : 0))
+		return cx_err(
+			-EBADMSG,
+			"malformed fd batch (%u fds from index %u, expected index %llu)",
+			count, first, (unsigned long long)announced);
+	if (announced + count > declared)
+		return cx_err(
+			-EBADMSG,
+			"fd batch goes past the %llu fds the stream declared",
+			(unsigned long long)declared);
+	*n = count;
+	return 0;
+}
+
 int cx_frame_parse(const uint8_t *p, struct cx_frame *f)
 {
 	uint32_t magic = cx_get32(p);

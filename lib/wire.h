@@ -12,6 +12,7 @@
 #ifndef CX_WIRE_H
 #define CX_WIRE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -131,6 +132,14 @@ static inline void cx_frame_put(uint8_t *p, int type, unsigned flags,
 
 /* Parse a header; -EPROTO (magic) or -EPROTONOSUPPORT (version). */
 int cx_frame_parse(const uint8_t *p, struct cx_frame *f);
+
+/*
+ * Check an FDS frame's header p (CX_FDS_HDR bytes) of a frame of len
+ * bytes, inline or not, against the fds announced so far and declared
+ * in all: 0 with *n the batch's count, or -EBADMSG with a reason.
+ */
+int cx_fds_check(const uint8_t *p, uint64_t len, bool inl, uint64_t announced,
+		 uint64_t declared, uint32_t *n);
 
 const char *cx_frame_name(int type);
 
