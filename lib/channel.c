@@ -93,6 +93,7 @@ int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 	rc = cx_io_init(&ch->io, fd, true);
 	if (rc < 0)
 		return rc;
+	cx_chan_poll_init(ch);
 	cx_opts_copy(&ch->o, o);
 	/* fds a peer attaches to ack frames count too. */
 	ch->io.max_fds = cx_opts_max_fds(&ch->o);
@@ -272,8 +273,7 @@ CX_EXPORT void cprxfer_channel_close(cprxfer_channel *ch)
 		cx_successor_unlink(ch->succ);
 	if (ch->peer_pidfd_taken)
 		cx_close(ch->peer_pidfd);
-	if (ch->have_poll_fd)
-		cx_close(ch->poll_fd);
+	cx_chan_poll_fini(ch);
 	cx_close(ch->io.watch_fd);
 	cx_close(ch->io.fd);
 	cx_io_fini(&ch->io);
@@ -282,31 +282,9 @@ CX_EXPORT void cprxfer_channel_close(cprxfer_channel *ch)
 
 CX_EXPORT int cprxfer_channel_fd(cprxfer_channel *ch)
 {
-	struct epoll_event ev = { .events = EPOLLIN };
-	cx_autoclose int ep = -1;
-
 	if (!ch)
 		return cx_err(-EINVAL, "cprxfer_channel_fd: NULL channel");
-	if (ch->io.watch_fd < 0)
-		return ch->io.fd;
-	if (ch->have_poll_fd)
-		return ch->poll_fd;
-	/* One fd that is readable when the socket is or the successor died. */
-	ep = epoll_create1(EPOLL_CLOEXEC);
-	if (ep < 0)
-		return cx_err(-errno, "cprxfer_channel_fd: epoll_create1: %s",
-			      strerror(errno));
-	ev.data.fd = ch->io.fd;
-	if (epoll_ctl(ep, EPOLL_CTL_ADD, ch->io.fd, &ev) < 0)
-		return cx_err(-errno, "cprxfer_channel_fd: epoll_ctl: %s",
-			      strerror(errno));
-	ev.data.fd = ch->io.watch_fd;
-	if (epoll_ctl(ep, EPOLL_CTL_ADD, ch->io.watch_fd, &ev) < 0)
-		return cx_err(-errno, "cprxfer_channel_fd: epoll_ctl: %s",
-			      strerror(errno));
-	ch->poll_fd = cx_steal_fd(&ep);
-	ch->have_poll_fd = true;
-	return ch->poll_fd;
+	return cx_chan_poll_fd(ch);
 }
 
 CX_EXPORT int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms)

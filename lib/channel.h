@@ -4,12 +4,27 @@
 #define CX_CHANNEL_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "io.h"
 #include "opts.h"
 
 struct cprxfer_successor;
+
+/*
+ * What cprxfer_channel_fd()'s epoll fd holds (lib/chanpoll.c): wanted
+ * (want, deadline, extra) and registered (*_fd/*_reg with *_ev).
+ */
+struct cx_chan_poll {
+	int ep;		  /* the epoll fd, -1 until first asked for */
+	uint32_t want;	  /* socket events the operation needs */
+	int64_t deadline; /* CLOCK_MONOTONIC ns; INT64_MAX: none */
+	int timer_fd;	  /* timerfd for the deadline, -1 until needed */
+	int extra;	  /* one more fd (a path's waiter), -1: none */
+	int sock_fd, watch_fd, timer_reg, extra_reg;
+	uint32_t sock_ev, watch_ev, timer_ev, extra_ev;
+};
 
 /* Where a channel stands in the decision (docs/protocol.md). */
 enum cx_decide {
@@ -40,9 +55,8 @@ struct cprxfer_channel {
 	int peer_pidfd;
 	int64_t eof_ns; /* when wait_commit first saw end of stream */
 
-	/* cprxfer_channel_fd()'s epoll fd (socket + watched pidfd). */
-	bool have_poll_fd;
-	int poll_fd;
+	/* cprxfer_channel_fd()'s epoll fd and what it holds. */
+	struct cx_chan_poll poll;
 
 	/* The successor this channel leads to (cprxfer_spawn), or NULL. */
 	struct cprxfer_successor *succ;
@@ -72,5 +86,25 @@ int cx_handshake(cprxfer_channel *ch);
 
 /* Send an ACK frame of phase with status and reason (may be NULL). */
 int cx_send_ack(cprxfer_channel *ch, int phase, int status, const char *reason);
+
+/*
+ * Event-loop plumbing (lib/chanpoll.c). Each operation says what it
+ * waits for; cprxfer_channel_fd()'s epoll set follows, and is only made
+ * when a caller asks for the fd. Every channel calls cx_chan_poll_init()
+ * when it is made (cx_channel_new does) and cx_chan_poll_fini() when
+ * freed. The setters return 0 or -errno with a reason.
+ */
+void cx_chan_poll_init(cprxfer_channel *ch);
+void cx_chan_poll_fini(cprxfer_channel *ch);
+/* The epoll fd, made on the first call and brought up to date. */
+int cx_chan_poll_fd(cprxfer_channel *ch);
+/* Socket events to wait for: EPOLLIN (default), EPOLLIN | EPOLLOUT. */
+int cx_chan_want(cprxfer_channel *ch, uint32_t events);
+/* The fd turns readable at this deadline (INT64_MAX: none). */
+int cx_chan_deadline(cprxfer_channel *ch, int64_t deadline_ns);
+/* One more fd to wait on (-1: none), e.g. the path waiter's inotify fd. */
+int cx_chan_extra(cprxfer_channel *ch, int fd);
+/* After ch->io.fd or ch->io.watch_fd changed: follow them. */
+int cx_chan_resync(cprxfer_channel *ch);
 
 #endif

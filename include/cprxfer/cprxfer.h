@@ -181,7 +181,7 @@ int cprxfer_load(cprxfer_channel *ch, cprxfer_state **out);
 /*
  * Acks: the incoming side acks each loaded state, 0 ("ready") or a
  * refusal; the outgoing side waits for it. wait_ack(ch, 0) is a
- * non-blocking step: -ETIMEDOUT if the ack is not (all) there yet,
+ * non-blocking step: -EAGAIN if the ack is not (all) there yet,
  * keeping any part of it for the next call.
  */
 int cprxfer_ack(cprxfer_channel *ch, int status, const char *reason);
@@ -189,9 +189,11 @@ int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms);
 int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms);
 
 /*
- * An fd to poll for POLLIN in an event loop (owned by the channel): when
- * it is readable, step with cprxfer_wait_ack(ch, 0) or
- * cprxfer_wait_commit(ch, 0); -ETIMEDOUT means "not yet".
+ * Event loops (docs/protocol.md): an fd to poll for POLLIN (an epoll
+ * fd owned by the channel), readable when the operation in progress can
+ * advance or its deadline passed; then call that operation's step.
+ * Every step returns at once; -EAGAIN means "not yet". Closing the
+ * channel cancels whatever is in progress.
  */
 int cprxfer_channel_fd(cprxfer_channel *ch);
 
