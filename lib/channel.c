@@ -591,6 +591,8 @@ enum {
 
 /* decode.c reads a record frame of up to this many bytes whole. */
 #define CX_SMALL_RECORD 512
+/* A blob or string this large is read into a buffer of its own. */
+#define CX_PARK_MIN (256u << 10)
 
 /*
  * Buffer the stream frame by frame, never waiting, until the decoder
@@ -602,22 +604,29 @@ enum {
 static int load_scan(cprxfer_channel *ch)
 {
 	struct cx_io *io = &ch->io;
-	size_t budget = CX_STEP_BUDGET;
+	size_t budget = CX_STEP_BUDGET, pos;
 	struct cx_frame f;
 	const uint8_t *p;
 	int rc;
 
 	for (;;) {
-		/* The frames checked so far, whole. */
-		rc = cx_io_fill_nowait(io, ch->ld_scan, &budget);
+		/* A large value read apart, then the frames so far, whole. */
+		if (io->nparks) {
+			rc = cx_io_fill_park(io, &budget);
+			if (rc < 0)
+				return rc;
+		}
+		/* Where the next frame starts in the buffer. */
+		pos = (size_t)(ch->ld_scan - ch->ld_parked);
+		rc = cx_io_fill_nowait(io, pos, &budget);
 		if (rc < 0)
 			return rc;
 		if (ch->ld_declared && ch->ld_scan + CX_HDR > ch->ld_declared)
 			return LD_DECODE;
-		rc = cx_io_fill_nowait(io, ch->ld_scan + CX_HDR, &budget);
+		rc = cx_io_fill_nowait(io, pos + CX_HDR, &budget);
 		if (rc < 0)
 			return rc;
-		p = cx_io_peek(io) + ch->ld_scan;
+		p = cx_io_peek(io) + pos;
 		if (cx_frame_parse(p, &f) < 0)
 			return LD_DECODE;
 		if (!ch->ld_declared && f.type == CX_F_ACK) {
@@ -654,7 +663,7 @@ static int load_scan(cprxfer_channel *ch)
 		if (f.len > ch->ld_declared - ch->ld_scan - CX_HDR)
 			return LD_DECODE;
 		if (f.type == CX_F_END) {
-			rc = cx_io_fill_nowait(io, ch->ld_scan + CX_HDR + f.len,
+			rc = cx_io_fill_nowait(io, pos + CX_HDR + f.len,
 					       &budget);
 			return rc < 0 ? rc : LD_DECODE;
 		}
@@ -662,17 +671,32 @@ static int load_scan(cprxfer_channel *ch)
 			return LD_DECODE;
 		if (f.type == CX_F_RECORD && f.len > CX_SMALL_RECORD) {
 			/* Its name is in the first bytes: judge its length. */
-			uint8_t nlen;
+			size_t at = pos + CX_HDR + CX_REC_HDR, vlen;
+			uint8_t type, nlen;
 
-			rc = cx_io_fill_nowait(
-				io, ch->ld_scan + CX_HDR + CX_REC_HDR + 255,
-				&budget);
+			rc = cx_io_fill_nowait(io, at + 255, &budget);
 			if (rc < 0)
 				return rc;
-			nlen = cx_io_peek(io)[ch->ld_scan + CX_HDR + 2];
+			type = cx_io_peek(io)[pos + CX_HDR];
+			nlen = cx_io_peek(io)[pos + CX_HDR + 2];
 			if (!nlen ||
 			    f.len - CX_REC_HDR - nlen > ch->o.max_record)
 				return LD_DECODE;
+			/*
+			 * A large blob or string is read into its own buffer,
+			 * which the decoder adopts: no second copy of it.
+			 */
+			at += nlen;
+			vlen = (size_t)(f.len - CX_REC_HDR - nlen);
+			if ((type == CPRXFER_TYPE_BLOB ||
+			     type == CPRXFER_TYPE_STR) &&
+			    vlen >= CX_PARK_MIN &&
+			    cx_io_buffered(io) <= at + vlen) {
+				rc = cx_io_park(io, io->rpos + at, vlen);
+				if (rc < 0)
+					return rc;
+				ch->ld_parked += vlen;
+			}
 		}
 		ch->ld_scan += CX_HDR + f.len;
 	}
@@ -694,7 +718,7 @@ CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
 		if (rc < 0)
 			return rc;
 		ch->op = CX_OP_LOAD;
-		ch->ld_scan = ch->ld_declared = 0;
+		ch->ld_scan = ch->ld_declared = ch->ld_parked = 0;
 		ch->op_deadline = op_deadline(ch);
 		cx_io_deadline(&ch->io, ch->o.timeout_ms);
 		ch->io.accept_fds = true;
@@ -727,6 +751,7 @@ CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
 	if (rc < 0)
 		cx_io_drop_fds(&ch->io);
 	op_end(ch);
+	cx_io_drop_parks(&ch->io);
 	cx_io_shrink(&ch->io);
 	return load_end(ch, rc, what);
 }

@@ -74,6 +74,7 @@ struct cprxfer_channel {
 	struct cx_spool *sv;  /* save: the encoded stream still to send */
 	uint64_t ld_scan;     /* load: buffered bytes checked, whole frames */
 	uint64_t ld_declared; /* load: BEGIN's declared bytes (0: not yet) */
+	uint64_t ld_parked;   /* load: bytes of values read apart (io.parks) */
 
 	/* The successor this channel leads to (cprxfer_spawn), or NULL. */
 	struct cprxfer_successor *succ;

@@ -280,20 +280,38 @@ static int decode_int(struct dec *d, struct rec *r)
 	return 0;
 }
 
+/* A value cprxfer_load_step() read apart (cx_io_park): count, checksum. */
+static int take_kept(struct dec *d, const void *p, size_t n)
+{
+	if (n > d->declared_bytes - d->bytes)
+		return cx_err(-EBADMSG,
+			      "stream runs past its declared %llu bytes",
+			      (unsigned long long)d->declared_bytes);
+	d->crc = cx_crc32c(d->crc, p, n);
+	d->bytes += n;
+	return 0;
+}
+
 /* blob, str: the bytes, kept with a NUL after them; a str has no NUL. */
 static int decode_bytes(struct dec *d, struct rec *r)
 {
 	size_t len = (size_t)r->vlen;
-	cx_autofree char *buf = malloc(len + 1);
+	cx_autofree char *buf = r->p ? NULL : (char *)cx_io_unpark(d->io, len);
 	struct cx_entry *x;
 	int rc;
 
-	if (!buf)
-		return cx_err(-ENOMEM,
-			      "record '%s': out of memory for %llu bytes",
-			      r->name, (unsigned long long)r->vlen);
-	prefault(buf, len);
-	rc = rtake(d, r, buf, len);
+	if (buf) {
+		rc = take_kept(d, buf, len);
+	} else {
+		buf = malloc(len + 1);
+		if (!buf)
+			return cx_err(
+				-ENOMEM,
+				"record '%s': out of memory for %llu bytes",
+				r->name, (unsigned long long)r->vlen);
+		prefault(buf, len);
+		rc = rtake(d, r, buf, len);
+	}
 	if (rc < 0)
 		return rc;
 	buf[len] = 0;

@@ -90,6 +90,7 @@ void cx_io_drop_fds(struct cx_io *io)
 void cx_io_fini(struct cx_io *io)
 {
 	cx_io_drop_fds(io);
+	cx_io_drop_parks(io);
 	free(io->fdq);
 	free(io->rbuf);
 	free(io->wbuf);
@@ -344,6 +345,11 @@ int cx_io_read(struct cx_io *io, void *dst, size_t n)
 {
 	uint8_t *d = dst;
 	size_t have = cx_io_buffered(io);
+
+	if (io->park_next < io->nparks &&
+	    io->rpos + n > io->parks[io->park_next].at)
+		return cx_err(-EBADMSG,
+			      "stream read across a value kept apart");
 
 	if (have >= n) {
 		memcpy(d, io->rbuf + io->rpos, n);
@@ -624,6 +630,78 @@ int cx_io_fill_nowait(struct cx_io *io, size_t n, size_t *budget)
 	}
 	io->nowait = false;
 	return rc;
+}
+
+int cx_io_park(struct cx_io *io, size_t at, size_t len)
+{
+	struct cx_park *k;
+	size_t have = io->rlen > at ? io->rlen - at : 0;
+	int rc;
+
+	rc = grow(&io->parks, &io->cparks, io->nparks + 1, sizeof(*k));
+	if (rc < 0)
+		return rc;
+	k = &io->parks[io->nparks];
+	k->buf = malloc(len + 1);
+	if (!k->buf)
+		return cx_err(-ENOMEM, "load: out of memory for %zu bytes",
+			      len);
+	if (have > len) /* cannot be: the caller parks what is not in */
+		have = len;
+	memcpy(k->buf, io->rbuf + at, have);
+	k->at = at;
+	k->len = len;
+	k->got = have;
+	io->rlen = at;
+	io->nparks++;
+	return 0;
+}
+
+int cx_io_fill_park(struct cx_io *io, size_t *budget)
+{
+	struct cx_park *k = &io->parks[io->nparks - 1];
+	int rc = 0;
+
+	io->nowait = true;
+	while (k->got < k->len) {
+		ssize_t r;
+
+		if (!*budget) {
+			rc = -EAGAIN;
+			break;
+		}
+		r = io_read_some(io, k->buf + k->got, k->len - k->got);
+		if (r < 0) {
+			rc = (int)r;
+			break;
+		}
+		k->got += (size_t)r;
+		*budget -= *budget < (size_t)r ? *budget : (size_t)r;
+	}
+	io->nowait = false;
+	return rc;
+}
+
+uint8_t *cx_io_unpark(struct cx_io *io, size_t len)
+{
+	struct cx_park *k = &io->parks[io->park_next];
+
+	if (io->park_next == io->nparks || k->at != io->rpos || k->len != len ||
+	    k->got != len)
+		return NULL;
+	io->park_next++;
+	return cx_steal_ptr(&k->buf);
+}
+
+void cx_io_drop_parks(struct cx_io *io)
+{
+	size_t i;
+
+	for (i = 0; i < io->nparks; i++)
+		free(io->parks[i].buf);
+	free(io->parks);
+	io->parks = NULL;
+	io->nparks = io->cparks = io->park_next = 0;
 }
 
 int cx_io_reserve(struct cx_io *io, size_t n)

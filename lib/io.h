@@ -36,6 +36,17 @@ struct cx_spool {
 	size_t cur, done; /* the segment going out, its bytes already sent */
 };
 
+/*
+ * A large value a non-blocking load read into a buffer of its own
+ * rather than into rbuf (cprxfer_load_step): it belongs at rbuf[at],
+ * between the bytes before it and those after it.
+ */
+struct cx_park {
+	size_t at;
+	uint8_t *buf; /* len + 1 bytes */
+	size_t len, got;
+};
+
 struct cx_io {
 	int fd;
 	bool sock;	  /* recvmsg/sendmsg with fds; else read/write */
@@ -68,6 +79,10 @@ struct cx_io {
 	struct cx_spool *spool;
 	/* Reads never wait: where they would, they fail with -EAGAIN. */
 	bool nowait;
+
+	/* Parked values, in stream order; parks[park_next] is next. */
+	struct cx_park *parks;
+	size_t nparks, cparks, park_next;
 
 	/*
 	 * A process watched alongside every wait (-1: none): when its
@@ -163,6 +178,25 @@ int cx_spool_send(struct cx_io *io, struct cx_spool *sp, size_t budget,
  * Stops with -EAGAIN once *budget (lowered by what it reads) is spent.
  */
 int cx_io_fill_nowait(struct cx_io *io, size_t n, size_t *budget);
+
+/*
+ * Park the value of len bytes that starts at rbuf[at], at the end of what
+ * is buffered (at <= rlen: what is there already moves into the park,
+ * and rbuf ends at at). -ENOMEM, or 0.
+ */
+int cx_io_park(struct cx_io *io, size_t at, size_t len);
+
+/* Fill the last park from the socket, never waiting: 0 once whole. */
+int cx_io_fill_park(struct cx_io *io, size_t *budget);
+
+/*
+ * The parked value of len bytes at the read position, handed over (the
+ * caller frees it), or NULL if there is none there.
+ */
+uint8_t *cx_io_unpark(struct cx_io *io, size_t len);
+
+/* Free every park. */
+void cx_io_drop_parks(struct cx_io *io);
 
 /*
  * Make room for n bytes from the read position on, in one allocation
