@@ -652,10 +652,6 @@ static int load_scan(cprxfer_channel *ch)
 			    bytes > ch->o.max_stream ||
 			    bytes < 2 * CX_HDR + CX_BEGIN_LEN + CX_END_LEN)
 				return LD_DECODE;
-			/* Room for it all at once: no copy as it grows. */
-			rc = cx_io_reserve(io, (size_t)bytes);
-			if (rc < 0)
-				return rc;
 			ch->ld_declared = bytes;
 			ch->ld_scan = CX_HDR + CX_BEGIN_LEN;
 			continue;

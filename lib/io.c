@@ -704,26 +704,6 @@ void cx_io_drop_parks(struct cx_io *io)
 	io->nparks = io->cparks = io->park_next = 0;
 }
 
-int cx_io_reserve(struct cx_io *io, size_t n)
-{
-	size_t have = cx_io_buffered(io);
-	uint8_t *b;
-
-	if (n <= io->rcap - io->rpos)
-		return 0;
-	memmove(io->rbuf, io->rbuf + io->rpos, have);
-	io->rpos = 0;
-	io->rlen = have;
-	if (n <= io->rcap)
-		return 0;
-	b = realloc(io->rbuf, n);
-	if (!b)
-		return cx_err(-ENOMEM, "load: out of memory for %zu bytes", n);
-	io->rbuf = b;
-	io->rcap = n;
-	return 0;
-}
-
 void cx_io_shrink(struct cx_io *io)
 {
 	size_t have = cx_io_buffered(io);

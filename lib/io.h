@@ -198,12 +198,6 @@ uint8_t *cx_io_unpark(struct cx_io *io, size_t len);
 /* Free every park. */
 void cx_io_drop_parks(struct cx_io *io);
 
-/*
- * Make room for n bytes from the read position on, in one allocation
- * (its pages are touched only as bytes arrive).
- */
-int cx_io_reserve(struct cx_io *io, size_t n);
-
 /* Give back a buffer grown by cx_io_fill_nowait, keeping what it holds. */
 void cx_io_shrink(struct cx_io *io);
 
