@@ -770,6 +770,66 @@ static void test_fd_array_round_trip_keeps_identity(void **unused)
 	}
 }
 
+static int twice_loader(void *arg)
+{
+	cprxfer_opts *o = cprxfer_opts_new();
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	int r, rc = 0;
+
+	cprxfer_opts_set_limit(o, CPRXFER_LIMIT_FDS, 300);
+	if (cprxfer_channel_open_opts(*(int *)arg, o, &ch) < 0)
+		return 10;
+	for (r = 0; !rc && r < 2; r++) {
+		if (cprxfer_load(ch, &st) < 0) {
+			fprintf(stderr, "load %d: %s\n", r, cprxfer_errmsg());
+			rc = 11 + r;
+			break;
+		}
+		cprxfer_state_free(st);
+		if (cprxfer_ack(ch, 0, NULL) < 0)
+			rc = 13;
+	}
+	cprxfer_channel_close(ch);
+	cprxfer_opts_free(o);
+	return rc;
+}
+
+/*
+ * CPRXFER_LIMIT_FDS counts one stream's fds. Two saves of 254 fds in a
+ * row, under a limit of 300, both load (before: the second load added
+ * its first batch, read while peeking at the stream, to the first
+ * stream's 254, and refused it with -EMFILE; cprxfer-bench failed so
+ * at 19,936 fds).
+ */
+static void test_second_load_counts_only_its_own_fds(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	cprxfer_channel *ch;
+	int sv[2], efd[254], i, r;
+	pid_t pid;
+
+	for (i = 0; i < 254; i++) {
+		efd[i] = eventfd(0, EFD_CLOEXEC);
+		assert_true(efd[i] >= 0);
+	}
+	assert_int_equal(cprxfer_put_fds(st, "conns", efd, 254), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	pid = tu_fork(twice_loader, &sv[1]);
+	close(sv[1]);
+	assert_int_equal(cprxfer_channel_open(sv[0], &ch), 0);
+	for (r = 0; r < 2; r++) {
+		assert_int_equal(cprxfer_save(ch, st), 0);
+		assert_int_equal(cprxfer_wait_ack(ch, 30000), 0);
+	}
+	cprxfer_channel_close(ch);
+	assert_int_equal(tu_wait(pid), 0);
+	cprxfer_state_free(st);
+	for (i = 0; i < 254; i++)
+		close(efd[i]);
+}
+
 /* Encode st in mode to a memfd, rewound. */
 static int encode_fd(const cprxfer_state *st, enum cx_mode mode)
 {
@@ -1319,6 +1379,7 @@ int main(int argc, char **argv)
 		tu_test(test_small_round_is_one_sendmsg),
 		tu_test(test_two_batches_are_two_sendmsgs),
 		tu_test(test_fd_array_round_trip_keeps_identity),
+		tu_test(test_second_load_counts_only_its_own_fds),
 		tu_test(test_fd_array_exec_mode_inline_numbers),
 		tu_test(test_fd_array_survives_exec),
 		tu_test(test_fd_array_reused_number_is_stale),
