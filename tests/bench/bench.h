@@ -14,10 +14,14 @@ struct stat3 {
 #define BENCH_NPARTS 7
 extern const char *const bench_parts[BENCH_NPARTS];
 
+/* How bench_fd hands the fds to the state. */
+#define FD_ARRAY 1 /* one array record (else one record per fd) */
+#define FD_ADOPT 2 /* the state owns them (else borrowed, checked) */
+
 struct report {
 	struct {
 		int nfds;
-		int array; /* one cprxfer_put_fds record, not one per fd */
+		int how;	       /* FD_ARRAY, FD_ADOPT */
 		struct stat3 lib, raw; /* ns per fd */
 	} fd[REP_MAX];
 	int nfd;
@@ -52,7 +56,7 @@ double bench_now_ns(void);
 struct stat3 bench_stat(double *v, int n);
 void bench_fail(const char *what, int rc) __attribute__((noreturn));
 
-void report_fd(struct report *r, int nfds, int array, struct stat3 lib,
+void report_fd(struct report *r, int nfds, int how, struct stat3 lib,
 	       struct stat3 raw);
 void report_blob(struct report *r, struct stat3 lib, struct stat3 raw);
 void report_copy(struct report *r, size_t mib, struct stat3 ms);

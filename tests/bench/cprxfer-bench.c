@@ -170,10 +170,15 @@ static void fd_child(int s, int c, int n, int runs)
 	_exit(0);
 }
 
-/* n fds, one record each or (array) one cprxfer_put_fds record. */
-static void bench_fd(struct report *rep, int n, int array)
+/*
+ * n fds, one record each or (FD_ARRAY) one array record; borrowed
+ * (cprxfer_put_fd/_fds: every save checks each fd's identity) or, with
+ * FD_ADOPT, owned by the state (cprxfer_adopt_fd/_fds: no check).
+ */
+static void bench_fd(struct report *rep, int n, int how)
 {
 	int sv[2], cv[2], r, i, *fds = malloc(sizeof(int) * (size_t)n);
+	int array = how & FD_ARRAY, adopt = how & FD_ADOPT;
 	double raw[64], lib[64];
 	cprxfer_state *st = cprxfer_state_new();
 	cprxfer_channel *ch;
@@ -181,16 +186,25 @@ static void bench_fd(struct report *rep, int n, int array)
 
 	for (i = 0; i < n; i++) {
 		char name[32];
+		int rc = 0;
 
 		fds[i] = eventfd(0, EFD_CLOEXEC);
 		if (fds[i] < 0)
 			bench_fail("eventfd", -errno);
 		snprintf(name, sizeof(name), "fd.%d", i);
-		if (!array && cprxfer_put_fd(st, name, fds[i]) < 0)
-			bench_fail("put_fd", -EINVAL);
+		if (!array && adopt)
+			rc = cprxfer_adopt_fd(st, name, fds[i]);
+		else if (!array)
+			rc = cprxfer_put_fd(st, name, fds[i]);
+		if (rc < 0)
+			bench_fail("put_fd", rc);
 	}
-	if (array && cprxfer_put_fds(st, "fds", fds, (size_t)n) < 0)
-		bench_fail("put_fds", -EINVAL);
+	if (array) {
+		r = adopt ? cprxfer_adopt_fds(st, "fds", fds, (size_t)n)
+			  : cprxfer_put_fds(st, "fds", fds, (size_t)n);
+		if (r < 0)
+			bench_fail("put_fds", r);
+	}
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 ||
 	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, cv) < 0)
 		bench_fail("socketpair", -errno);
@@ -225,9 +239,10 @@ static void bench_fd(struct report *rep, int n, int array)
 	cprxfer_channel_close(ch);
 	close(sv[0]);
 	waitpid(pid, NULL, 0);
-	report_fd(rep, n, array, bench_stat(lib, bench_runs),
+	report_fd(rep, n, how, bench_stat(lib, bench_runs),
 		  bench_stat(raw, bench_runs));
-	for (i = 0; i < n; i++)
+	/* Adopted fds are the state's: cprxfer_state_free closes them. */
+	for (i = 0; !adopt && i < n; i++)
 		close(fds[i]);
 	free(fds);
 	cprxfer_state_free(st);
@@ -457,13 +472,12 @@ int main(int argc, char **argv)
 
 	if (want(only, "fd")) {
 		int sizes[] = { 253, 10000 < maxfds ? 10000 : maxfds, maxfds };
-		int k;
+		int k, how;
 
 		bench_fd(&rep, 1, 0); /* the small round: save+ack of one fd */
-		for (k = 0; k < 3; k++) {
-			bench_fd(&rep, sizes[k], 0);
-			bench_fd(&rep, sizes[k], 1);
-		}
+		for (k = 0; k < 3; k++)
+			for (how = 0; how < 4; how++)
+				bench_fd(&rep, sizes[k], how);
 	}
 	if (want(only, "blob"))
 		bench_blob(&rep);
