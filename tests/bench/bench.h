@@ -46,6 +46,12 @@ struct report {
 		struct stat3 after_ms, steady_ms;
 	} warmup[REP_MAX];
 	int nwarmup;
+	struct {
+		const char *name;
+		double s;
+	} group[8]; /* wall time of each group run */
+	int ngroup;
+	double total_s;	 /* the whole run's wall time */
 	char note[1024]; /* why a group was skipped, if one was */
 };
 
@@ -65,6 +71,7 @@ void report_blackout(struct report *r, size_t mib, const char *mode,
 		     const double *part);
 void report_warmup(struct report *r, size_t mib, const char *strategy,
 		   struct stat3 after_ms, struct stat3 steady_ms);
+void report_group(struct report *r, const char *name, double s);
 void report_print(const struct report *r, FILE *f);
 int report_json(const struct report *r, const char *path);
 

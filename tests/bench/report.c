@@ -31,6 +31,14 @@ void report_copy(struct report *r, size_t mib, struct stat3 ms)
 	r->copy[r->ncopy++].ms = ms;
 }
 
+void report_group(struct report *r, const char *name, double s)
+{
+	if (r->ngroup == 8)
+		return;
+	r->group[r->ngroup].name = name;
+	r->group[r->ngroup++].s = s;
+}
+
 /* demo-vmm's JSON keys for the blackout's parts and the gap's. */
 const char *const bench_parts[BENCH_NPARTS] = {
 	"stop_us", "save_us",	       "send_us",	    "restore_us",
@@ -226,6 +234,11 @@ void report_print(const struct report *r, FILE *f)
 			verdict(blackout_of(r, "transfer", 4096) < 1000));
 	if (r->note[0])
 		fprintf(f, "\nNote: %s\n", r->note);
+	fprintf(f, "\nWall time:");
+	for (i = 0; i < r->ngroup; i++)
+		fprintf(f, " %s %.1f s,", r->group[i].name, r->group[i].s);
+	fprintf(f, " total %.1f s (limit 180 s: %s)\n", r->total_s,
+		verdict(r->total_s <= 180));
 }
 
 static void js3(FILE *f, const char *k, struct stat3 s, const char *sep)
@@ -286,7 +299,10 @@ int report_json(const struct report *r, const char *path)
 		js3(f, "after_ms", r->warmup[i].after_ms, ", ");
 		js3(f, "steady_ms", r->warmup[i].steady_ms, "}");
 	}
-	fprintf(f, "\n  ]");
+	fprintf(f, "\n  ],\n  \"wall_s\": {");
+	for (i = 0; i < r->ngroup; i++)
+		fprintf(f, "\"%s\": %.1f, ", r->group[i].name, r->group[i].s);
+	fprintf(f, "\"total\": %.1f}", r->total_s);
 	if (r->note[0]) {
 		const char *p;
 
