@@ -38,6 +38,7 @@ struct report {
 	struct {
 		size_t ram_mib;
 		struct stat3 ms;
+		int estimated; /* 4 x the 1 GiB copy, not run */
 	} copy[REP_MAX];
 	int ncopy;
 	struct {

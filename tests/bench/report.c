@@ -157,8 +157,11 @@ void report_print(const struct report *r, FILE *f)
 		fprintf(f,
 			"\n4. copy-migration baseline (ms to send RAM byte for byte)\n");
 		for (i = 0; i < r->ncopy; i++)
-			fprintf(f, "%8zu MiB %10.1f [%.1f..%.1f]\n",
-				r->copy[i].ram_mib, S3(r->copy[i].ms));
+			fprintf(f, "%8zu MiB %10.1f [%.1f..%.1f]%s\n",
+				r->copy[i].ram_mib, S3(r->copy[i].ms),
+				r->copy[i].estimated
+					? "  estimated: 4 x 1 GiB (the 1 GiB copy took more than 5 s; not run)"
+					: "");
 	}
 	if (r->nwarmup) {
 		fprintf(f,
@@ -289,6 +292,8 @@ int report_json(const struct report *r, const char *path)
 	for (i = 0; i < r->ncopy; i++) {
 		fprintf(f, "%s\n    {\"ram_mib\": %zu, ", i ? "," : "",
 			r->copy[i].ram_mib);
+		fprintf(f, "\"estimated\": %s, ",
+			r->copy[i].estimated ? "true" : "false");
 		js3(f, "copy_ms", r->copy[i].ms, "}");
 	}
 	fprintf(f, "\n  ],\n  \"warmup\": [");
