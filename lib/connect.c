@@ -143,15 +143,19 @@ static int wait_for(cprxfer_channel *ch, uint32_t sock_ev, int extra,
 	return rc < 0 ? rc : -EAGAIN;
 }
 
-/* The connect is over: the channel's fd back to plain reading. */
-static int settle(cprxfer_channel *ch)
+/*
+ * The connect is over: nothing due, the socket watched for want
+ * (EPOLLIN once connected; 0 after a failure, so that the fd of a
+ * channel good only for close never turns readable).
+ */
+static int settle(cprxfer_channel *ch, uint32_t want)
 {
 	int rc = cx_chan_extra(ch, -1);
 
 	if (rc == 0)
 		rc = cx_chan_deadline(ch, INT64_MAX);
 	if (rc == 0)
-		rc = cx_chan_want(ch, EPOLLIN);
+		rc = cx_chan_want(ch, want);
 	return rc;
 }
 
@@ -241,7 +245,7 @@ static int fail(cprxfer_channel *ch, struct cx_connecting *c, int rc)
 	c->rc = rc;
 	c->state = CX_CONN_FAILED;
 	cx_waiter_fini(&c->w);
-	settle(ch);
+	settle(ch, 0);
 	return cx_err(rc, "%s", c->msg);
 }
 
@@ -300,7 +304,7 @@ static int step(cprxfer_channel *ch)
 	}
 	if (rc < 0)
 		return fail(ch, c, rc);
-	rc = settle(ch);
+	rc = settle(ch, EPOLLIN);
 	if (rc < 0)
 		return fail(ch, c, rc);
 	cx_connecting_free(ch);
