@@ -181,6 +181,10 @@ static int reach(cprxfer_channel *ch, struct cx_connecting *c)
 			rc = cx_channel_peer_creds(ch);
 			if (rc < 0)
 				return cx_err_prefix(rc, "cprxfer_connect");
+			/* Out of the set before its fd number is free. */
+			rc = cx_chan_extra(ch, -1);
+			if (rc < 0)
+				return rc;
 			cx_waiter_fini(&c->w);
 			cx_hs_start(&c->hs, ch);
 			c->state = CX_CONN_HS;
@@ -244,8 +248,8 @@ static int fail(cprxfer_channel *ch, struct cx_connecting *c, int rc)
 	snprintf(c->msg, sizeof(c->msg), "%s", cx_errmsg_get());
 	c->rc = rc;
 	c->state = CX_CONN_FAILED;
-	cx_waiter_fini(&c->w);
 	settle(ch, 0);
+	cx_waiter_fini(&c->w);
 	return cx_err(rc, "%s", c->msg);
 }
 
