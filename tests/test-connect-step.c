@@ -94,8 +94,10 @@ static char late_path[108];
 /* Child: listen 100 ms from now, accept one peer, exit 0 if it came. */
 static int late_listener(void *arg)
 {
+	cprxfer_state *st = NULL;
 	cprxfer_listener *l;
 	cprxfer_channel *ch;
+	uint64_t v = 0;
 	int rc;
 
 	(void)arg;
@@ -106,13 +108,24 @@ static int late_listener(void *arg)
 	cprxfer_listener_close(l);
 	if (rc < 0)
 		return 2;
+	/* The stepped channel carries a handoff like any other. */
+	if (cprxfer_load(ch, &st) < 0)
+		rc = 3;
+	else if (cprxfer_get_u64(st, "counter", &v) < 0 || v != 42)
+		rc = 4;
+	else if (cprxfer_ack(ch, 0, NULL) < 0)
+		rc = 5;
+	else if (cprxfer_wait_commit(ch, 5000) != -ECANCELED)
+		rc = 6;
+	cprxfer_state_free(st);
 	cprxfer_channel_close(ch);
-	return 0;
+	return rc;
 }
 
 static void test_connect_step_listener_late_does_not_spin(void **u)
 {
 	cprxfer_channel *ch = NULL;
+	cprxfer_state *st;
 	struct run r;
 	pid_t pid, peer = 0;
 	int64_t t0 = tu_now_ms();
@@ -135,8 +148,15 @@ static void test_connect_step_listener_late_does_not_spin(void **u)
 	assert_int_equal(cprxfer_connect_step(ch), 0);
 	assert_int_equal(cprxfer_channel_peer(ch, &peer, NULL, NULL), 0);
 	assert_int_equal(peer, pid);
-	assert_int_equal(tu_wait(pid), 0);
+	assert_quiet(ch);
+	st = cprxfer_state_new();
+	cprxfer_put_u64(st, "counter", 42);
+	assert_int_equal(cprxfer_save(ch, st), 0);
+	assert_int_equal(cprxfer_wait_ack(ch, 5000), 0);
+	assert_int_equal(cprxfer_abort(ch, "test: roll back"), 0);
 	cprxfer_channel_close(ch);
+	cprxfer_state_free(st);
+	assert_int_equal(tu_wait(pid), 0);
 }
 
 /* A listener already there: connected at once, the handshake in steps. */
@@ -168,6 +188,35 @@ static void test_connect_step_listener_present(void **u)
 	cprxfer_channel_close(in);
 	cprxfer_channel_close(ch);
 	cprxfer_listener_close(l);
+}
+
+/* A refusal in the handshake comes out of a step, for both sides. */
+static void test_connect_step_tag_mismatch_fails_in_step(void **u)
+{
+	cprxfer_opts *lo = cprxfer_opts_new(), *co = cprxfer_opts_new();
+	cprxfer_channel *ch = NULL, *in = NULL;
+	cprxfer_listener *l;
+	char path[108];
+	int rc = -EAGAIN, a = -EAGAIN, n;
+
+	assert_int_equal(cprxfer_opts_set_tag(lo, "kv-2"), 0);
+	assert_int_equal(cprxfer_opts_set_tag(co, "kv-1"), 0);
+	snprintf(path, sizeof(path), "%s/tag.sock", dir);
+	assert_int_equal(cprxfer_listen_opts(path, lo, &l), 0);
+	assert_int_equal(cprxfer_connect_start(path, 1000, co, &ch), 0);
+	for (n = 0; n < 1000 && rc == -EAGAIN; n++) {
+		if (a == -EAGAIN)
+			a = cprxfer_accept(l, 0, &in);
+		rc = cprxfer_connect_step(ch);
+	}
+	assert_int_equal(rc, -EBADE);
+	assert_non_null(strstr(cprxfer_errmsg(), "kv-2"));
+	assert_null(in);
+	assert_quiet(ch);
+	cprxfer_channel_close(ch);
+	cprxfer_listener_close(l);
+	cprxfer_opts_free(lo);
+	cprxfer_opts_free(co);
 }
 
 /* ---- the deadline --------------------------------------------------- */
@@ -499,6 +548,7 @@ int main(void)
 		tu_test(test_connect_step_listener_late_does_not_spin),
 		tu_test(test_connect_step_listener_present),
 		tu_test(test_connect_step_deadline_without_listener),
+		tu_test(test_connect_step_tag_mismatch_fails_in_step),
 		tu_test(test_connect_step_full_backlog_retries_few_times),
 		tu_test(test_connect_step_regular_file_fails_at_once),
 		tu_test(test_connect_step_other_calls_einprogress),
