@@ -75,6 +75,17 @@ int cprxfer_put_fd(cprxfer_state *st, const char *name, int fd);
  */
 int cprxfer_put_fds(cprxfer_state *st, const char *name, const int *fds,
 		    size_t n);
+/*
+ * The same, but the state takes the fd(s) over: it closes them when it
+ * is freed, cprxfer_take_fd/_fds hands them back, and the caller must
+ * not close them. Nothing else can close and reuse their numbers, so a
+ * save sends them without the per-fd identity check of the put calls
+ * (the fast path for thousands of fds). On failure the caller keeps
+ * them.
+ */
+int cprxfer_adopt_fd(cprxfer_state *st, const char *name, int fd);
+int cprxfer_adopt_fds(cprxfer_state *st, const char *name, const int *fds,
+		      size_t n);
 
 int cprxfer_get_u64(const cprxfer_state *st, const char *name, uint64_t *v);
 int cprxfer_get_i64(const cprxfer_state *st, const char *name, int64_t *v);
@@ -198,6 +209,17 @@ int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms);
 int cprxfer_channel_fd(cprxfer_channel *ch);
 
 /*
+ * Connect without blocking: a channel at once (or the failure, e.g.
+ * -ENOTSOCK), still connecting; poll cprxfer_channel_fd() for POLLIN
+ * and call cprxfer_connect_step() until it returns 0 (connected,
+ * handshake done) or a failure; -EAGAIN: not yet. Until then every
+ * other call on the channel fails with -EINPROGRESS; close cancels.
+ */
+int cprxfer_connect_start(const char *path, int timeout_ms,
+			  const cprxfer_opts *o, cprxfer_channel **out);
+int cprxfer_connect_step(cprxfer_channel *ch);
+
+/*
  * Non-blocking save and load (docs/event-loop.md). save_start checks and
  * encodes st at once (any refusal before a byte leaves) and sends what
  * the socket takes: 0 all sent, -EAGAIN: poll the channel fd and call
@@ -245,6 +267,9 @@ int cprxfer_spawn(const char *path, char *const argv[], char *const envp[],
 int cprxfer_inherit(const cprxfer_opts *o, cprxfer_channel **out);
 /* In the starter: the channel to the successor (handshake done). */
 int cprxfer_successor_channel(cprxfer_successor *s, cprxfer_channel **out);
+/* The same without blocking: finish it with cprxfer_connect_step(). */
+int cprxfer_successor_channel_start(cprxfer_successor *s,
+				    cprxfer_channel **out);
 /* Or connect to the successor's listener at path (cprxfer_connect). */
 int cprxfer_successor_connect(cprxfer_successor *s, const char *path,
 			      int timeout_ms, cprxfer_channel **out);
