@@ -592,12 +592,15 @@ int cx_spool_send(struct cx_io *io, struct cx_spool *sp, size_t budget,
 
 int cx_io_fill_nowait(struct cx_io *io, size_t n, size_t *budget)
 {
-	size_t have = cx_io_buffered(io);
+	size_t have = cx_io_buffered(io), i;
 	int rc = 0;
 
 	if (have >= n)
 		return 0;
 	if (io->rpos + n > io->rcap) {
+		/* The parks' places move with the bytes around them. */
+		for (i = io->park_next; i < io->nparks; i++)
+			io->parks[i].at -= io->rpos;
 		memmove(io->rbuf, io->rbuf + io->rpos, have);
 		io->rpos = 0;
 		io->rlen = have;
