@@ -488,12 +488,28 @@ CX_EXPORT int cprxfer_load(cprxfer_channel *ch, cprxfer_state **out)
  * flight): a step sends at most this many.
  */
 #define CX_STEP_FDS 500
+/* After a hang-up, how long a step waits to see the successor exit. */
+#define CX_STEP_GRACE_NS (1000 * 1000000ll)
 
 static int64_t op_deadline(const cprxfer_channel *ch)
 {
 	if (ch->o.timeout_ms < 0)
 		return INT64_MAX;
 	return cx_now_ns() + (int64_t)ch->o.timeout_ms * 1000000;
+}
+
+/*
+ * A step that would return -EAGAIN: if the watched successor exited,
+ * its pidfd keeps the fd readable, so say so now (-ECHILD) rather than
+ * let the loop spin until its socket closes.
+ */
+static int not_yet(cprxfer_channel *ch)
+{
+	struct pollfd p = { .fd = ch->io.watch_fd, .events = POLLIN };
+
+	if (ch->io.watch_fd >= 0 && poll(&p, 1, 0) > 0)
+		return cx_child_err(ch->io.watch_pid, ch->io.watch_fd);
+	return -EAGAIN;
 }
 
 /* The operation is over: the fd goes back to EPOLLIN, no deadline. */
@@ -525,6 +541,8 @@ static int save_progress(cprxfer_channel *ch, const char *what)
 			op_end(ch);
 			return 0;
 		}
+		if (rc == -EAGAIN)
+			rc = not_yet(ch);
 		if (rc == -EAGAIN && cx_now_ns() < ch->op_deadline)
 			return cx_err(-EAGAIN,
 				      "%s: %llu bytes sent, the socket is full",
@@ -548,6 +566,28 @@ static int save_progress(cprxfer_channel *ch, const char *what)
 		if (rc == 0)
 			rc = cx_err(-EPROTO,
 				    "peer acked a stream it had not read");
+		if (rc == -ECONNRESET && ch->io.watch_fd >= 0) {
+			/*
+			 * A dying successor closes its socket a moment before
+			 * its pidfd says it exited: wait for that (the fd holds
+			 * the pidfd and a timer), to report -ECHILD as a
+			 * blocking save does.
+			 */
+			int64_t now = cx_now_ns();
+
+			if (!ch->op_grace) {
+				ch->op_grace = now + CX_STEP_GRACE_NS;
+				if (ch->op_grace > ch->op_deadline)
+					ch->op_grace = ch->op_deadline;
+				(void)cx_chan_want(ch, 0);
+				(void)cx_chan_deadline(ch, ch->op_grace);
+			}
+			if (now < ch->op_grace)
+				return cx_err(
+					-EAGAIN,
+					"%s: the peer hung up: waiting to see whether the successor exited",
+					what);
+		}
 		if (rc == -EAGAIN && cx_now_ns() < ch->op_deadline)
 			return cx_err(
 				-EAGAIN,
@@ -582,6 +622,7 @@ CX_EXPORT int cprxfer_save_start(cprxfer_channel *ch, const cprxfer_state *st)
 	ch->io.wlen = 0;
 	ch->op = CX_OP_SAVE;
 	ch->op_refused = false;
+	ch->op_grace = 0;
 	ch->op_before = ch->io.out_bytes;
 	ch->op_deadline = op_deadline(ch);
 	cx_io_deadline(&ch->io, ch->o.timeout_ms);
@@ -759,6 +800,8 @@ CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
 		}
 	}
 	rc = load_scan(ch);
+	if (rc == -EAGAIN)
+		rc = not_yet(ch);
 	if (rc == -EAGAIN && cx_now_ns() < ch->op_deadline)
 		return cx_err(-EAGAIN, "%s: %zu bytes of the stream in", what,
 			      cx_io_buffered(&ch->io));

@@ -70,9 +70,10 @@ struct cprxfer_channel {
 		CX_OP_SAVE,
 		CX_OP_LOAD
 	} op;
-	int64_t op_deadline;  /* CLOCK_MONOTONIC ns; INT64_MAX: none */
-	uint64_t op_before;   /* save: io.out_bytes when it started */
-	bool op_refused;      /* save: the peer spoke; reading its ack */
+	int64_t op_deadline; /* CLOCK_MONOTONIC ns; INT64_MAX: none */
+	uint64_t op_before;  /* save: io.out_bytes when it started */
+	bool op_refused;     /* save: the peer spoke; reading its ack */
+	int64_t op_grace; /* save: hang-up seen; wait until then for a pidfd */
 	struct cx_spool *sv;  /* save: the encoded stream still to send */
 	uint64_t ld_scan;     /* load: buffered bytes checked, whole frames */
 	uint64_t ld_declared; /* load: BEGIN's declared bytes (0: not yet) */

@@ -998,6 +998,53 @@ static void test_other_calls_fail_einprogress_during_save_and_load(void **u)
 	big_free(&b);
 }
 
+/* A spawned successor that dies mid-save: the step says so (-ECHILD). */
+static void test_save_step_successor_death_ends_with_echild(void **u)
+{
+	char target[512], *argv[] = { target, "hang", NULL };
+	cprxfer_successor *sp;
+	struct loop_stats s;
+	struct big b = { 0 };
+	cprxfer_channel *ch;
+	int64_t t0;
+	int rc;
+
+	snprintf(target, sizeof(target), "%s/successor-target",
+		 CX_TEST_BUILDDIR);
+	rc = cprxfer_spawn(target, argv, NULL, NULL, &sp);
+	if (rc == -ENOSYS && valgrind()) {
+		print_message("skipped: valgrind does not know pidfd_open\n");
+		skip();
+	}
+	assert_int_equal(rc, 0);
+	assert_int_equal(cprxfer_successor_channel(sp, &ch), 0);
+	big_make(&b, 10, 4u << 20);
+	/* It never reads: the save stays in progress. */
+	assert_int_equal(cprxfer_save_start(ch, b.st), -EAGAIN);
+	assert_int_equal(cprxfer_successor_kill(sp), 0);
+	t0 = now_us();
+	memset(&s, 0, sizeof(s));
+	s.rc = -EAGAIN;
+	while (s.rc == -EAGAIN) {
+		struct pollfd p = { .fd = cprxfer_channel_fd(ch),
+				    .events = POLLIN };
+
+		poll(&p, 1, -1);
+		s.rc = cprxfer_save_step(ch);
+		s.steps++;
+	}
+	print_message(
+		"successor killed mid-save: %d after %lld us, %d steps: %s\n",
+		s.rc, (long long)(now_us() - t0), s.steps, cprxfer_errmsg());
+	assert_int_equal(s.rc, -ECHILD);
+	assert_true(s.steps < 50);
+	/* (The fd stays readable: the pidfd of a dead successor is.) */
+	assert_int_equal(cprxfer_wait_ack(ch, 0), -EPIPE);
+	cprxfer_channel_close(ch);
+	cprxfer_successor_free(sp);
+	big_free(&b);
+}
+
 /* ---- the whole handoff, steps only --------------------------------- */
 
 static int step_incoming(void *arg)
@@ -1088,6 +1135,7 @@ int main(int argc, char **argv)
 		tu_test(test_close_mid_load_closes_received_fds),
 		tu_test(test_save_step_deadline_ends_with_etimedout_no_cpu),
 		tu_test(test_other_calls_fail_einprogress_during_save_and_load),
+		tu_test(test_save_step_successor_death_ends_with_echild),
 		tu_test(test_two_phase_handoff_with_step_calls_only),
 	};
 
