@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "crc32c.h"
 #include "cleanup.h"
 #include "error.h"
 #include "stream.h"
@@ -664,6 +665,52 @@ enum {
 #define CX_PARK_MIN (256u << 10)
 
 /*
+ * Checksum the stream's bytes up to offset upto, as far as they are in
+ * (the buffer and the parks, in stream order), so that the decoding
+ * step does not checksum it all at once.
+ */
+static void load_crc(cprxfer_channel *ch, uint64_t upto)
+{
+	struct cx_io *io = &ch->io;
+	size_t have = cx_io_buffered(io);
+
+	while (ch->ld_crc_at < upto) {
+		struct cx_park *k = ch->ld_crc_park < io->nparks
+					    ? &io->parks[ch->ld_crc_park]
+					    : NULL;
+		size_t end = have, n;
+
+		if (k && ch->ld_crc_rel == k->at - io->rpos) {
+			n = k->got - ch->ld_crc_park_off;
+			if (n > upto - ch->ld_crc_at)
+				n = (size_t)(upto - ch->ld_crc_at);
+			if (!n)
+				return;
+			ch->ld_crc = cx_crc32c(ch->ld_crc,
+					       k->buf + ch->ld_crc_park_off, n);
+			ch->ld_crc_park_off += n;
+			ch->ld_crc_at += n;
+			if (ch->ld_crc_park_off == k->len) {
+				ch->ld_crc_park++;
+				ch->ld_crc_park_off = 0;
+			}
+			continue;
+		}
+		if (k && k->at - io->rpos < end)
+			end = k->at - io->rpos;
+		if (end <= ch->ld_crc_rel)
+			return;
+		n = end - ch->ld_crc_rel;
+		if (n > upto - ch->ld_crc_at)
+			n = (size_t)(upto - ch->ld_crc_at);
+		ch->ld_crc = cx_crc32c(ch->ld_crc,
+				       cx_io_peek(io) + ch->ld_crc_rel, n);
+		ch->ld_crc_rel += n;
+		ch->ld_crc_at += n;
+	}
+}
+
+/*
  * Buffer the stream frame by frame, never waiting, until the decoder
  * can run from memory: the END frame is in, or the decoder will refuse
  * what is in before it needs more (a bad header, a limit, a frame past
@@ -728,9 +775,19 @@ static int load_scan(cprxfer_channel *ch)
 		if (f.len > ch->ld_declared - ch->ld_scan - CX_HDR)
 			return LD_DECODE;
 		if (f.type == CX_F_END) {
+			uint64_t upto = ch->ld_scan + CX_HDR + 16;
+
 			rc = cx_io_fill_nowait(io, pos + CX_HDR + f.len,
 					       &budget);
-			return rc < 0 ? rc : LD_DECODE;
+			if (rc < 0)
+				return rc;
+			/* What the END frame's checksum covers. */
+			if (f.len == CX_END_LEN) {
+				load_crc(ch, upto);
+				io->crc_known = ch->ld_crc_at == upto;
+				io->crc_val = ch->ld_crc;
+			}
+			return LD_DECODE;
 		}
 		if (f.type != CX_F_RECORD && f.type != CX_F_FDS)
 			return LD_DECODE;
@@ -784,6 +841,10 @@ CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
 			return rc;
 		ch->op = CX_OP_LOAD;
 		ch->ld_scan = ch->ld_declared = ch->ld_parked = 0;
+		ch->ld_crc = 0;
+		ch->ld_crc_at = 0;
+		ch->ld_crc_rel = ch->ld_crc_park = ch->ld_crc_park_off = 0;
+		ch->io.crc_known = false;
 		ch->op_deadline = op_deadline(ch);
 		cx_io_deadline(&ch->io, ch->o.timeout_ms);
 		ch->io.accept_fds = true;
@@ -800,6 +861,8 @@ CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
 		}
 	}
 	rc = load_scan(ch);
+	if (rc == -EAGAIN && ch->ld_declared)
+		load_crc(ch, ch->ld_scan); /* the frames judged so far */
 	if (rc == -EAGAIN)
 		rc = not_yet(ch);
 	if (rc == -EAGAIN && cx_now_ns() < ch->op_deadline)
@@ -817,6 +880,7 @@ CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
 		rc = cx_err(-EBADMSG, "stream truncated");
 	if (rc < 0)
 		cx_io_drop_fds(&ch->io);
+	ch->io.crc_known = false;
 	op_end(ch);
 	cx_io_drop_parks(&ch->io);
 	cx_io_shrink(&ch->io);

@@ -78,6 +78,11 @@ struct cprxfer_channel {
 	uint64_t ld_scan;     /* load: buffered bytes checked, whole frames */
 	uint64_t ld_declared; /* load: BEGIN's declared bytes (0: not yet) */
 	uint64_t ld_parked;   /* load: bytes of values read apart (io.parks) */
+	/* load: the checksum of the stream's first ld_crc_at bytes; where
+	 * they end: ld_crc_rel in the buffer (from rpos), or in a park */
+	uint32_t ld_crc;
+	uint64_t ld_crc_at;
+	size_t ld_crc_rel, ld_crc_park, ld_crc_park_off;
 
 	/* The successor this channel leads to (cprxfer_spawn), or NULL. */
 	struct cprxfer_successor *succ;

@@ -83,6 +83,12 @@ struct cx_io {
 	/* Parked values, in stream order; parks[park_next] is next. */
 	struct cx_park *parks;
 	size_t nparks, cparks, park_next;
+	/*
+	 * The stream's checksum, computed already as it arrived (a
+	 * non-blocking load): the decoder uses it instead of its own.
+	 */
+	bool crc_known;
+	uint32_t crc_val;
 
 	/*
 	 * A process watched alongside every wait (-1: none): when its

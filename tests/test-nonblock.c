@@ -614,8 +614,9 @@ static int raw_writer(int sock, const struct feed *f)
 		int fds[64], i;
 		ssize_t r;
 
-		if (end - off > 100)
-			end = off + 100;
+		/* Small pieces; larger ones for a large stream. */
+		if (end - off > (len > 65536 ? 65536u : 100u))
+			end = off + (len > 65536 ? 65536u : 100u);
 		iov.iov_len = end - off;
 		if (off == f->fd_at && f->nfds) {
 			struct cmsghdr *h;
@@ -748,6 +749,25 @@ static void test_load_step_hostile_streams_fail_as_load_does(void **u)
 	free(f.s.p);
 	free(body.p);
 	body = (struct buf){ 0 };
+
+	/* A large blob (read into a buffer of its own, and checksummed as
+	 * it arrives by load_step) with one byte flipped. */
+	{
+		size_t n = 300u << 10;
+		uint8_t *blob = calloc(1, n);
+
+		assert_non_null(blob);
+		rec(&body, CPRXFER_TYPE_BLOB, "large", blob, n);
+		f = (struct feed){ 0 };
+		f.s = wrap(&body, 1, 0);
+		same(&f, NULL, 0);
+		f.s.p[f.s.len / 2] ^= 0x40;
+		same(&f, NULL, -EBADMSG);
+		free(f.s.p);
+		free(body.p);
+		free(blob);
+		body = (struct buf){ 0 };
+	}
 
 	/* The sender's abort instead of a stream: -ECANCELED. */
 	{
