@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/ioctl.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -172,7 +174,9 @@ static void test_bad_args(void **unused)
 	assert_int_equal(cprxfer_seccomp_allow(NULL, CPRXFER_MODE_TRANSFER),
 			 -EINVAL);
 	assert_int_equal(cprxfer_seccomp_allow(ctx, 0), -EINVAL);
-	assert_int_equal(cprxfer_seccomp_allow(ctx, 1u << 3), -EINVAL);
+	assert_int_equal(cprxfer_seccomp_allow(ctx, 1u << 5), -EINVAL);
+	assert_int_equal(cprxfer_seccomp_allow(ctx, CPRXFER_MODE_RESTART), 0);
+	assert_int_equal(cprxfer_seccomp_allow(ctx, CPRXFER_MODE_KEXEC), 0);
 	assert_int_equal(
 		cprxfer_seccomp_allow(ctx, CPRXFER_MODE_FILE | (1u << 31)),
 		-EINVAL);
@@ -388,6 +392,97 @@ static void test_transfer_rendezvous(void **unused)
 	(void)unused;
 	skip();
 #endif
+}
+
+/* ---- transfer mode: the listener's group, the peer's pidfd ---------- */
+
+#ifdef HAVE_RENDEZVOUS
+/*
+ * cprxfer_opts_set_socket_group: listen gives the socket its group with
+ * fchownat under the filter; then a peer connects and is accepted.
+ */
+static int group_child(void *arg)
+{
+	const char *path = arg;
+	cprxfer_listener *l;
+	cprxfer_opts *o = cprxfer_opts_new();
+	struct stat sb;
+
+	if (!o || cprxfer_opts_set_socket_group(o, 4321) ||
+	    cprxfer_opts_set_socket_mode(o, 0660))
+		return 1;
+	if (sandbox(SCMP_ACT_KILL_PROCESS, CPRXFER_MODE_TRANSFER, false))
+		return 100;
+	if (cprxfer_listen_opts(path, o, &l))
+		return step_failed(2, "cprxfer_listen_opts");
+	if (lstat(path, &sb) || sb.st_gid != 4321 ||
+	    (sb.st_mode & 0777) != 0660)
+		return step_failed(3, "the socket's group and mode");
+	cprxfer_listener_close(l);
+	cprxfer_opts_free(o);
+	return 0;
+}
+#endif
+
+static void test_listen_with_socket_group_under_filter(void **unused)
+{
+#ifdef HAVE_RENDEZVOUS
+	char *dir = tu_tmpdir(), path[256];
+
+	(void)unused;
+	assert_non_null(dir);
+	if (geteuid() != 0) {
+		/* chown to a group we are not in needs CAP_CHOWN */
+		tu_rmdir(dir);
+		free(dir);
+		skip();
+	}
+	snprintf(path, sizeof(path), "%s/grouped.sock", dir);
+	assert_int_equal(tu_wait(tu_fork(group_child, path)), 0);
+	tu_rmdir(dir);
+	free(dir);
+#else
+	(void)unused;
+	skip();
+#endif
+}
+
+/* PIDFD_GET_INFO as lib/handshake.c passes it (Linux 6.13). */
+struct pidfd_info64 {
+	uint64_t mask, cgroupid;
+	uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid;
+	uint32_t fsuid, fsgid;
+	int32_t exit_code;
+};
+
+static int pidfd_child(void *arg)
+{
+	struct pidfd_info64 info = { .mask = 1 };
+	int pfd = (int)syscall(SYS_pidfd_open, getpid(), 0), n = 0;
+
+	(void)arg;
+	if (pfd < 0)
+		return 1;
+	if (sandbox(SCMP_ACT_ERRNO(EPERM), CPRXFER_MODE_TRANSFER, false))
+		return 100;
+	/* The one ioctl the list allows: a kernel without it says ENOTTY. */
+	if (ioctl(pfd, _IOWR(0xFF, 11, struct pidfd_info64), &info) == 0) {
+		if (info.pid != (uint32_t)getpid())
+			return 2;
+	} else if (errno != ENOTTY && errno != EINVAL) {
+		return 3;
+	}
+	/* Any other ioctl is refused. */
+	if (ioctl(pfd, FIONREAD, &n) == 0 || errno != EPERM)
+		return 4;
+	close(pfd);
+	return 0;
+}
+
+static void test_pidfd_get_info_allowed_other_ioctls_refused(void **unused)
+{
+	(void)unused;
+	assert_int_equal(tu_wait(tu_fork(pidfd_child, NULL)), 0);
 }
 
 /* ---- file mode ----------------------------------------------------- */
@@ -669,6 +764,8 @@ int main(int argc, char **argv)
 		tu_test(test_lists_differ),
 		tu_test(test_transfer_socketpair),
 		tu_test(test_transfer_rendezvous),
+		tu_test(test_listen_with_socket_group_under_filter),
+		tu_test(test_pidfd_get_info_allowed_other_ioctls_refused),
 		tu_test(test_file),
 		tu_test(test_exec),
 		tu_test(test_forbidden_errno),
