@@ -912,6 +912,7 @@ static int noproc_child(void *arg)
 	fd[K_SHM_TMPFILE] =
 		open("/dev/shm", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	snprintf(path, sizeof(path), "%s/ram", dir);
+	free((void *)dir); /* the child's copy */
 	fd[K_FILE] = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
 	fd[K_DEVNULL] = open("/dev/null", O_RDWR | O_CLOEXEC);
 	fd[K_HUGE] = memfd_create("k", MFD_CLOEXEC | MFD_ALLOW_SEALING |
@@ -924,7 +925,7 @@ static int noproc_child(void *arg)
 		return 80;
 	judge(fd, &with);
 	if (unshare(CLONE_NEWNS) < 0 ||
-	    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+	    mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ||
 	    umount2("/proc", MNT_DETACH) < 0)
 		return 97;
 	if (access("/proc/self/fd", F_OK) == 0)
