@@ -28,7 +28,11 @@
  *   poll (ppoll), inotify_init1, inotify_add_watch, inotify_rm_watch,
  *   lstat, stat (newfstatat), chmod (fchmodat), fchownat (the socket's
  *   group), rename (renameat), renameat2, unlink (unlinkat), ioctl
- *   (PIDFD_GET_INFO only: is a peer allowed by pid still alive?)
+ *   (PIDFD_GET_INFO only: is a peer allowed by pid still alive?);
+ *   for cprxfer_spawn and the successor calls: socketpair, clone
+ *   (CLONE_VM | CLONE_VFORK | SIGCHLD only; clone3 fails with ENOSYS so
+ *   that posix_spawn falls back to it), rt_sigaction, execve, pidfd_open,
+ *   waitid, wait4, pidfd_send_signal and kill (SIGKILL only)
  *
  * CPRXFER_MODE_EXEC (cprxfer_exec, cprxfer_load_exec):
  *   execve, pread64, and for the helper that unmaps the old image after
@@ -146,16 +150,18 @@ static const struct {
 	{ "unlinkat", T | F },
 
 	/* exec in place */
-	{ "execve", X },
-	{ "pread64", X | F | R }, /* the stream magic; the CRC */
-	{ "pipe2", X | R },	  /* the exec wakes the helper; BARRIER=1 */
-	{ "wait4", X },		  /* reap the intermediate */
-	{ "rt_sigprocmask", X },  /* signals blocked around the clone */
-	{ "rt_sigaction", X },	  /* the helper resets handlers */
-	{ "close_range", X },	  /* the helper drops its files */
-	{ "pidfd_open", X },	  /* the helper; the new image */
-	{ "socketpair", X },	  /* confirmation socket */
-	{ "sendto", X },	  /* cprxfer_exec_commit */
+	{ "execve", X | T },	   /* exec mode; cprxfer_spawn's child */
+	{ "pread64", X | F | R },  /* the stream magic; the CRC */
+	{ "pipe2", X | R },	   /* the exec wakes the helper; BARRIER=1 */
+	{ "wait4", X | T },	   /* reap the intermediate; a failed spawn */
+	{ "rt_sigprocmask", X },   /* signals blocked around the clone */
+	{ "rt_sigaction", X | T }, /* the exec helper and cprxfer_spawn's
+				   * child reset handlers */
+	{ "close_range", X },	   /* the helper drops its files */
+	{ "pidfd_open", X | T },   /* the helper; the new image; a successor */
+	{ "waitid", T },	   /* a successor: exited? reap it */
+	{ "socketpair", X | T },   /* confirmation socket; a successor's */
+	{ "sendto", X },	   /* cprxfer_exec_commit */
 	{ "recvfrom", X },
 	{ "execveat", X }, /* the fallback */
 	{ "exit", X },	   /* the helper's own exit */
@@ -218,6 +224,42 @@ static int add_exec_args(scmp_filter_ctx ctx)
 	return rc;
 }
 
+/*
+ * cprxfer_spawn (posix_spawn) and cprxfer_successor_kill: glibc's
+ * posix_spawn makes its child with clone3 first, whose flags live in
+ * memory a filter cannot read: clone3 fails with ENOSYS, so that glibc
+ * falls back to clone with flags the filter can check. A caller that
+ * has its own rule for clone3 keeps it (-EEXIST is not an error here).
+ */
+static int add_spawn_args(scmp_filter_ctx ctx)
+{
+	const struct scmp_arg_cmp spawn[] = {
+		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | CLONE_VFORK | SIGCHLD),
+	};
+	const struct scmp_arg_cmp sigkill[] = {
+		SCMP_A1(SCMP_CMP_EQ, SIGKILL),
+	};
+	int nr = seccomp_syscall_resolve_name("clone3");
+	int rc;
+
+	rc = add(ctx, "clone", 1, spawn);
+	if (rc == 0)
+		rc = add(ctx, "pidfd_send_signal", 1, sigkill);
+	if (rc == 0)
+		rc = add(ctx, "kill", 1, sigkill);
+	if (rc == 0 && nr != __NR_SCMP_ERROR) {
+		rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0);
+		if (rc == -EEXIST)
+			rc = 0;
+		if (rc < 0)
+			return cx_err(
+				rc,
+				"cprxfer_seccomp_allow: rule for clone3: libseccomp error %d",
+				rc);
+	}
+	return rc;
+}
+
 CX_EXPORT int cprxfer_seccomp_allow(scmp_filter_ctx ctx, unsigned modes)
 {
 	const unsigned known = T | X | F | R;
@@ -274,6 +316,8 @@ CX_EXPORT int cprxfer_seccomp_allow(scmp_filter_ctx ctx, unsigned modes)
 		rc = add(ctx, "socket", 2, unix_stream);
 	if (rc == 0 && (modes & T))
 		rc = add(ctx, "ioctl", 1, pidfd_info);
+	if (rc == 0 && (modes & T))
+		rc = add_spawn_args(ctx);
 	if (rc == 0 && (modes & R))
 		rc = add(ctx, "socket", 2, unix_dgram);
 	return rc;

@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cprxfer/cprxfer.h>
@@ -485,6 +486,71 @@ static void test_pidfd_get_info_allowed_other_ioctls_refused(void **unused)
 	assert_int_equal(tu_wait(tu_fork(pidfd_child, NULL)), 0);
 }
 
+/* ---- transfer mode: a successor the library starts ------------------ */
+
+#define SUCCESSOR_ARG "--seccomp-successor"
+
+/* The successor, started by cprxfer_spawn under the inherited filter. */
+static int successor_main(void)
+{
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	uint64_t v = 0;
+
+	if (cprxfer_inherit(NULL, &ch))
+		return step_failed(50, "cprxfer_inherit");
+	if (cprxfer_load(ch, &st) || cprxfer_get_u64(st, "v", &v) || v != 77)
+		return step_failed(51, "cprxfer_load");
+	if (cprxfer_ack(ch, 0, NULL))
+		return step_failed(52, "cprxfer_ack");
+	cprxfer_state_free(st);
+	/* Until the starter kills it: its kill and reap are tested. */
+	cprxfer_wait_commit(ch, 10000);
+	return 53;
+}
+
+static int spawner(void *arg)
+{
+	char *argv[] = { (char *)"test-seccomp", (char *)SUCCESSOR_ARG, NULL };
+	cprxfer_successor *s;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+
+	(void)arg;
+	if (sandbox(SCMP_ACT_ERRNO(EPERM), CPRXFER_MODE_TRANSFER, true))
+		return 100;
+	st = cprxfer_state_new();
+	if (!st || cprxfer_put_u64(st, "v", 77))
+		return step_failed(60, "state");
+	if (cprxfer_spawn("/proc/self/exe", argv, environ, NULL, &s))
+		return step_failed(61, "cprxfer_spawn");
+	if (cprxfer_successor_channel(s, &ch))
+		return step_failed(62, "cprxfer_successor_channel");
+	if (cprxfer_save(ch, st) || cprxfer_wait_ack(ch, 10000))
+		return step_failed(63, "save + ack");
+	/* Rollback: the successor is killed (pidfd) and reaped (waitid). */
+	if (cprxfer_successor_kill(s))
+		return step_failed(64, "cprxfer_successor_kill");
+	if (waitpid(-1, NULL, WNOHANG) != -1 || errno != ECHILD)
+		return step_failed(65, "a child left unreaped");
+	cprxfer_channel_close(ch);
+	cprxfer_successor_free(s);
+	cprxfer_state_free(st);
+	return 0;
+}
+
+/*
+ * cprxfer_spawn, cprxfer_successor_channel and cprxfer_successor_kill
+ * under a default-deny filter with the transfer list (and what the
+ * successor's own start-up needs): posix_spawn's clone3 is made to fail
+ * with ENOSYS, its clone fallback is allowed by its flags.
+ */
+static void test_spawned_successor_under_filter(void **unused)
+{
+	(void)unused;
+	assert_int_equal(tu_wait(tu_fork(spawner, NULL)), 0);
+}
+
 /* ---- file mode ----------------------------------------------------- */
 
 static int file_child(void *arg)
@@ -766,6 +832,7 @@ int main(int argc, char **argv)
 		tu_test(test_transfer_rendezvous),
 		tu_test(test_listen_with_socket_group_under_filter),
 		tu_test(test_pidfd_get_info_allowed_other_ioctls_refused),
+		tu_test(test_spawned_successor_under_filter),
 		tu_test(test_file),
 		tu_test(test_exec),
 		tu_test(test_forbidden_errno),
@@ -773,6 +840,8 @@ int main(int argc, char **argv)
 		tu_test(test_ram_allowed_with_readlinkat),
 	};
 
+	if (argc > 1 && !strcmp(argv[1], SUCCESSOR_ARG))
+		_exit(successor_main());
 #ifdef HAVE_EXEC
 	/* _exit: no atexit work (LeakSanitizer's) under the filter. */
 	if (argc > 1 && !strcmp(argv[1], EXEC_CHILD_ARG))
