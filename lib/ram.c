@@ -73,23 +73,36 @@ static size_t page_size(void)
  */
 static bool is_memfd(const struct stat *st, const struct statfs *sf)
 {
+	/*
+	 * The internal mounts' st_dev, per page shift (0: tmpfs), learnt
+	 * once per process: they do not change while the kernel runs, and a
+	 * memfd_create per check would cost ~10 us in every load of a region.
+	 * 0: not known yet. Threads that race store the same value.
+	 */
+	static uint64_t dev_of[64];
 	cx_autoclose int probe = -1;
-	unsigned int fl = MFD_CLOEXEC;
+	unsigned int fl = MFD_CLOEXEC, shift = 0;
 	struct stat ps;
+	uint64_t dev;
 
 	if (!S_ISREG(st->st_mode) || st->st_nlink != 0)
 		return false;
 	if (sf->f_type == HUGETLBFS_MAGIC) {
-		unsigned int shift = 0;
-
 		while (shift < 63 && (1ull << shift) < (uint64_t)sf->f_bsize)
 			shift++;
 		fl |= MFD_HUGETLB | (shift << MFD_HUGE_SHIFT);
 	} else if (sf->f_type != TMPFS_MAGIC) {
 		return false;
 	}
-	probe = memfd_create("cprxfer-probe", fl);
-	return probe >= 0 && fstat(probe, &ps) == 0 && ps.st_dev == st->st_dev;
+	dev = __atomic_load_n(&dev_of[shift], __ATOMIC_RELAXED);
+	if (!dev) {
+		probe = memfd_create("cprxfer-probe", fl);
+		if (probe < 0 || fstat(probe, &ps) < 0)
+			return false;
+		dev = (uint64_t)ps.st_dev;
+		__atomic_store_n(&dev_of[shift], dev, __ATOMIC_RELAXED);
+	}
+	return dev == (uint64_t)st->st_dev;
 }
 
 /*
