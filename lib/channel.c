@@ -824,6 +824,33 @@ static int load_scan(cprxfer_channel *ch)
 	}
 }
 
+/*
+ * The stream stopped coming (the peer left or died, the deadline passed,
+ * too many fds came) with part of it buffered. A blocking load would have read that
+ * part first and refused what in it breaks a rule before it waited for
+ * more: decode it, so the answer is the same. Only if the decoder runs
+ * dry is the answer err, with its reason.
+ */
+static int decode_dry(cprxfer_channel *ch, int err, const char *what,
+		      cprxfer_state **out)
+{
+	char why[CX_REASON_MAX];
+	int rc;
+
+	if (!ch->ld_declared && !cx_io_buffered(&ch->io))
+		return err;
+	snprintf(why, sizeof(why), "%s", cx_errmsg_get());
+	ch->io.dry = true;
+	rc = peek_decision(ch, what);
+	if (rc == 0)
+		rc = cx_decode(&ch->io, &ch->o, CX_MODE_SOCKET, out);
+	ch->io.dry = false;
+	if (rc != -EAGAIN)
+		return rc;
+	cx_errmsg_set("%s", why);
+	return err;
+}
+
 CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
 {
 	static const char what[] = "cprxfer_load_step";
@@ -876,6 +903,8 @@ CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
 		rc = peek_decision(ch, what);
 	else if (rc == LD_DECODE)
 		rc = cx_decode(&ch->io, &ch->o, CX_MODE_SOCKET, out);
+	else if (rc < 0)
+		rc = decode_dry(ch, rc, what, out);
 	if (rc == -EAGAIN)
 		rc = cx_err(-EBADMSG, "stream truncated");
 	if (rc < 0)

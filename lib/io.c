@@ -288,6 +288,8 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 		struct cmsghdr align;
 	} u;
 
+	if (io->dry)
+		return cx_err(-EAGAIN, "read: only what is buffered is read");
 	for (;;) {
 		struct iovec iov = { .iov_base = dst, .iov_len = n };
 		struct msghdr m = {
@@ -347,9 +349,15 @@ int cx_io_read(struct cx_io *io, void *dst, size_t n)
 	size_t have = cx_io_buffered(io);
 
 	if (io->park_next < io->nparks &&
-	    io->rpos + n > io->parks[io->park_next].at)
+	    io->rpos + n > io->parks[io->park_next].at) {
+		/* Decoding what is in: a value only partly read runs dry. */
+		if (io->dry &&
+		    io->parks[io->park_next].got < io->parks[io->park_next].len)
+			return cx_err(-EAGAIN,
+				      "read: only what is buffered is read");
 		return cx_err(-EBADMSG,
 			      "stream read across a value kept apart");
+	}
 
 	if (have >= n) {
 		memcpy(d, io->rbuf + io->rpos, n);
@@ -687,10 +695,12 @@ int cx_io_fill_park(struct cx_io *io, size_t *budget)
 
 uint8_t *cx_io_unpark(struct cx_io *io, size_t len)
 {
-	struct cx_park *k = &io->parks[io->park_next];
+	struct cx_park *k;
 
-	if (io->park_next == io->nparks || k->at != io->rpos || k->len != len ||
-	    k->got != len)
+	if (io->park_next == io->nparks)
+		return NULL;
+	k = &io->parks[io->park_next];
+	if (k->at != io->rpos || k->len != len || k->got != len)
 		return NULL;
 	io->park_next++;
 	return cx_steal_ptr(&k->buf);

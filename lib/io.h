@@ -79,6 +79,8 @@ struct cx_io {
 	struct cx_spool *spool;
 	/* Reads never wait: where they would, they fail with -EAGAIN. */
 	bool nowait;
+	/* Reads take only what is buffered: -EAGAIN where they would read. */
+	bool dry;
 
 	/* Parked values, in stream order; parks[park_next] is next. */
 	struct cx_park *parks;
