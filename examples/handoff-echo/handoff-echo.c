@@ -109,6 +109,7 @@ struct server {
 	/* the handoff in progress */
 	enum phase ph;
 	const char *control; /* where the new instance listens */
+	bool serving;	     /* "work" is in "loop" */
 	bool spawn, split, refuse, stats, sending;
 	cprxfer_successor *succ;
 	cprxfer_listener *l;
@@ -118,7 +119,7 @@ struct server {
 	int64_t deadline, t_start, t_stop;
 
 	/* measurements (--stats) */
-	int64_t max_gap, iterations;
+	int64_t t_iter, max_gap, iterations;
 	size_t nprep, nnew;
 };
 
@@ -166,6 +167,11 @@ static struct client *add_client(struct server *s, int fd, uint32_t prep)
 
 static void drop_client(struct server *s, struct client *c)
 {
+	/*
+	 * Explicitly: a copy of the socket in the new instance (or in
+	 * flight to it) would keep an epoll watch alive past close().
+	 */
+	epoll_ctl(s->work, EPOLL_CTL_DEL, c->fd, NULL);
 	if (s->sending && c->prep != NOT_PREPARED)
 		s->doomed[s->ndoomed++] = c->fd; /* the state names it */
 	else
@@ -248,6 +254,7 @@ static int set_serving(struct server *s, bool on)
 	if (epoll_ctl(s->loop, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, s->work,
 		      &ev) < 0)
 		return -errno;
+	s->serving = on;
 	return 0;
 }
 
@@ -378,6 +385,16 @@ static cprxfer_state *final_round(struct server *s)
 	return NULL;
 }
 
+/* The loop ran from t_iter to now: count it if it served while preparing. */
+static void account(struct server *s, int64_t now)
+{
+	if (s->ph != CONNECTING && s->ph != PREPARE_ACK)
+		return;
+	s->iterations++;
+	if (now - s->t_iter > s->max_gap)
+		s->max_gap = now - s->t_iter;
+}
+
 static void sent(struct server *s)
 {
 	s->sending = false;
@@ -412,6 +429,7 @@ static int out_advance(struct server *s)
 			break;
 		/* The blackout starts. */
 		s->t_stop = now_ns();
+		account(s, s->t_stop);
 		rc = set_serving(s, false);
 		if (rc == 0)
 			rc = send_round(s, final_round(s));
@@ -443,6 +461,7 @@ static int out_end(struct server *s, int rc)
 		fprintf(stderr,
 			"handoff-echo: handoff failed, serving on: %s\n",
 			cprxfer_errmsg());
+	account(s, now_ns());
 	out_stats(s, rc > 0 ? "commit" : "rollback");
 	sent(s);
 	/* Undecided: closing tells the new instance to go. */
@@ -598,8 +617,8 @@ static int in_advance(struct server *s)
 		return rc;
 	printf("handoff-echo: took over %zu clients\n", s->n);
 	if (s->stats)
-		printf("{\"role\":\"new\",\"clients\":%zu,\"prepared\":%zu,\"new_in_final\":%zu,\"blackout_us\":%lld}\n",
-		       s->n, s->nprep, s->nnew,
+		printf("{\"role\":\"new\",\"pid\":%d,\"clients\":%zu,\"prepared\":%zu,\"new_in_final\":%zu,\"blackout_us\":%lld}\n",
+		       (int)getpid(), s->n, s->nprep, s->nnew,
 		       (long long)(now_ns() - s->t_stop) / 1000);
 	fflush(stdout);
 	return 1;
@@ -674,7 +693,7 @@ static int run(struct server *s)
 {
 	for (;;) {
 		struct epoll_event ev[8];
-		int64_t t, left = -1;
+		int64_t left = -1;
 		int i, n, rc = 0;
 
 		if (s->ph != IDLE && s->deadline != INT64_MAX)
@@ -684,9 +703,10 @@ static int run(struct server *s)
 		n = epoll_wait(s->loop, ev, 8, left < 0 ? -1 : (int)left);
 		if (n < 0 && errno != EINTR)
 			return -errno;
-		t = now_ns();
+		s->t_iter = now_ns();
 		for (i = 0; rc == 0 && i < n; i++) {
-			if (ev[i].data.u64 == EV_WORK)
+			/* Not once stopped, even if reported before. */
+			if (ev[i].data.u64 == EV_WORK && s->serving)
 				serve_work(s);
 			else if (ev[i].data.u64 == EV_SIGNAL)
 				rc = on_signal(s);
@@ -699,12 +719,7 @@ static int run(struct server *s)
 		if (rc != 0)
 			return rc;
 		/* How long this iteration kept the loop from waiting. */
-		t = now_ns() - t;
-		if (s->ph >= CONNECTING && s->ph <= PREPARE_ACK) {
-			s->iterations++;
-			if (t > s->max_gap)
-				s->max_gap = t;
-		}
+		account(s, now_ns());
 	}
 }
 
