@@ -272,9 +272,11 @@ static int pump_until_exit(pid_t pid, int max_ms)
 
 	while (tu_now_ms() < end) {
 		pump(5, 0);
-		if (waitpid(pid, &st, WNOHANG) == pid)
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			drain();
 			return WIFEXITED(st) ? WEXITSTATUS(st)
 					     : 128 + WTERMSIG(st);
+		}
 	}
 	fail_msg("pid %d still running after %d ms", (int)pid, max_ms);
 	return -1;
@@ -549,17 +551,18 @@ static void check_all_alive(void)
 static void churn_until_exit(pid_t pid, int *closed, int *opened)
 {
 	int64_t end = tu_now_ms() + 20000;
-	int st, next = ntalk;
+	static int next;
+	int st, i;
 
 	for (;;) {
 		assert_true(tu_now_ms() < end);
 		pump(1, 0);
-		if (next < ncl && cl[next].fd >= 0) {
-			close(cl[next].fd);
-			cl[next].fd = -1;
+		i = ntalk + (next++ * 97) % (ncl - ntalk);
+		if (cl[i].fd >= 0) {
+			close(cl[i].fd);
+			cl[i].fd = -1;
 			(*closed)++;
 		}
-		next += 97;
 		if (ncl < MAXCL) {
 			add_client();
 			(*opened)++;
@@ -567,6 +570,7 @@ static void churn_until_exit(pid_t pid, int *closed, int *opened)
 		if (waitpid(pid, &st, WNOHANG) == pid)
 			break;
 	}
+	drain();
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
