@@ -365,7 +365,8 @@ static cprxfer_state *final_round(struct server *s)
 		t[i] = (struct live){ c->prep, (uint32_t)c->plen };
 		if (c->prep == NOT_PREPARED)
 			fds[s->nnew++] = c->fd;
-		memcpy(pend + off, c->pend, c->plen);
+		if (c->plen)
+			memcpy(pend + off, c->pend, c->plen);
 		off += c->plen;
 	}
 	if (rc == 0)
