@@ -263,7 +263,8 @@ static int set_serving(struct server *s, bool on)
 /* Start a new instance (--spawn) or reach it at s->control. */
 static int connect_start(struct server *s)
 {
-	char *argv[] = { "handoff-echo", "--inherit",
+	/* It can hand off the same way later. */
+	char *argv[] = { "handoff-echo", "--inherit", "--spawn",
 			 s->stats ? "--stats" : NULL, NULL };
 	cprxfer_opts *o = cprxfer_opts_new();
 	int rc;
@@ -597,6 +598,9 @@ static int in_advance(struct server *s)
 			rc = watch_handoff(s, cprxfer_channel_fd(s->ch));
 		if (rc < 0)
 			return rc;
+		/* One old instance: stop listening (and watching). */
+		cprxfer_listener_close(s->l);
+		s->l = NULL;
 		s->ph = LOAD_PREPARE;
 		s->deadline = now_ns() + HANDOFF_TIMEOUT_MS * 1000000LL;
 	}
