@@ -493,7 +493,7 @@ static void test_echo_handoff_spawn(void **state)
 	ntalk = NTALK;
 	pump(100, 0);
 	kill(pa->pid, SIGUSR1);
-	/* The successor writes to the same pipe, so wait for its line. */
+	/* Successors write to the same pipe: their lines come there. */
 	assert_int_equal(pump_until_exit(pa->pid, 10000), 0);
 	pump_until_stats(pa, "new", 0);
 	succ = (pid_t)stat_of(pa, "new", 0, "pid");
@@ -501,9 +501,18 @@ static void test_echo_handoff_spawn(void **state)
 		      stat_of(pa, "new", 0, "blackout_us"));
 	assert_true(succ > 0);
 	pump(200, 0);
+
+	/* It spawns the next one. This test is its subreaper (setup). */
+	kill(succ, SIGUSR1);
+	assert_int_equal(pump_until_exit(succ, 10000), 0);
+	pump_until_stats(pa, "new", 1);
+	succ = (pid_t)stat_of(pa, "new", 1, "pid");
+	print_message("its successor %d: blackout %lld us\n", (int)succ,
+		      stat_of(pa, "new", 1, "blackout_us"));
+	assert_true(succ > 0);
+	pump(200, 0);
 	pump(5000, 1);
 	finish_clients();
-	/* This test is its subreaper (setup): reap it as a child. */
 	kill(succ, SIGTERM);
 	assert_int_equal(tu_wait(succ), 0);
 	procs_close();
