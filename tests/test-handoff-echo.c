@@ -175,6 +175,28 @@ static long long stat_of(const struct proc *p, const char *role, int nth,
 	return -1;
 }
 
+/* CPU time (user + system) of pid so far, in clock ticks. */
+static long cpu_ticks(pid_t pid)
+{
+	unsigned long ut = 0, st = 0;
+	char path[64], buf[1024], *p;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "re");
+	assert_non_null(f);
+	assert_non_null(fgets(buf, sizeof(buf), f));
+	fclose(f);
+	p = strrchr(buf, ')');
+	assert_non_null(p);
+	assert_int_equal(
+		sscanf(p + 2,
+		       "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+		       &ut, &st),
+		2);
+	return (long)(ut + st);
+}
+
 static void add_client(void)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET,
@@ -448,6 +470,16 @@ static void test_loop_not_blocked_longer_than_blackout(void **state)
 		next = start(n);
 		pump_until_exists(path[h]);
 		pump(50, 0);
+		if (h == 0) {
+			/* Waiting for the old instance costs no CPU. */
+			long t0 = cpu_ticks(next->pid);
+
+			pump(500, 0);
+			print_message(
+				"new instance waiting 500 ms: %ld ticks of CPU\n",
+				cpu_ticks(next->pid) - t0);
+			assert_true(cpu_ticks(next->pid) - t0 <= 5);
+		}
 		kill(old->pid, SIGUSR1);
 		assert_int_equal(pump_until_exit(old->pid, 10000), 0);
 		pump_until_stats(next, "new", 0);
