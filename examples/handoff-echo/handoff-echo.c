@@ -471,9 +471,9 @@ static int out_end(struct server *s, int rc)
 			cprxfer_errmsg());
 	account(s, now_ns());
 	out_stats(s, rc > 0 ? "commit" : "rollback");
-	sent(s);
-	/* Undecided: closing tells the new instance to go. */
+	/* Undecided: closing tells the new instance to go (and cancels). */
 	cprxfer_channel_close(s->ch);
+	sent(s);
 	cprxfer_successor_free(s->succ);
 	cprxfer_state_free(s->st);
 	free(s->doomed);
@@ -534,7 +534,7 @@ static int in_final(struct server *s, cprxfer_state *st)
 	const struct live *t = NULL;
 	const char *pend = NULL;
 	size_t nt = 0, np = 0, nnew = 0, i, k = 0, off = 0;
-	size_t nprep = s->n;
+	size_t nprep = s->nprep;
 	bool *alive = calloc(nprep + 1, sizeof(bool));
 	uint64_t stopped = 0;
 	int *fds = NULL, rc;
