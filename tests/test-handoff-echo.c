@@ -44,6 +44,7 @@
 #define MAXCL	   10500 /* every client, idle ones included */
 #define WINDOW	   32768 /* bytes in flight per talking client */
 #define MAX_GAP_US 20000
+#define NHANDOFFS  5
 
 static char exe[512];
 static char *dir;
@@ -445,27 +446,35 @@ static void test_echo_handoff(void **state)
 	procs_close();
 }
 
+static int cmp_ll(const void *a, const void *b)
+{
+	long long x = *(const long long *)a, y = *(const long long *)b;
+
+	return (x > y) - (x < y);
+}
+
 static void test_loop_not_blocked_longer_than_blackout(void **state)
 {
-	char path[5][256];
+	long long gap[NHANDOFFS], blackout[NHANDOFFS];
+	char path[NHANDOFFS + 1][256];
 	struct proc *old, *next;
 	int h, i;
 
 	(void)state;
 	skip_unbuilt();
-	for (h = 0; h < 5; h++)
+	for (h = 0; h <= NHANDOFFS; h++)
 		snprintf(path[h], sizeof(path[h]), "%s/loop%d.sock", dir, h);
 	old = start_first(path[0], NULL);
 	for (i = 0; i < NTALK; i++)
 		add_client();
 	ntalk = NTALK;
 	pump(100, 0);
-	for (h = 0; h < 4; h++) {
+	for (h = 0; h < NHANDOFFS; h++) {
 		const char *n[] = {
 			"handoff-echo", "--incoming", path[h], "--control",
 			path[h + 1],	"--stats",    NULL
 		};
-		long long gap, blackout, iters;
+		long long iters;
 
 		next = start(n);
 		pump_until_exists(path[h]);
@@ -483,17 +492,22 @@ static void test_loop_not_blocked_longer_than_blackout(void **state)
 		kill(old->pid, SIGUSR1);
 		assert_int_equal(pump_until_exit(old->pid, 10000), 0);
 		pump_until_stats(next, "new", 0);
-		gap = stat_of(old, "old", 0, "max_loop_gap_us");
+		gap[h] = stat_of(old, "old", 0, "max_loop_gap_us");
 		iters = stat_of(old, "old", 0, "prepare_iterations");
-		blackout = stat_of(next, "new", 0, "blackout_us");
+		blackout[h] = stat_of(next, "new", 0, "blackout_us");
 		print_message(
 			"handoff %d: max loop gap %lld us over %lld iterations of the prepare round, prepare %lld us; blackout %lld us\n",
-			h + 1, gap, iters, stat_of(old, "old", 0, "prepare_us"),
-			blackout);
-		assert_true(gap >= 0 && blackout >= 0);
-		assert_true(gap < MAX_GAP_US);
+			h + 1, gap[h], iters,
+			stat_of(old, "old", 0, "prepare_us"), blackout[h]);
+		assert_true(gap[h] >= 0 && blackout[h] >= 0);
+		assert_true(gap[h] < MAX_GAP_US);
 		old = next;
 	}
+	/* Either can catch a preemption on a loaded machine: the medians. */
+	qsort(gap, NHANDOFFS, sizeof(gap[0]), cmp_ll);
+	qsort(blackout, NHANDOFFS, sizeof(blackout[0]), cmp_ll);
+	print_message("median: max loop gap %lld us, blackout %lld us\n",
+		      gap[NHANDOFFS / 2], blackout[NHANDOFFS / 2]);
 	pump(5000, 1);
 	finish_clients();
 	end_proc(old);

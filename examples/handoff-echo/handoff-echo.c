@@ -65,6 +65,8 @@
 #define TAG		   "handoff-echo/1"
 #define HANDOFF_TIMEOUT_MS 10000
 #define NOT_PREPARED	   UINT32_MAX
+/* Clients per prepare round (one sendmsg batch): each is a short step. */
+#define PREPARE_CHUNK 253
 
 /* What an event of the "loop" set is about. */
 enum {
@@ -81,8 +83,7 @@ enum phase {
 	FINAL_ACK,   /* stopped, final round sent (or being sent) */
 	/* new instance */
 	ACCEPTING,
-	LOAD_PREPARE,
-	LOAD_FINAL,
+	LOADING, /* prepare rounds, then the final one */
 	DECIDING,
 };
 
@@ -114,8 +115,12 @@ struct server {
 	cprxfer_successor *succ;
 	cprxfer_listener *l;
 	cprxfer_channel *ch;
-	cprxfer_state *st;    /* the round being sent */
-	int *doomed, ndoomed; /* closed while the state borrows them */
+	cprxfer_state *st; /* the round being sent */
+	size_t cursor;	   /* next client to look at for a prepare round */
+	size_t chunk;	   /* first prep index of the round being sent */
+	/* Clients that left while the round being sent names their fd. */
+	int doomed[PREPARE_CHUNK];
+	size_t ndoomed;
 	int64_t deadline, t_start, t_stop;
 
 	/* measurements (--stats) */
@@ -172,8 +177,8 @@ static void drop_client(struct server *s, struct client *c)
 	 * flight to it) would keep an epoll watch alive past close().
 	 */
 	epoll_ctl(s->work, EPOLL_CTL_DEL, c->fd, NULL);
-	if (s->sending && c->prep != NOT_PREPARED)
-		s->doomed[s->ndoomed++] = c->fd; /* the state names it */
+	if (s->sending && c->prep != NOT_PREPARED && c->prep >= s->chunk)
+		s->doomed[s->ndoomed++] = c->fd; /* a save is reading it */
 	else
 		close(c->fd);
 	s->c[c->i] = s->c[--s->n];
@@ -328,25 +333,31 @@ static int send_round(struct server *s, cprxfer_state *st)
 	return rc == -EAGAIN ? 0 : rc;
 }
 
-/* The long-lived fds: the listening socket and every client. */
+/*
+ * The long-lived fds: the listening socket (first round) and the next
+ * PREPARE_CHUNK clients not sent yet. A client that moved below the
+ * cursor (drop_client swaps) goes in the final round instead.
+ */
 static cprxfer_state *prepare_round(struct server *s)
 {
 	cprxfer_state *st = cprxfer_state_new();
-	int *fds = calloc(s->n + 1, sizeof(int));
-	size_t i;
-	int rc;
+	int fds[PREPARE_CHUNK];
+	size_t k = 0;
+	int rc = st ? 0 : -ENOMEM;
 
-	s->doomed = calloc(s->n + 1, sizeof(int));
-	rc = st && fds && s->doomed ? cprxfer_put_fd(st, "listen", s->lfd)
-				    : -ENOMEM;
-	for (i = 0; i < s->n; i++) {
-		s->c[i]->prep = s->split ? (uint32_t)i : NOT_PREPARED;
-		fds[i] = s->c[i]->fd;
+	if (rc == 0 && s->nprep == 0)
+		rc = cprxfer_put_fd(st, "listen", s->lfd);
+	s->chunk = s->nprep;
+	for (; s->split && s->cursor < s->n && k < PREPARE_CHUNK; s->cursor++) {
+		struct client *c = s->c[s->cursor];
+
+		if (c->prep == NOT_PREPARED) {
+			c->prep = (uint32_t)s->nprep++;
+			fds[k++] = c->fd;
+		}
 	}
-	s->nprep = s->split ? s->n : 0;
 	if (rc == 0)
-		rc = cprxfer_put_fds(st, "clients", fds, s->nprep);
-	free(fds);
+		rc = cprxfer_put_fds(st, "clients", fds, k);
 	if (rc == 0)
 		return st;
 	cprxfer_state_free(st);
@@ -435,6 +446,13 @@ static int out_advance(struct server *s)
 			return rc;
 		if (s->ph == FINAL_ACK)
 			break;
+		if (s->split && s->cursor < s->n) {
+			/* More to prepare; the loop runs in between. */
+			rc = send_round(s, prepare_round(s));
+			if (rc < 0)
+				return rc;
+			continue;
+		}
 		/* The blackout starts. */
 		s->t_stop = now_ns();
 		account(s, s->t_stop);
@@ -476,11 +494,9 @@ static int out_end(struct server *s, int rc)
 	sent(s);
 	cprxfer_successor_free(s->succ);
 	cprxfer_state_free(s->st);
-	free(s->doomed);
 	s->ch = NULL;
 	s->succ = NULL;
 	s->st = NULL;
-	s->doomed = NULL;
 	s->ph = IDLE;
 	if (rc <= 0 && s->t_stop)
 		set_serving(s, true);
@@ -489,6 +505,7 @@ static int out_end(struct server *s, int rc)
 
 static int out_start(struct server *s)
 {
+	size_t i;
 	int rc;
 
 	if (s->ph != IDLE || (!s->control && !s->spawn))
@@ -497,6 +514,9 @@ static int out_start(struct server *s)
 	s->t_start = now_ns();
 	s->t_stop = 0;
 	s->max_gap = s->iterations = 0;
+	s->nprep = s->cursor = 0;
+	for (i = 0; i < s->n; i++)
+		s->c[i]->prep = NOT_PREPARED;
 	s->deadline = s->t_start + HANDOFF_TIMEOUT_MS * 1000000LL;
 	rc = connect_start(s);
 	if (rc == 0)
@@ -510,22 +530,25 @@ static int out_start(struct server *s)
 
 static int in_prepare(struct server *s, cprxfer_state *st)
 {
-	int *fds = NULL, rc;
+	int *fds = NULL, rc = 0;
 	size_t n = 0, i;
 
-	s->lfd = cprxfer_take_fd(st, "listen");
-	rc = s->lfd < 0 ? s->lfd
-			: watch(s->work, EPOLL_CTL_ADD, s->lfd, EPOLLIN, NULL);
+	if (s->lfd < 0) {
+		s->lfd = cprxfer_take_fd(st, "listen");
+		rc = s->lfd < 0 ? s->lfd
+				: watch(s->work, EPOLL_CTL_ADD, s->lfd, EPOLLIN,
+					NULL);
+	}
 	if (rc == 0)
 		rc = cprxfer_take_fds(st, "clients", &fds, &n);
 	/* Watched in "work", which is not in "loop" before the commit. */
 	for (i = 0; rc == 0 && i < n; i++)
-		if (!add_client(s, fds[i], (uint32_t)i))
+		if (!add_client(s, fds[i], (uint32_t)s->n))
 			rc = -ENOMEM;
 	for (; i < n; i++)
 		close(fds[i]);
 	free(fds);
-	s->nprep = n;
+	s->nprep = s->n;
 	return rc;
 }
 
@@ -601,17 +624,21 @@ static int in_advance(struct server *s)
 		/* One old instance: stop listening (and watching). */
 		cprxfer_listener_close(s->l);
 		s->l = NULL;
-		s->ph = LOAD_PREPARE;
+		s->ph = LOADING;
 		s->deadline = now_ns() + HANDOFF_TIMEOUT_MS * 1000000LL;
 	}
-	while (s->ph == LOAD_PREPARE || s->ph == LOAD_FINAL) {
+	while (s->ph == LOADING) {
+		uint64_t v;
+		bool final;
+
 		rc = load_step(s, &st);
 		if (rc < 0)
 			return rc;
-		rc = s->ph == LOAD_PREPARE ? in_prepare(s, st)
-					   : in_final(s, st);
+		/* Prepare rounds until the one that says when the old stopped. */
+		final = cprxfer_get_u64(st, "stopped_ns", &v) == 0;
+		rc = final ? in_final(s, st) : in_prepare(s, st);
 		cprxfer_state_free(st);
-		if (rc == 0 && s->ph == LOAD_FINAL && s->refuse) {
+		if (rc == 0 && final && s->refuse) {
 			cprxfer_ack(s->ch, -EBUSY,
 				    "refused on request (--refuse)");
 			printf("handoff-echo: refused %zu clients\n", s->n);
@@ -621,7 +648,8 @@ static int in_advance(struct server *s)
 		cprxfer_ack(s->ch, rc, rc < 0 ? cprxfer_errmsg() : NULL);
 		if (rc < 0)
 			return rc;
-		s->ph = s->ph == LOAD_PREPARE ? LOAD_FINAL : DECIDING;
+		if (final)
+			s->ph = DECIDING;
 	}
 	/* Serve nothing until the old instance commits. */
 	rc = cprxfer_wait_commit(s->ch, 0);
@@ -655,7 +683,7 @@ static int in_start(struct server *s, const char *path)
 		rc = cprxfer_inherit(o, &s->ch);
 	if (rc == 0 && !path) {
 		rc = watch_handoff(s, cprxfer_channel_fd(s->ch));
-		s->ph = LOAD_PREPARE;
+		s->ph = LOADING;
 	}
 	s->deadline =
 		path ? INT64_MAX : now_ns() + HANDOFF_TIMEOUT_MS * 1000000LL;
