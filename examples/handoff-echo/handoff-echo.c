@@ -277,12 +277,11 @@ static int connect_start(struct server *s)
 	rc = o ? cprxfer_opts_set_tag(o, TAG) : -ENOMEM;
 	if (rc == 0 && s->spawn)
 		rc = cprxfer_spawn("/proc/self/exe", argv, NULL, o, &s->succ);
-	/* Blocking (as short as the peer's handshake) until connect_start. */
 	if (rc == 0 && s->spawn)
-		rc = cprxfer_successor_channel(s->succ, &s->ch);
+		rc = cprxfer_successor_channel_start(s->succ, &s->ch);
 	else if (rc == 0)
-		rc = cprxfer_connect_opts(s->control, HANDOFF_TIMEOUT_MS, o,
-					  &s->ch);
+		rc = cprxfer_connect_start(s->control, HANDOFF_TIMEOUT_MS, o,
+					   &s->ch);
 	cprxfer_opts_free(o);
 	return rc;
 }
@@ -290,8 +289,7 @@ static int connect_start(struct server *s)
 /* 0: connected, handshake done; -EAGAIN: not yet. */
 static int connect_step(struct server *s)
 {
-	(void)s;
-	return 0;
+	return cprxfer_connect_step(s->ch);
 }
 
 /* Send s->st: 0 sent, -EAGAIN: go on with save_step(). */
