@@ -445,11 +445,9 @@ static int out_advance(struct server *s)
 		if (s->ph == FINAL_ACK)
 			break;
 		if (s->split && s->cursor < s->n) {
-			/* More to prepare; the loop runs in between. */
+			/* More to prepare: one round per loop iteration. */
 			rc = send_round(s, prepare_round(s));
-			if (rc < 0)
-				return rc;
-			continue;
+			return rc < 0 ? rc : -EAGAIN;
 		}
 		/* The blackout starts. */
 		s->t_stop = now_ns();
