@@ -15,11 +15,13 @@
  *
  * SIGUSR1 starts a handoff, SIGTERM stops. --port 0 picks a free port;
  * the first line on stdout names it. --refuse makes the new instance
- * refuse the final round, to watch the old one roll back. --stats
- * prints one JSON line per handoff on stdout (the old side: its longest
- * loop iteration while the prepare round ran; the new side: the
- * blackout). --no-split sends every client in the final round (to
- * compare).
+ * refuse the final round, to watch the old one roll back. --no-split
+ * sends every client in the final round, to compare. --stats prints one
+ * JSON line per handoff on stdout: the old instance's
+ * "max_loop_gap_us" (its longest loop iteration while the prepare
+ * rounds ran) and "prepare_iterations"; the new instance's
+ * "blackout_us" (from the old one's stop to its own first serving loop
+ * iteration), "prepared" and "new_in_final" (clients per round).
  *
  * One epoll set ("loop") holds the signalfd, the handoff's fd (the
  * channel's, or the listener's while waiting for the old instance) and
@@ -29,10 +31,13 @@
  * The handoff, old side (every step is taken when the channel's fd is
  * readable; nothing waits):
  *  1. connect (or spawn) the new instance;
- *  2. PREPARE round: the listening socket and every client socket, as
- *     one fd array. The old instance keeps serving them: the new one
- *     holds copies it does not touch before the commit;
- *  3. wait for the ack, still serving;
+ *  2. PREPARE rounds: the listening socket and every client socket, as
+ *     fd arrays of up to 253 (one sendmsg), one round per loop
+ *     iteration. The old instance keeps serving them: the new one holds
+ *     copies it does not touch before the commit. A client that leaves
+ *     meanwhile is closed at once (or, while a round naming it is being
+ *     sent, right after);
+ *  3. wait for each ack, still serving;
  *  4. FINAL round, the blackout: stop serving (stop reading clients and
  *     accepting), then send only what changed: which prepared clients
  *     are still open, the clients accepted since, and the bytes read
@@ -40,9 +45,11 @@
  *     the kernel, in the sockets both instances share;
  *  5. wait for the ack: commit and exit, or, on any failure or refusal
  *     or timeout, abort and serve on as before.
- * New side: accept (or inherit), load the prepare round, ack, load the
- * final round, ack, wait for the decision, then serve. A client is
- * served by exactly one instance at a time, and no byte is lost.
+ * New side: accept (or inherit), load and ack each prepare round (watch
+ * the clients in "work", which is not in "loop" yet), load the final
+ * round, ack, wait for the decision, then put "work" into "loop". A
+ * client is served by exactly one instance at a time, and no byte is
+ * lost.
  */
 #include <errno.h>
 #include <getopt.h>
