@@ -20,8 +20,9 @@
  * JSON line per handoff on stdout: the old instance's
  * "max_loop_gap_us" (its longest loop iteration while the prepare
  * rounds ran) and "prepare_iterations"; the new instance's
- * "blackout_us" (from the old one's stop to its own first serving loop
- * iteration), "prepared" and "new_in_final" (clients per round).
+ * "blackout_us" (from the old one's stop to the commit reaching it,
+ * when it starts serving), "prepared" and "new_in_final" (clients
+ * per kind of round).
  *
  * One epoll set ("loop") holds the signalfd, the handoff's fd (the
  * channel's, or the listener's while waiting for the old instance) and
