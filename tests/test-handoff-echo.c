@@ -456,7 +456,7 @@ static int cmp_ll(const void *a, const void *b)
 
 static void test_loop_not_blocked_longer_than_blackout(void **state)
 {
-	long long gap[NHANDOFFS], blackout[NHANDOFFS];
+	long long gap[NHANDOFFS], run[NHANDOFFS], blackout[NHANDOFFS];
 	char path[NHANDOFFS + 1][256];
 	struct proc *old, *next;
 	int h, i;
@@ -494,22 +494,30 @@ static void test_loop_not_blocked_longer_than_blackout(void **state)
 		assert_int_equal(pump_until_exit(old->pid, 10000), 0);
 		pump_until_stats(next, "new", 0);
 		gap[h] = stat_of(old, "old", 0, "max_loop_gap_us");
+		run[h] = stat_of(old, "old", 0, "max_loop_run_us");
 		iters = stat_of(old, "old", 0, "prepare_iterations");
 		blackout[h] = stat_of(next, "new", 0, "blackout_us");
 		print_message(
-			"handoff %d: max loop gap %lld us over %lld iterations of the prepare round, prepare %lld us; blackout %lld us\n",
-			h + 1, gap[h], iters,
+			"handoff %d: longest of %lld loop iterations while preparing %lld us (%lld us without waits for a CPU), prepare %lld us; blackout %lld us\n",
+			h + 1, iters, gap[h], run[h],
 			stat_of(old, "old", 0, "prepare_us"), blackout[h]);
-		assert_true(gap[h] >= 0 && blackout[h] >= 0);
+		assert_true(gap[h] >= 0 && run[h] >= 0 && blackout[h] >= 0);
 		assert_true(gap[h] < MAX_GAP_US);
 		old = next;
 	}
-	/* Either can catch a preemption on a loaded machine: the medians. */
+	/*
+	 * On a loaded machine another process can take the CPU from the
+	 * loop for milliseconds in any iteration: compare what the loop
+	 * did itself (blocking included), and the medians.
+	 */
 	qsort(gap, NHANDOFFS, sizeof(gap[0]), cmp_ll);
+	qsort(run, NHANDOFFS, sizeof(run[0]), cmp_ll);
 	qsort(blackout, NHANDOFFS, sizeof(blackout[0]), cmp_ll);
-	print_message("median: max loop gap %lld us, blackout %lld us\n",
-		      gap[NHANDOFFS / 2], blackout[NHANDOFFS / 2]);
-	assert_true(gap[NHANDOFFS / 2] <= blackout[NHANDOFFS / 2]);
+	print_message(
+		"median: longest loop iteration %lld us (%lld us without waits for a CPU), blackout %lld us\n",
+		gap[NHANDOFFS / 2], run[NHANDOFFS / 2],
+		blackout[NHANDOFFS / 2]);
+	assert_true(run[NHANDOFFS / 2] <= blackout[NHANDOFFS / 2]);
 	pump(5000, 1);
 	finish_clients();
 	end_proc(old);
@@ -679,7 +687,7 @@ static void test_split_10000_clients_blackout(void **state)
 	const char *b[] = { "handoff-echo", "--incoming", p1, "--control", p2,
 			    "--stats",	    NULL };
 	const char *c[] = { "handoff-echo", "--incoming", p2, "--stats", NULL };
-	long long all_final, split, gap[2];
+	long long all_final, split, gap[2], run[2];
 	int64_t t0 = tu_now_ms();
 	int closed[2] = { 0 }, opened[2] = { 0 };
 	struct proc *pa, *pb, *pc;
@@ -710,6 +718,7 @@ static void test_split_10000_clients_blackout(void **state)
 	pump_until_stats(pb, "new", 0);
 	all_final = stat_of(pb, "new", 0, "blackout_us");
 	gap[0] = stat_of(pa, "old", 0, "max_loop_gap_us");
+	run[0] = stat_of(pa, "old", 0, "max_loop_run_us");
 
 	/* 2. The clients in the prepare round, the changes in the final. */
 	pc = start(c);
@@ -719,29 +728,33 @@ static void test_split_10000_clients_blackout(void **state)
 	pump_until_stats(pc, "new", 0);
 	split = stat_of(pc, "new", 0, "blackout_us");
 	gap[1] = stat_of(pb, "old", 0, "max_loop_gap_us");
+	run[1] = stat_of(pb, "old", 0, "max_loop_run_us");
 
 	pump(5000, 1);
 	check_all_alive();
-	print_message("%-20s %7s %8s %8s %6s %6s %11s %15s\n", "10,000 clients",
-		      "clients", "prepared", "in final", "opened", "closed",
-		      "blackout_us", "max_loop_gap_us");
-	print_message("%-20s %7lld %8lld %8lld %6d %6d %11lld %15lld\n",
+	print_message("%-20s %7s %8s %8s %6s %6s %11s %15s %15s\n",
+		      "10,000 clients", "clients", "prepared", "in final",
+		      "opened", "closed", "blackout_us", "max_loop_gap_us",
+		      "max_loop_run_us");
+	print_message("%-20s %7lld %8lld %8lld %6d %6d %11lld %15lld %15lld\n",
 		      "all in final", stat_of(pb, "new", 0, "clients"),
 		      stat_of(pb, "new", 0, "prepared"),
 		      stat_of(pb, "new", 0, "new_in_final"), opened[0],
-		      closed[0], all_final, gap[0]);
-	print_message("%-20s %7lld %8lld %8lld %6d %6d %11lld %15lld\n",
+		      closed[0], all_final, gap[0], run[0]);
+	print_message("%-20s %7lld %8lld %8lld %6d %6d %11lld %15lld %15lld\n",
 		      "prepare-round split", stat_of(pc, "new", 0, "clients"),
 		      stat_of(pc, "new", 0, "prepared"),
 		      stat_of(pc, "new", 0, "new_in_final"), opened[1],
-		      closed[1], split, gap[1]);
+		      closed[1], split, gap[1], run[1]);
 	print_message(
-		"{\"clients\":10000,\"all_in_final_blackout_us\":%lld,\"split_blackout_us\":%lld,\"split_prepared\":%lld,\"split_new_in_final\":%lld,\"split_closed_meanwhile\":%d,\"total_ms\":%lld}\n",
-		all_final, split, stat_of(pc, "new", 0, "prepared"),
+		"{\"clients\":10000,\"all_in_final_blackout_us\":%lld,\"split_blackout_us\":%lld,\"split_max_loop_gap_us\":%lld,\"split_max_loop_run_us\":%lld,\"split_prepared\":%lld,\"split_new_in_final\":%lld,\"split_closed_meanwhile\":%d,\"total_ms\":%lld}\n",
+		all_final, split, gap[1], run[1],
+		stat_of(pc, "new", 0, "prepared"),
 		stat_of(pc, "new", 0, "new_in_final"), closed[1],
 		(long long)(tu_now_ms() - t0));
 	assert_true(all_final > 0 && split > 0);
 	assert_true(split < all_final);
+	assert_true(run[1] <= split);
 	finish_clients();
 	end_proc(pc);
 	procs_close();
