@@ -698,6 +698,10 @@ int cx_decode(struct cx_io *io, const struct cprxfer_opts *o, enum cx_mode mode,
 		cx_io_drop_fds(io);
 		return rc;
 	}
+	/* The next stream's count starts here, not on top of this one's
+	 * (a channel's loader peeks at the next stream, fds and all,
+	 * before it decodes it). */
+	io->fds_in = io->fdq_len - io->fdq_pos;
 	*out = d.st;
 	return 0;
 }

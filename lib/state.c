@@ -5,6 +5,7 @@
  * million entries builds and loads in linear time.
  */
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -503,6 +504,119 @@ CX_EXPORT int cprxfer_put_fds(cprxfer_state *st, const char *name,
 	e->v.fda.ids = cx_steal_ptr(&ids);
 	e->v.fda.n = n;
 	e->owns_fd = false;
+	return 0;
+}
+
+CX_EXPORT int cprxfer_adopt_fd(cprxfer_state *st, const char *name, int fd)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+		return cx_err(-EBADF, "cprxfer_adopt_fd: fd %d is not open",
+			      fd);
+	rc = put(st, "cprxfer_adopt_fd", name, CPRXFER_TYPE_FD, &e);
+	if (rc == 0) {
+		/* Owned: nobody else closes it, so a save need not check it. */
+		e->v.fd = fd;
+		e->owns_fd = true;
+	}
+	return rc;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Are fds[0..n) all open, each once? One poll() per ADOPT_POLL fds
+ * (POLLNVAL: not open) instead of a syscall per fd; a sorted copy finds
+ * a number given twice (the state would close it twice).
+ */
+#define ADOPT_POLL 256
+static int adopt_check(const char *what, const int *fds, size_t n)
+{
+	cx_autofree int *sorted = NULL;
+	struct pollfd p[ADOPT_POLL];
+	size_t i, j, k;
+
+	for (i = 0; i < n; i += k) {
+		k = n - i < ADOPT_POLL ? n - i : ADOPT_POLL;
+		for (j = 0; j < k; j++) {
+			if (fds[i + j] < 0)
+				return cx_err(
+					-EBADF,
+					"%s: fd %d (index %zu) is not open",
+					what, fds[i + j], i + j);
+			p[j].fd = fds[i + j];
+			p[j].events = 0;
+			p[j].revents = 0;
+		}
+		if (poll(p, k, 0) < 0) {
+			/* nfds above RLIMIT_NOFILE: ask one fd at a time. */
+			for (j = 0; j < k; j++)
+				p[j].revents = fcntl(p[j].fd, F_GETFD) < 0
+						       ? POLLNVAL
+						       : 0;
+		}
+		for (j = 0; j < k; j++)
+			if (p[j].revents & POLLNVAL)
+				return cx_err(
+					-EBADF,
+					"%s: fd %d (index %zu) is not open",
+					what, fds[i + j], i + j);
+	}
+	sorted = malloc(n ? n * sizeof(int) : 1);
+	if (!sorted)
+		return cx_err(-ENOMEM, "%s: out of memory for %zu fds", what,
+			      n);
+	if (n)
+		memcpy(sorted, fds, n * sizeof(int));
+	qsort(sorted, n, sizeof(int), cmp_int);
+	for (i = 1; i < n; i++)
+		if (sorted[i] == sorted[i - 1])
+			return cx_err(
+				-EINVAL,
+				"%s: fd %d appears twice (the state would close it twice)",
+				what, sorted[i]);
+	return 0;
+}
+
+CX_EXPORT int cprxfer_adopt_fds(cprxfer_state *st, const char *name,
+				const int *fds, size_t n)
+{
+	cx_autofree int *copy = NULL;
+	struct cx_entry *e;
+	int rc;
+
+	if (!fds && n)
+		return cx_err(-EINVAL, "cprxfer_adopt_fds: NULL fds, count %zu",
+			      n);
+	if (n > UINT32_MAX)
+		return cx_err(-E2BIG,
+			      "cprxfer_adopt_fds: %zu fds exceed the wire's %u",
+			      n, UINT32_MAX);
+	rc = adopt_check("cprxfer_adopt_fds", fds, n);
+	if (rc < 0)
+		return rc;
+	copy = malloc(n ? n * sizeof(int) : 1);
+	if (!copy)
+		return cx_err(-ENOMEM,
+			      "cprxfer_adopt_fds: out of memory for %zu fds",
+			      n);
+	if (n)
+		memcpy(copy, fds, n * sizeof(int));
+	rc = put(st, "cprxfer_adopt_fds", name, CPRXFER_TYPE_FDS, &e);
+	if (rc < 0)
+		return rc;
+	/* Owned: closed with the state, never checked at save (no ids). */
+	e->v.fda.fds = cx_steal_ptr(&copy);
+	e->v.fda.ids = NULL;
+	e->v.fda.n = n;
+	e->owns_fd = true;
 	return 0;
 }
 
