@@ -362,6 +362,7 @@ CX_EXPORT void cprxfer_state_free(cprxfer_state *st)
 	}
 	free(st->e);
 	free(st->tab);
+	free(st->owned);
 	free(st);
 }
 
@@ -507,6 +508,109 @@ CX_EXPORT int cprxfer_put_fds(cprxfer_state *st, const char *name,
 	return 0;
 }
 
+static bool owned_test(const cprxfer_state *st, int fd)
+{
+	size_t w = (size_t)fd / 64;
+
+	return w < st->owned_words && (st->owned[w] >> (fd % 64) & 1);
+}
+
+static void owned_flip(cprxfer_state *st, const int *fds, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		st->owned[(size_t)fds[i] / 64] ^= 1ull << (fds[i] % 64);
+}
+
+/* Room in the bitmap for fd numbers up to max. */
+static int owned_grow(cprxfer_state *st, const char *what, int max)
+{
+	size_t words = (size_t)max / 64 + 1;
+	uint64_t *p;
+
+	if (words <= st->owned_words)
+		return 0;
+	p = realloc(st->owned, words * sizeof(*p));
+	if (!p)
+		return cx_err(-ENOMEM, "%s: out of memory", what);
+	memset(p + st->owned_words, 0, (words - st->owned_words) * sizeof(*p));
+	st->owned = p;
+	st->owned_words = words;
+	return 0;
+}
+
+/* Mark fds as owned by st, from a fresh scan of its entries if needed. */
+static int owned_build(cprxfer_state *st, const char *what)
+{
+	size_t i;
+	int rc;
+
+	if (st->owned_valid)
+		return 0;
+	if (st->owned_words)
+		memset(st->owned, 0, st->owned_words * sizeof(*st->owned));
+	for (i = 0; i < st->n; i++) {
+		const struct cx_entry *e = &st->e[i];
+		const int *fds = NULL;
+		size_t k, n = 0;
+
+		if (!e->owns_fd)
+			continue;
+		if (e->type == CPRXFER_TYPE_FD) {
+			fds = &e->v.fd;
+			n = 1;
+		} else if (e->type == CPRXFER_TYPE_RAM) {
+			fds = &e->v.ram.fd;
+			n = 1;
+		} else if (e->type == CPRXFER_TYPE_FDS && e->v.fda.fds) {
+			fds = e->v.fda.fds;
+			n = e->v.fda.n;
+		}
+		for (k = 0; k < n; k++) {
+			if (fds[k] < 0)
+				continue;
+			rc = owned_grow(st, what, fds[k]);
+			if (rc < 0)
+				return rc;
+			st->owned[(size_t)fds[k] / 64] |= 1ull << (fds[k] % 64);
+		}
+	}
+	st->owned_valid = true;
+	return 0;
+}
+
+/*
+ * Claim fds[0..n) (all >= 0) for st: -EINVAL, nothing claimed, if one is
+ * the state's already or appears twice (either would be closed twice).
+ */
+static int owned_claim(cprxfer_state *st, const char *what, const int *fds,
+		       size_t n)
+{
+	size_t i;
+	int max = 0, rc;
+
+	rc = owned_build(st, what);
+	for (i = 0; rc == 0 && i < n; i++)
+		if (fds[i] > max)
+			max = fds[i];
+	if (rc == 0)
+		rc = owned_grow(st, what, max);
+	if (rc < 0)
+		return rc;
+	for (i = 0; i < n; i++) {
+		if (owned_test(st, fds[i])) {
+			owned_flip(st, fds, i);
+			return cx_err(
+				-EINVAL,
+				"%s: fd %d is the state's already (adopted twice, or under another name): it would be closed twice",
+				what, fds[i]);
+		}
+		owned_flip(st, fds + i, 1);
+	}
+	return 0;
+}
+
 CX_EXPORT int cprxfer_adopt_fd(cprxfer_state *st, const char *name, int fd)
 {
 	struct cx_entry *e;
@@ -517,6 +621,11 @@ CX_EXPORT int cprxfer_adopt_fd(cprxfer_state *st, const char *name, int fd)
 			      fd);
 	rc = put(st, "cprxfer_adopt_fd", name, CPRXFER_TYPE_FD, &e);
 	if (rc == 0) {
+		rc = owned_claim(st, "cprxfer_adopt_fd", &fd, 1);
+		if (rc < 0) {
+			cx_state_pop(st);
+			return rc;
+		}
 		/* Owned: nobody else closes it, so a save need not check it. */
 		e->v.fd = fd;
 		e->owns_fd = true;
@@ -524,22 +633,13 @@ CX_EXPORT int cprxfer_adopt_fd(cprxfer_state *st, const char *name, int fd)
 	return rc;
 }
 
-static int cmp_int(const void *a, const void *b)
-{
-	int x = *(const int *)a, y = *(const int *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 /*
- * Are fds[0..n) all open, each once? One poll() per ADOPT_POLL fds
- * (POLLNVAL: not open) instead of a syscall per fd; a sorted copy finds
- * a number given twice (the state would close it twice).
+ * Are fds[0..n) all open? One poll() per ADOPT_POLL fds (POLLNVAL: not
+ * open) instead of a syscall per fd.
  */
 #define ADOPT_POLL 256
 static int adopt_check(const char *what, const int *fds, size_t n)
 {
-	cx_autofree int *sorted = NULL;
 	struct pollfd p[ADOPT_POLL];
 	size_t i, j, k;
 
@@ -569,19 +669,6 @@ static int adopt_check(const char *what, const int *fds, size_t n)
 					"%s: fd %d (index %zu) is not open",
 					what, fds[i + j], i + j);
 	}
-	sorted = malloc(n ? n * sizeof(int) : 1);
-	if (!sorted)
-		return cx_err(-ENOMEM, "%s: out of memory for %zu fds", what,
-			      n);
-	if (n)
-		memcpy(sorted, fds, n * sizeof(int));
-	qsort(sorted, n, sizeof(int), cmp_int);
-	for (i = 1; i < n; i++)
-		if (sorted[i] == sorted[i - 1])
-			return cx_err(
-				-EINVAL,
-				"%s: fd %d appears twice (the state would close it twice)",
-				what, sorted[i]);
 	return 0;
 }
 
@@ -612,6 +699,11 @@ CX_EXPORT int cprxfer_adopt_fds(cprxfer_state *st, const char *name,
 	rc = put(st, "cprxfer_adopt_fds", name, CPRXFER_TYPE_FDS, &e);
 	if (rc < 0)
 		return rc;
+	rc = owned_claim(st, "cprxfer_adopt_fds", copy, n);
+	if (rc < 0) {
+		cx_state_pop(st);
+		return rc;
+	}
 	/* Owned: closed with the state, never checked at save (no ids). */
 	e->v.fda.fds = cx_steal_ptr(&copy);
 	e->v.fda.ids = NULL;
@@ -742,6 +834,7 @@ CX_EXPORT int cprxfer_take_fd(cprxfer_state *st, const char *name)
 	fd = e->v.fd;
 	e->v.fd = -1;
 	e->owns_fd = false;
+	st->owned_valid = false;
 	return fd;
 }
 
@@ -817,6 +910,7 @@ CX_EXPORT int cprxfer_take_fds(cprxfer_state *st, const char *name, int **fds,
 	*fds = cx_steal_ptr(&e->v.fda.fds);
 	*n = e->v.fda.n;
 	e->owns_fd = false;
+	st->owned_valid = false;
 	return 0;
 }
 

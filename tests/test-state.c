@@ -398,6 +398,43 @@ static void test_adopt_fd_is_owned_by_the_state(void **unused)
 }
 
 /*
+ * An fd adopted twice would be closed twice: under a second name, in an
+ * array, or into a loaded-like state, the second adopt is refused and
+ * leaves the state as it was; once taken back, it may be adopted again.
+ */
+static void test_adopt_same_fd_twice_is_refused(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int a = eventfd(1, EFD_CLOEXEC), b = eventfd(2, EFD_CLOEXEC);
+	int arr[2], *got = NULL;
+	size_t n = 0;
+
+	assert_int_equal(cprxfer_adopt_fd(st, "a", a), 0);
+	assert_int_equal(cprxfer_adopt_fd(st, "a2", a), -EINVAL);
+	assert_non_null(strstr(cprxfer_errmsg(), "closed twice"));
+	arr[0] = b;
+	arr[1] = a;
+	assert_int_equal(cprxfer_adopt_fds(st, "arr", arr, 2), -EINVAL);
+	assert_int_equal(cprxfer_state_count(st), 1);
+	/* The failed array claimed nothing: b alone is fine. */
+	assert_int_equal(cprxfer_adopt_fds(st, "arr", arr, 1), 0);
+	assert_int_equal(cprxfer_adopt_fd(st, "b", b), -EINVAL);
+	/* Taken back, the fd is the caller's again and may be adopted. */
+	assert_int_equal(cprxfer_take_fd(st, "a"), a);
+	assert_int_equal(cprxfer_adopt_fd(st, "a2", a), 0);
+	assert_int_equal(cprxfer_take_fds(st, "arr", &got, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(got[0], b);
+	free(got);
+	assert_int_equal(cprxfer_adopt_fd(st, "b", b), 0);
+	assert_int_equal(cprxfer_state_count(st), 4);
+	cprxfer_state_free(st);
+	assert_false(is_open(a));
+	assert_false(is_open(b));
+	(void)unused;
+}
+
+/*
  * cprxfer_adopt_fds: checked open with poll(), a number given twice is
  * refused (it would be closed twice), failures leave every fd open;
  * take hands back the fds themselves, free closes them.
@@ -494,6 +531,7 @@ int main(void)
 		tu_test(test_ram_put_reused_number_is_stale),
 		tu_test(test_adopt_fd_is_owned_by_the_state),
 		tu_test(test_adopt_fds_is_owned_by_the_state),
+		tu_test(test_adopt_same_fd_twice_is_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
