@@ -274,7 +274,7 @@ static int set_serving(struct server *s, bool on)
 	return 0;
 }
 
-/* ---- the library's calls, each in one small function --------------- */
+/* ---- old instance: connect, prepare, final, decision ---------------- */
 
 /* Start a new instance (--spawn) or reach it at s->control. */
 static int connect_start(struct server *s)
@@ -297,29 +297,6 @@ static int connect_start(struct server *s)
 	return rc;
 }
 
-/* 0: connected, handshake done; -EAGAIN: not yet. */
-static int connect_step(struct server *s)
-{
-	return cprxfer_connect_step(s->ch);
-}
-
-/* Send s->st: 0 sent, -EAGAIN: go on with save_step(). */
-static int save_start(struct server *s)
-{
-	return cprxfer_save(s->ch, s->st);
-}
-
-static int save_step(struct server *s)
-{
-	(void)s;
-	return 0;
-}
-
-static int load_step(struct server *s, cprxfer_state **st)
-{
-	return cprxfer_load(s->ch, st);
-}
-
 static int watch_handoff(struct server *s, int fd)
 {
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EV_HANDOFF };
@@ -327,8 +304,7 @@ static int watch_handoff(struct server *s, int fd)
 	return epoll_ctl(s->loop, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
-/* ---- old instance: prepare, final, decision ------------------------- */
-
+/* Start sending st; the rest goes with cprxfer_save_step(). */
 static int send_round(struct server *s, cprxfer_state *st)
 {
 	int rc;
@@ -337,7 +313,7 @@ static int send_round(struct server *s, cprxfer_state *st)
 	s->st = st;
 	if (!st)
 		return -ENOMEM;
-	rc = save_start(s);
+	rc = cprxfer_save_start(s->ch, st);
 	s->sending = rc == -EAGAIN;
 	return rc == -EAGAIN ? 0 : rc;
 }
@@ -470,7 +446,7 @@ static int out_advance(struct server *s)
 	int rc;
 
 	if (s->ph == CONNECTING) {
-		rc = connect_step(s);
+		rc = cprxfer_connect_step(s->ch);
 		if (rc == 0)
 			rc = send_round(s, prepare_round(s));
 		if (rc < 0)
@@ -478,7 +454,7 @@ static int out_advance(struct server *s)
 		s->ph = PREPARE_ACK;
 	}
 	for (;;) {
-		rc = s->sending ? save_step(s) : 0;
+		rc = s->sending ? cprxfer_save_step(s->ch) : 0;
 		if (rc < 0)
 			return rc;
 		sent(s);
@@ -670,7 +646,7 @@ static int in_advance(struct server *s)
 		uint64_t v;
 		bool final;
 
-		rc = load_step(s, &st);
+		rc = cprxfer_load_step(s->ch, &st);
 		if (rc < 0)
 			return rc;
 		/* Prepare rounds until the one that says when the old stopped. */
