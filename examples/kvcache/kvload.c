@@ -1,0 +1,608 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvload: a load client for kvcache that checks every reply and drives
+ * live upgrades while the load runs.
+ *
+ * N connections (--conns, default 50) each own --keys keys and run a
+ * closed loop of set / get / del on them, one request in flight, each
+ * request written in two pieces a loop iteration apart (so the server
+ * often holds a partial request when it hands off). Values derive from
+ * key and version, so every reply is checked: a get returns exactly the
+ * value last set, or NF after a del. At the end every key is read once
+ * more.
+ *
+ * Upgrades (--upgrades SPEC, one letter each, --gap-ms apart):
+ *   t  transfer mode (SIGUSR1): gen+1, a new PID
+ *   e  exec mode (SIGUSR2):     gen+1, the same PID
+ *   T  transfer with the successor dying before its ack: a rollback,
+ *      fails+1, the same PID
+ *   E  exec with the new image dying before it confirms: the old
+ *      program runs again (fails+1, a new PID)
+ * An upgrade lasts from the signal until "stat" shows its outcome.
+ *
+ * It reports requests, errors, p50/p99/max latency in steady state and
+ * the maximum latency of requests that overlapped an upgrade; exit 0
+ * only with 0 errors and every upgrade as expected.
+ *
+ * Run it:  kvload --server build/examples/kvcache/kvcache
+ *     or:  kvload --port 7000 --upgrades ""   (load only)
+ * With --server it starts kvcache --port 0 itself, stops it at the end
+ * and, as a child subreaper, checks that no process is left.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_UPGRADES 64
+
+struct conn {
+	int fd;
+	uint64_t rng;
+	uint32_t *ver; /* per key: 0 absent, else the version last set */
+	char req[320];
+	size_t reqlen, sent;
+	char expect[320];
+	char in[512];
+	size_t inlen;
+	int64_t t0; /* first byte sent; 0: idle */
+	int key;    /* the key of the request in flight */
+	uint32_t newver;
+	int verify; /* next key of the final sweep; -1: not sweeping */
+};
+
+struct sample {
+	int64_t start;
+	uint32_t lat_us;
+};
+
+struct upgrade {
+	char kind;
+	int64_t start, end;
+	int pid0, pid1;
+	unsigned long long gen0, fails0;
+};
+
+struct ctl {
+	int fd;
+	char in[256];
+	size_t inlen;
+	int phase; /* 0 idle, 1 stat before, 2 fail-next, 3 polling */
+	bool waiting;
+	int64_t next;
+};
+
+static struct sample *samples;
+static size_t nsamples, capsamples;
+static unsigned long errors;
+static int nkeys = 64;
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void error(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (errors++ < 20) {
+		va_start(ap, fmt);
+		fputs("kvload: ERROR: ", stderr);
+		vfprintf(stderr, fmt, ap);
+		fputc('\n', stderr);
+		va_end(ap);
+	}
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+/* The value of key at version v: checkable, 16..180 bytes. */
+static void value(char *buf, int conn, int key, uint32_t v)
+{
+	uint64_t h = ((uint64_t)conn << 40) ^ ((uint64_t)key << 20) ^ v;
+	int len, i;
+
+	h = h * 0x9e3779b97f4a7c15ull + 1;
+	len = snprintf(buf, 32, "%d.%d.%u.", conn, key, v);
+	for (i = len; i < 16 + (int)(h % 165); i++) {
+		h = h * 6364136223846793005ull + 1442695040888963407ull;
+		buf[i] = "abcdefghijklmnopqrstuvwxyz0123456789"[(h >> 33) % 36];
+	}
+	buf[i] = '\0';
+}
+
+static int connect_to(int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+				  .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		perror("kvload: connect");
+		exit(1);
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+/* Start the next request of c; send its first piece. */
+static void next_request(struct conn *c, int id)
+{
+	int op = (int)(xorshift(&c->rng) % 20), key, len;
+	char val[256];
+
+	if (c->verify >= 0) {
+		key = c->verify++;
+		op = 10;
+	} else {
+		key = (int)(xorshift(&c->rng) % (uint64_t)nkeys);
+	}
+	c->key = key;
+	c->newver = c->ver[key];
+	if (op < 9) { /* set */
+		c->newver = c->ver[key] + 1;
+		value(val, id, key, c->newver);
+		len = snprintf(c->req, sizeof(c->req), "set c%dk%d %s\n", id,
+			       key, val);
+		strcpy(c->expect, "OK\n");
+	} else if (op < 18) { /* get */
+		len = snprintf(c->req, sizeof(c->req), "get c%dk%d\n", id, key);
+		if (c->ver[key]) {
+			value(val, id, key, c->ver[key]);
+			snprintf(c->expect, sizeof(c->expect), "VAL %s\n", val);
+		} else {
+			strcpy(c->expect, "NF\n");
+		}
+	} else { /* del */
+		c->newver = 0;
+		len = snprintf(c->req, sizeof(c->req), "del c%dk%d\n", id, key);
+		strcpy(c->expect, c->ver[key] ? "OK\n" : "NF\n");
+	}
+	c->reqlen = (size_t)len;
+	c->sent = 0;
+	c->t0 = now_ns();
+}
+
+/* Send what is left of the request, or its first piece. */
+static void send_piece(struct conn *c)
+{
+	size_t n = c->sent ? c->reqlen - c->sent : 1 + c->reqlen / 2;
+	ssize_t w = send(c->fd, c->req + c->sent, n, MSG_NOSIGNAL);
+
+	if (w < 0) {
+		error("send: %s", strerror(errno));
+		return;
+	}
+	c->sent += (size_t)w;
+}
+
+static void record(int64_t start, int64_t end)
+{
+	if (nsamples == capsamples) {
+		capsamples = capsamples ? 2 * capsamples : 1 << 16;
+		samples = realloc(samples, capsamples * sizeof(*samples));
+		if (!samples) {
+			perror("kvload");
+			exit(1);
+		}
+	}
+	samples[nsamples].start = start;
+	samples[nsamples++].lat_us = (uint32_t)((end - start) / 1000);
+}
+
+/* Read a reply; check it. false: the connection is gone. */
+static bool on_reply(struct conn *c, int id)
+{
+	ssize_t r = recv(c->fd, c->in + c->inlen, sizeof(c->in) - c->inlen,
+			 MSG_DONTWAIT);
+	char *nl;
+
+	if (r <= 0) {
+		if (r < 0 && errno == EAGAIN)
+			return true;
+		error("conn %d: %s", id, r ? strerror(errno) : "closed");
+		return false;
+	}
+	c->inlen += (size_t)r;
+	nl = memchr(c->in, '\n', c->inlen);
+	if (!nl)
+		return true;
+	if (!c->t0 || c->sent != c->reqlen ||
+	    (size_t)(nl - c->in) + 1 != c->inlen ||
+	    strncmp(c->in, c->expect, c->inlen) ||
+	    strlen(c->expect) != c->inlen) {
+		error("conn %d: request \"%.*s\" expected \"%.*s\" got \"%.*s\"",
+		      id, (int)c->reqlen - 1, c->req,
+		      (int)strlen(c->expect) - 1, c->expect, (int)c->inlen - 1,
+		      c->in);
+	} else {
+		c->ver[c->key] = c->newver;
+	}
+	record(c->t0, now_ns());
+	c->inlen = 0;
+	c->t0 = 0;
+	return true;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static uint32_t pct(uint32_t *v, size_t n, double p)
+{
+	return n ? v[(size_t)((double)(n - 1) * p)] : 0;
+}
+
+/* The control connection: one line in, or NULL while incomplete. */
+static char *ctl_line(struct ctl *k)
+{
+	ssize_t r = recv(k->fd, k->in + k->inlen, sizeof(k->in) - 1 - k->inlen,
+			 MSG_DONTWAIT);
+	char *nl;
+
+	if (r == 0 || (r < 0 && errno != EAGAIN)) {
+		error("control connection: %s", r ? strerror(errno) : "closed");
+		exit(1);
+	}
+	if (r > 0)
+		k->inlen += (size_t)r;
+	k->in[k->inlen] = '\0';
+	nl = memchr(k->in, '\n', k->inlen);
+	if (!nl)
+		return NULL;
+	*nl = '\0';
+	k->inlen = 0;
+	k->waiting = false;
+	return k->in;
+}
+
+static void ctl_send(struct ctl *k, const char *s)
+{
+	if (send(k->fd, s, strlen(s), MSG_NOSIGNAL) != (ssize_t)strlen(s)) {
+		error("control send: %s", strerror(errno));
+		exit(1);
+	}
+	k->waiting = true;
+}
+
+/* Advance the upgrade driver; true when every upgrade is done. */
+static bool drive(struct ctl *k, struct upgrade *up, size_t nup, size_t *cur,
+		  int gap_ms, int *server_pid)
+{
+	struct upgrade *u = &up[*cur];
+	unsigned long long gen, fails;
+	char *line = NULL;
+	int pid;
+
+	if (*cur == nup)
+		return true;
+	if (k->waiting) {
+		line = ctl_line(k);
+		if (!line)
+			return false;
+	}
+	switch (k->phase) {
+	case 0:
+		if (now_ns() < k->next)
+			return false;
+		ctl_send(k, "stat\n");
+		k->phase = 1;
+		return false;
+	case 1:
+		if (sscanf(line, "STAT %d %llu %*u %llu", &pid, &gen, &fails) !=
+		    3) {
+			error("stat: \"%s\"", line);
+			exit(1);
+		}
+		u->pid0 = pid;
+		u->gen0 = gen;
+		u->fails0 = fails;
+		if (u->kind == 'T' || u->kind == 'E') {
+			ctl_send(k, "fail-next\n");
+			k->phase = 2;
+			return false;
+		}
+		/* fall through */
+	case 2:
+		if (k->phase == 2 && strcmp(line, "OK")) {
+			error("fail-next: \"%s\"", line);
+			exit(1);
+		}
+		u->start = now_ns();
+		kill(u->pid0,
+		     u->kind == 't' || u->kind == 'T' ? SIGUSR1 : SIGUSR2);
+		k->phase = 3;
+		k->next = u->start;
+		return false;
+	case 3:
+		if (!line) {
+			if (now_ns() < k->next)
+				return false;
+			if (now_ns() - u->start > 15000000000ll) {
+				error("upgrade %zu (%c): no outcome in 15 s",
+				      *cur, u->kind);
+				exit(1);
+			}
+			ctl_send(k, "stat\n");
+			return false;
+		}
+		if (sscanf(line, "STAT %d %llu %*u %llu", &pid, &gen, &fails) !=
+		    3) {
+			error("stat: \"%s\"", line);
+			exit(1);
+		}
+		k->next = now_ns() + 5000000; /* poll every 5 ms */
+		if (gen == u->gen0 && fails == u->fails0)
+			return false;
+		u->end = now_ns();
+		u->pid1 = pid;
+		*server_pid = pid;
+		if (u->kind == 't' || u->kind == 'e'
+			    ? gen != u->gen0 + 1 || fails != u->fails0
+			    : fails != u->fails0 + 1 || gen != u->gen0)
+			error("upgrade %zu (%c): gen %llu->%llu fails %llu->%llu",
+			      *cur, u->kind, u->gen0, gen, u->fails0, fails);
+		if ((u->kind == 'e' || u->kind == 'T') != (pid == u->pid0))
+			error("upgrade %zu (%c): pid %d -> %d", *cur, u->kind,
+			      u->pid0, pid);
+		fprintf(stderr,
+			"kvload: upgrade %zu (%c) pid %d -> %d, gen %llu, fails %llu: %.1f ms\n",
+			*cur, u->kind, u->pid0, pid, gen, fails,
+			(u->end - u->start) / 1e6);
+		k->phase = 0;
+		k->next = now_ns() + gap_ms * 1000000ll;
+		(*cur)++;
+		return *cur == nup;
+	}
+	return false;
+}
+
+static int start_server(const char *exe, int *pid)
+{
+	int p[2], port = 0;
+	char line[128];
+	FILE *f;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -1;
+	*pid = fork();
+	if (*pid < 0)
+		return -1;
+	if (*pid == 0) {
+		dup2(p[1], 1);
+		execl(exe, exe, "--port", "0", (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	f = fdopen(p[0], "r");
+	if (!f || !fgets(line, sizeof(line), f) ||
+	    sscanf(line, "listening on 127.0.0.1:%d", &port) != 1)
+		port = -1;
+	if (f)
+		fclose(f);
+	return port;
+}
+
+/* Stop the server; reap every process it left (we are a subreaper). */
+static void stop_server(int pid)
+{
+	int st;
+	pid_t w;
+
+	kill(pid, SIGTERM);
+	alarm(10);
+	while ((w = wait(&st)) > 0)
+		if (!WIFEXITED(st) || (WEXITSTATUS(st) && w == pid))
+			fprintf(stderr, "kvload: pid %d ended with %#x\n",
+				(int)w, st);
+	alarm(0);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "port", required_argument, NULL, 'p' },
+		{ "server", required_argument, NULL, 's' },
+		{ "conns", required_argument, NULL, 'c' },
+		{ "keys", required_argument, NULL, 'k' },
+		{ "upgrades", required_argument, NULL, 'u' },
+		{ "gap-ms", required_argument, NULL, 'g' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *server = NULL, *spec = "teteteteteTE";
+	int port = -1, nconns = 50, gap_ms = 300, server_pid = 0, c, i;
+	struct upgrade up[MAX_UPGRADES] = { 0 };
+	struct ctl k = { .fd = -1 };
+	size_t nup, cur = 0, n, j, nsteady = 0, nup_s = 0;
+	uint32_t *all, *steady, up_max = 0;
+	struct pollfd *pfd;
+	struct conn *conn;
+	bool upgrades_done = false, sweeping = false;
+	int64_t t_begin, t_end;
+
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p':
+			port = atoi(optarg);
+			break;
+		case 's':
+			server = optarg;
+			break;
+		case 'c':
+			nconns = atoi(optarg);
+			break;
+		case 'k':
+			nkeys = atoi(optarg);
+			break;
+		case 'u':
+			spec = optarg;
+			break;
+		case 'g':
+			gap_ms = atoi(optarg);
+			break;
+		default:
+			fprintf(stderr,
+				"usage: kvload (--port P | --server EXE) [--conns N] [--keys N] [--upgrades SPEC] [--gap-ms MS]\n");
+			return 2;
+		}
+	}
+	nup = strlen(spec);
+	if ((port < 0) == !server || nconns < 1 || nkeys < 1 ||
+	    nup > MAX_UPGRADES || strspn(spec, "teTE") != nup) {
+		fprintf(stderr, "kvload: bad arguments\n");
+		return 2;
+	}
+	for (j = 0; j < nup; j++)
+		up[j].kind = spec[j];
+	if (server) {
+		prctl(PR_SET_CHILD_SUBREAPER, 1);
+		port = start_server(server, &server_pid);
+		if (port <= 0) {
+			fprintf(stderr, "kvload: %s did not start\n", server);
+			return 1;
+		}
+	}
+	conn = calloc((size_t)nconns, sizeof(*conn));
+	pfd = calloc((size_t)nconns + 1, sizeof(*pfd));
+	if (!conn || !pfd)
+		return 1;
+	for (i = 0; i < nconns; i++) {
+		conn[i].fd = connect_to(port);
+		conn[i].rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
+		conn[i].ver = calloc((size_t)nkeys, sizeof(uint32_t));
+		conn[i].verify = -1;
+		if (!conn[i].ver)
+			return 1;
+	}
+	k.fd = connect_to(port);
+	t_begin = now_ns();
+	k.next = t_begin + gap_ms * 1000000ll;
+	t_end = nup ? INT64_MAX : t_begin + 3000000000ll;
+	for (;;) {
+		int64_t now = now_ns(), wake = k.next;
+		int timeout, busy = 0;
+
+		if (!upgrades_done)
+			upgrades_done =
+				drive(&k, up, nup, &cur, gap_ms, &server_pid);
+		if (upgrades_done && t_end == INT64_MAX)
+			t_end = now + gap_ms * 1000000ll;
+		if (now >= t_end && !sweeping) {
+			sweeping = true;
+			for (i = 0; i < nconns; i++)
+				conn[i].verify = conn[i].t0 ? -2 : 0;
+		}
+		for (i = 0; i < nconns; i++) {
+			struct conn *cn = &conn[i];
+
+			if (!cn->t0 && cn->verify == -2)
+				cn->verify = 0;
+			if (!cn->t0 && cn->verify < nkeys)
+				next_request(cn, i);
+			if (cn->t0 && cn->sent < cn->reqlen)
+				send_piece(cn);
+			busy += cn->t0 != 0;
+			pfd[i] = (struct pollfd){ .fd = cn->fd,
+						  .events = POLLIN };
+		}
+		if (!busy && sweeping)
+			break;
+		pfd[nconns] = (struct pollfd){ .fd = k.fd, .events = POLLIN };
+		timeout = -1;
+		for (i = 0; i < nconns; i++)
+			if (conn[i].t0 && conn[i].sent < conn[i].reqlen)
+				timeout = 0;
+		if (timeout && !upgrades_done && !k.waiting)
+			timeout = wake > now ? (int)((wake - now) / 1000000 + 1)
+					     : 0;
+		if (timeout && upgrades_done && !sweeping)
+			timeout = t_end > now
+					  ? (int)((t_end - now) / 1000000 + 1)
+					  : 0;
+		if (poll(pfd, (nfds_t)nconns + 1, timeout) < 0) {
+			perror("kvload: poll");
+			return 1;
+		}
+		for (i = 0; i < nconns; i++)
+			if (pfd[i].revents && !on_reply(&conn[i], i))
+				return 1;
+	}
+	/* Every request, then those that overlapped no upgrade. */
+	all = malloc(nsamples * sizeof(*all));
+	steady = malloc(nsamples * sizeof(*steady));
+	if (!all || !steady)
+		return 1;
+	for (n = 0; n < nsamples; n++) {
+		int64_t s0 = samples[n].start;
+		int64_t s1 = s0 + (int64_t)samples[n].lat_us * 1000;
+		bool during = false;
+
+		all[n] = samples[n].lat_us;
+		for (j = 0; j < nup; j++)
+			if (s1 >= up[j].start && s0 <= up[j].end)
+				during = true;
+		if (during) {
+			nup_s++;
+			if (samples[n].lat_us > up_max)
+				up_max = samples[n].lat_us;
+		} else {
+			steady[nsteady++] = samples[n].lat_us;
+		}
+	}
+	qsort(all, nsamples, sizeof(*all), cmp_u32);
+	qsort(steady, nsteady, sizeof(*steady), cmp_u32);
+	printf("requests %zu errors %lu upgrades %zu (%s) in %.1f s\n",
+	       nsamples, errors, nup, spec, (now_ns() - t_begin) / 1e9);
+	printf("latency us: p50 %u p99 %u max %u\n", pct(all, nsamples, 0.5),
+	       pct(all, nsamples, 0.99), pct(all, nsamples, 1.0));
+	printf("steady us: p50 %u p99 %u max %u (%zu requests)\n",
+	       pct(steady, nsteady, 0.5), pct(steady, nsteady, 0.99),
+	       pct(steady, nsteady, 1.0), nsteady);
+	printf("during upgrades us: max %u (%zu requests)\n", up_max, nup_s);
+	for (j = 0; j < nup; j++)
+		printf("upgrade %zu %c: %.1f ms\n", j, up[j].kind,
+		       (up[j].end - up[j].start) / 1e6);
+	for (i = 0; i < nconns; i++) {
+		close(conn[i].fd);
+		free(conn[i].ver);
+	}
+	close(k.fd);
+	if (server)
+		stop_server(server_pid);
+	free(all);
+	free(steady);
+	free(samples);
+	free(conn);
+	free(pfd);
+	return errors ? 1 : 0;
+}
