@@ -21,7 +21,7 @@
  *
  * Protocol, one request per line, one reply line each:
  *   set KEY VALUE  -> OK          get KEY -> VAL VALUE | NF
- *   del KEY        -> OK | NF     stat    -> STAT pid gen keys fails
+ *   del KEY        -> OK | NF     stat    -> STAT pid gen keys fails fds
  *   fail-next      -> OK  (the next upgrade's successor dies before it
  *                          confirms: shows the rollback)
  *
@@ -33,6 +33,7 @@
  * SIGTERM stops it. --exe PATH upgrades to another binary (default: this
  * one); examples/kvcache/kvload.c drives it under load.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
@@ -136,6 +137,7 @@ struct handoff {
 	cprxfer_state *st;
 	int64_t deadline;	   /* CLOCK_MONOTONIC ns */
 	int64_t t_start, t_paused; /* for the log line */
+	size_t partial, unsent;
 };
 
 struct server {
@@ -250,6 +252,19 @@ static int reply(struct client *c, const char *fmt, ...)
 	return 0;
 }
 
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = -1; /* the directory's own fd */
+
+	if (!d)
+		return -1;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n - 2; /* . and .. */
+}
+
 /* One request line (no newline). < 0: a protocol error, drop the client. */
 static int request(struct server *s, struct client *c, char *line, size_t len)
 {
@@ -260,10 +275,10 @@ static int request(struct server *s, struct client *c, char *line, size_t len)
 
 	line[len] = '\0';
 	if (!strcmp(line, "stat"))
-		return reply(c, "STAT %d %llu %llu %llu\n", (int)getpid(),
+		return reply(c, "STAT %d %llu %llu %llu %d\n", (int)getpid(),
 			     (unsigned long long)t->gen,
 			     (unsigned long long)t->count,
-			     (unsigned long long)t->fails);
+			     (unsigned long long)t->fails, count_fds());
 	if (!strcmp(line, "fail-next")) {
 		s->inject = true;
 		return reply(c, "OK\n");
@@ -470,8 +485,9 @@ static int handoff_end(struct server *s, int rc)
 		s->t->fails++;
 	} else {
 		fprintf(stderr,
-			"kvcache: handed over %zu clients: prepare %.1f ms, blackout %.1f ms\n",
-			s->n, (ho->t_paused - ho->t_start) / 1e6,
+			"kvcache: handed over %zu clients (%zu partial requests, %zu bytes unsent): prepare %.1f ms, blackout %.1f ms\n",
+			s->n, ho->partial, ho->unsent,
+			(ho->t_paused - ho->t_start) / 1e6,
 			(t - ho->t_paused) / 1e6);
 	}
 	if (ho->ch)
@@ -509,7 +525,7 @@ static int handoff_start(struct server *s)
 			 NULL };
 	cprxfer_opts *o = handoff_opts();
 	struct handoff *ho = calloc(1, sizeof(*ho));
-	int rc = o && ho ? 0 : -ENOMEM;
+	int rc = o && ho ? 0 : -ENOMEM, fd;
 
 	if (!ho) {
 		cprxfer_opts_free(o);
@@ -530,6 +546,12 @@ static int handoff_start(struct server *s)
 	ho->st = cprxfer_state_new();
 	if (rc == 0)
 		rc = ho->st ? put_state(s, ho->st) : -ENOMEM;
+	for (fd = 0; fd < MAX_FDS; fd++) {
+		if (s->cl[fd]) {
+			ho->partial += s->cl[fd]->inlen != 0;
+			ho->unsent += s->cl[fd]->outlen;
+		}
+	}
 	if (rc == 0)
 		rc = successor_save(ho);
 	if (rc == 0)
@@ -609,12 +631,19 @@ static int take_over(struct server *s, bool successor, bool inject)
 		fallback = rc == 0;
 		rc = rc < 0 ? rc : 0;
 	}
-	if (rc < 0)
+	if (rc < 0) {
 		fprintf(stderr, "kvcache: taking over: %s\n", cprxfer_errmsg());
-	else if (fallback)
-		s->t->fails++;
-	else
-		s->t->gen++;
+	} else {
+		fprintf(stderr, "kvcache: pid %d took over %zu clients (%s)\n",
+			(int)getpid(), s->n,
+			ch	   ? "transfer"
+			: fallback ? "exec fallback"
+				   : "exec");
+		if (fallback)
+			s->t->fails++;
+		else
+			s->t->gen++;
+	}
 	cprxfer_channel_close(ch);
 	cprxfer_state_free(st);
 	cprxfer_opts_free(o);

@@ -5,8 +5,9 @@
  *
  * N connections (--conns, default 50) each own --keys keys and run a
  * closed loop of set / get / del on them, one request in flight, each
- * request written in two pieces a loop iteration apart (so the server
- * often holds a partial request when it hands off). Values derive from
+ * request written in two pieces, one in four 2 ms apart (so the server
+ * holds partial requests when it hands off); latency counts from the
+ * whole request to its reply. Values derive from
  * key and version, so every reply is checked: a get returns exactly the
  * value last set, or NF after a del. At the end every key is read once
  * more.
@@ -59,15 +60,18 @@ struct conn {
 	char expect[320];
 	char in[512];
 	size_t inlen;
-	int64_t t0; /* first byte sent; 0: idle */
-	int key;    /* the key of the request in flight */
+	int64_t t0;	 /* first byte sent; 0: idle */
+	int64_t rest_at; /* when the second piece may go */
+	int64_t t_full;	 /* the whole request sent */
+	int key;	 /* the key of the request in flight */
 	uint32_t newver;
 	int verify; /* next key of the final sweep; -1: not sweeping */
 };
 
 struct sample {
-	int64_t start;
-	uint32_t lat_us;
+	int64_t start;	  /* first byte sent */
+	uint32_t span_us; /* from then to the reply */
+	uint32_t lat_us;  /* from the whole request sent to the reply */
 };
 
 struct upgrade {
@@ -84,6 +88,7 @@ struct ctl {
 	int phase; /* 0 idle, 1 stat before, 2 fail-next, 3 polling */
 	bool waiting;
 	int64_t next;
+	int fds; /* the server's open fds at the first stat */
 };
 
 static struct sample *samples;
@@ -188,6 +193,8 @@ static void next_request(struct conn *c, int id)
 	c->reqlen = (size_t)len;
 	c->sent = 0;
 	c->t0 = now_ns();
+	/* One in four holds its second piece for 2 ms: a partial request. */
+	c->rest_at = xorshift(&c->rng) % 4 ? 0 : c->t0 + 2000000;
 }
 
 /* Send what is left of the request, or its first piece. */
@@ -201,9 +208,11 @@ static void send_piece(struct conn *c)
 		return;
 	}
 	c->sent += (size_t)w;
+	if (c->sent == c->reqlen)
+		c->t_full = now_ns();
 }
 
-static void record(int64_t start, int64_t end)
+static void record(int64_t start, int64_t full, int64_t end)
 {
 	if (nsamples == capsamples) {
 		capsamples = capsamples ? 2 * capsamples : 1 << 16;
@@ -214,7 +223,8 @@ static void record(int64_t start, int64_t end)
 		}
 	}
 	samples[nsamples].start = start;
-	samples[nsamples++].lat_us = (uint32_t)((end - start) / 1000);
+	samples[nsamples].span_us = (uint32_t)((end - start) / 1000);
+	samples[nsamples++].lat_us = (uint32_t)((end - full) / 1000);
 }
 
 /* Read a reply; check it. false: the connection is gone. */
@@ -245,10 +255,18 @@ static bool on_reply(struct conn *c, int id)
 	} else {
 		c->ver[c->key] = c->newver;
 	}
-	record(c->t0, now_ns());
+	record(c->t0, c->t_full, now_ns());
 	c->inlen = 0;
 	c->t0 = 0;
 	return true;
+}
+
+/* A poll timeout (ms, -1: none) that also wakes at t. */
+static int min_timeout(int timeout, int64_t t, int64_t now)
+{
+	int ms = t > now ? (int)((t - now) / 1000000 + 1) : 0;
+
+	return timeout < 0 || ms < timeout ? ms : timeout;
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -302,7 +320,7 @@ static bool drive(struct ctl *k, struct upgrade *up, size_t nup, size_t *cur,
 	struct upgrade *u = &up[*cur];
 	unsigned long long gen, fails;
 	char *line = NULL;
-	int pid;
+	int pid, fds;
 
 	if (*cur == nup)
 		return true;
@@ -319,11 +337,13 @@ static bool drive(struct ctl *k, struct upgrade *up, size_t nup, size_t *cur,
 		k->phase = 1;
 		return false;
 	case 1:
-		if (sscanf(line, "STAT %d %llu %*u %llu", &pid, &gen, &fails) !=
-		    3) {
+		if (sscanf(line, "STAT %d %llu %*u %llu %d", &pid, &gen, &fails,
+			   &fds) != 4) {
 			error("stat: \"%s\"", line);
 			exit(1);
 		}
+		if (!k->fds)
+			k->fds = fds;
 		u->pid0 = pid;
 		u->gen0 = gen;
 		u->fails0 = fails;
@@ -356,8 +376,8 @@ static bool drive(struct ctl *k, struct upgrade *up, size_t nup, size_t *cur,
 			ctl_send(k, "stat\n");
 			return false;
 		}
-		if (sscanf(line, "STAT %d %llu %*u %llu", &pid, &gen, &fails) !=
-		    3) {
+		if (sscanf(line, "STAT %d %llu %*u %llu %d", &pid, &gen, &fails,
+			   &fds) != 4) {
 			error("stat: \"%s\"", line);
 			exit(1);
 		}
@@ -372,12 +392,16 @@ static bool drive(struct ctl *k, struct upgrade *up, size_t nup, size_t *cur,
 			    : fails != u->fails0 + 1 || gen != u->gen0)
 			error("upgrade %zu (%c): gen %llu->%llu fails %llu->%llu",
 			      *cur, u->kind, u->gen0, gen, u->fails0, fails);
+		/* Same clients, same fds: nothing leaked by an upgrade. */
+		if (fds != k->fds)
+			error("upgrade %zu (%c): the server has %d fds, had %d",
+			      *cur, u->kind, fds, k->fds);
 		if ((u->kind == 'e' || u->kind == 'T') != (pid == u->pid0))
 			error("upgrade %zu (%c): pid %d -> %d", *cur, u->kind,
 			      u->pid0, pid);
 		fprintf(stderr,
-			"kvload: upgrade %zu (%c) pid %d -> %d, gen %llu, fails %llu: %.1f ms\n",
-			*cur, u->kind, u->pid0, pid, gen, fails,
+			"kvload: upgrade %zu (%c) pid %d -> %d, gen %llu, fails %llu, fds %d: %.1f ms\n",
+			*cur, u->kind, u->pid0, pid, gen, fails, fds,
 			(u->end - u->start) / 1e6);
 		k->phase = 0;
 		k->next = now_ns() + gap_ms * 1000000ll;
@@ -529,7 +553,8 @@ int main(int argc, char **argv)
 				cn->verify = 0;
 			if (!cn->t0 && cn->verify < nkeys)
 				next_request(cn, i);
-			if (cn->t0 && cn->sent < cn->reqlen)
+			if (cn->t0 && cn->sent < cn->reqlen &&
+			    (!cn->sent || now >= cn->rest_at))
 				send_piece(cn);
 			busy += cn->t0 != 0;
 			pfd[i] = (struct pollfd){ .fd = cn->fd,
@@ -541,14 +566,12 @@ int main(int argc, char **argv)
 		timeout = -1;
 		for (i = 0; i < nconns; i++)
 			if (conn[i].t0 && conn[i].sent < conn[i].reqlen)
-				timeout = 0;
-		if (timeout && !upgrades_done && !k.waiting)
-			timeout = wake > now ? (int)((wake - now) / 1000000 + 1)
-					     : 0;
-		if (timeout && upgrades_done && !sweeping)
-			timeout = t_end > now
-					  ? (int)((t_end - now) / 1000000 + 1)
-					  : 0;
+				timeout = min_timeout(timeout, conn[i].rest_at,
+						      now);
+		if (!upgrades_done && !k.waiting)
+			timeout = min_timeout(timeout, wake, now);
+		if (upgrades_done && !sweeping)
+			timeout = min_timeout(timeout, t_end, now);
 		if (poll(pfd, (nfds_t)nconns + 1, timeout) < 0) {
 			perror("kvload: poll");
 			return 1;
@@ -564,7 +587,7 @@ int main(int argc, char **argv)
 		return 1;
 	for (n = 0; n < nsamples; n++) {
 		int64_t s0 = samples[n].start;
-		int64_t s1 = s0 + (int64_t)samples[n].lat_us * 1000;
+		int64_t s1 = s0 + (int64_t)samples[n].span_us * 1000;
 		bool during = false;
 
 		all[n] = samples[n].lat_us;
