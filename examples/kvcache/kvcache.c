@@ -190,7 +190,8 @@ static int add_client(struct server *s, int fd, const void *in, size_t inlen,
 	if (!c)
 		return -ENOMEM;
 	c->fd = fd;
-	memcpy(c->in, in, inlen);
+	if (inlen)
+		memcpy(c->in, in, inlen);
 	c->inlen = inlen;
 	if (outlen) {
 		c->out = malloc(outlen);
@@ -360,8 +361,10 @@ static int flush_client(struct client *c)
 		}
 		off += (size_t)w;
 	}
-	memmove(c->out, c->out + off, c->outlen - off);
-	c->outlen -= off;
+	if (off) {
+		memmove(c->out, c->out + off, c->outlen - off);
+		c->outlen -= off;
+	}
 	return rc;
 }
 
