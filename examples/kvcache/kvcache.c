@@ -135,8 +135,8 @@ struct handoff {
 	cprxfer_successor *succ;
 	cprxfer_channel *ch;
 	cprxfer_state *st;
-	int64_t deadline;	   /* CLOCK_MONOTONIC ns */
-	int64_t t_start, t_paused; /* for the log line */
+	int64_t deadline;		    /* CLOCK_MONOTONIC ns */
+	int64_t t_start, t_paused, t_saved; /* for the log line */
 	size_t partial, unsent;
 };
 
@@ -488,10 +488,11 @@ static int handoff_end(struct server *s, int rc)
 		s->t->fails++;
 	} else {
 		fprintf(stderr,
-			"kvcache: handed over %zu clients (%zu partial requests, %zu bytes unsent): prepare %.1f ms, blackout %.1f ms\n",
+			"kvcache: handed over %zu clients (%zu partial requests, %zu bytes unsent): prepare %.1f ms, blackout %.1f ms (save %.1f ms)\n",
 			s->n, ho->partial, ho->unsent,
 			(ho->t_paused - ho->t_start) / 1e6,
-			(t - ho->t_paused) / 1e6);
+			(t - ho->t_paused) / 1e6,
+			(ho->t_saved - ho->t_paused) / 1e6);
 	}
 	if (ho->ch)
 		epoll_ctl(s->ep, EPOLL_CTL_DEL, cprxfer_channel_fd(ho->ch),
@@ -557,6 +558,7 @@ static int handoff_start(struct server *s)
 	}
 	if (rc == 0)
 		rc = successor_save(ho);
+	ho->t_saved = now_ns();
 	if (rc == 0)
 		rc = ep_add(s->ep, cprxfer_channel_fd(ho->ch), EPOLLIN,
 			    EV_CHANNEL);

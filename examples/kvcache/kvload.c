@@ -21,6 +21,10 @@
  *      program runs again (fails+1, a new PID)
  * An upgrade lasts from the signal until "stat" shows its outcome.
  *
+ * One more connection (off with --no-bulk) pipelines large rounds of
+ * gets and reads them late, so the server holds unsent replies when it
+ * hands off; every byte of them is checked.
+ *
  * It reports requests, errors, p50/p99/max latency in steady state and
  * the maximum latency of requests that overlapped an upgrade; exit 0
  * only with 0 errors and every upgrade as expected.
@@ -91,6 +95,31 @@ struct ctl {
 	int fds; /* the server's open fds at the first stat */
 };
 
+/*
+ * The bulk connection: a small receive buffer, rounds of BULK_N
+ * pipelined gets of one 200-byte value (6.6 MB of replies), read only
+ * from BULK_PAUSE_MS after the round starts, so the server holds about
+ * 1 MB of replies it cannot send yet (carried by the handoff). Every
+ * byte is checked.
+ */
+#define BULK_N	      32000
+#define BULK_PAUSE_MS 300
+#define BULK_GET      "get bulk\n"
+
+struct bulk {
+	int fd;
+	char val[201];
+	char reply[256]; /* "VAL <val>\n" */
+	size_t replen;
+	char *req; /* BULK_N gets */
+	size_t reqlen, sent;
+	uint64_t got; /* reply bytes of this round */
+	int64_t read_at;
+	unsigned long rounds;
+	bool idle;
+};
+
+static int server_pid; /* the server's current pid (--server) */
 static struct sample *samples;
 static size_t nsamples, capsamples;
 static unsigned long errors;
@@ -142,13 +171,15 @@ static void value(char *buf, int conn, int key, uint32_t v)
 	buf[i] = '\0';
 }
 
-static int connect_to(int port)
+static int connect_to(int port, int rcvbuf)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET,
 				  .sin_port = htons((uint16_t)port),
 				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
 
+	if (fd >= 0 && rcvbuf)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		perror("kvload: connect");
 		exit(1);
@@ -315,7 +346,7 @@ static void ctl_send(struct ctl *k, const char *s)
 
 /* Advance the upgrade driver; true when every upgrade is done. */
 static bool drive(struct ctl *k, struct upgrade *up, size_t nup, size_t *cur,
-		  int gap_ms, int *server_pid)
+		  int gap_ms)
 {
 	struct upgrade *u = &up[*cur];
 	unsigned long long gen, fails;
@@ -386,7 +417,7 @@ static bool drive(struct ctl *k, struct upgrade *up, size_t nup, size_t *cur,
 			return false;
 		u->end = now_ns();
 		u->pid1 = pid;
-		*server_pid = pid;
+		server_pid = pid;
 		if (u->kind == 't' || u->kind == 'e'
 			    ? gen != u->gen0 + 1 || fails != u->fails0
 			    : fails != u->fails0 + 1 || gen != u->gen0)
@@ -409,6 +440,91 @@ static bool drive(struct ctl *k, struct upgrade *up, size_t nup, size_t *cur,
 		return *cur == nup;
 	}
 	return false;
+}
+
+static void bulk_init(struct bulk *b, int fd)
+{
+	size_t i;
+	char *set;
+
+	b->fd = fd;
+	for (i = 0; i < 200; i++)
+		b->val[i] = (char)('A' + i % 26);
+	b->val[200] = '\0';
+	b->replen = (size_t)snprintf(b->reply, sizeof(b->reply), "VAL %s\n",
+				     b->val);
+	b->reqlen = BULK_N * strlen(BULK_GET);
+	b->req = malloc(b->reqlen + 256);
+	if (!b->req)
+		exit(1);
+	for (i = 0; i < BULK_N; i++)
+		memcpy(b->req + i * strlen(BULK_GET), BULK_GET,
+		       strlen(BULK_GET));
+	/* The first round starts with the set. */
+	set = malloc(b->reqlen + 256);
+	if (!set)
+		exit(1);
+	i = (size_t)sprintf(set, "set bulk %s\n", b->val);
+	memcpy(set + i, b->req, b->reqlen);
+	free(b->req);
+	b->req = set;
+	b->reqlen += i;
+	b->got = -(uint64_t)strlen("OK\n");
+	b->idle = false;
+}
+
+/* Send what the socket takes. */
+static void bulk_send(struct bulk *b)
+{
+	ssize_t w;
+
+	if (b->idle || b->sent == b->reqlen)
+		return;
+	if (!b->sent) /* a round starts: read nothing for a while */
+		b->read_at = now_ns() + BULK_PAUSE_MS * 1000000ll;
+	w = send(b->fd, b->req + b->sent, b->reqlen - b->sent,
+		 MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (w < 0 && errno != EAGAIN)
+		error("bulk send: %s", strerror(errno));
+	if (w > 0)
+		b->sent += (size_t)w;
+}
+
+/* Read and check the replies, once the round's pause is over. */
+static void bulk_read(struct bulk *b, bool last)
+{
+	char buf[65536];
+	ssize_t r, i;
+
+	if (b->idle || !b->sent || now_ns() < b->read_at)
+		return;
+	r = recv(b->fd, buf, sizeof(buf), MSG_DONTWAIT);
+	if (r == 0 || (r < 0 && errno != EAGAIN)) {
+		error("bulk: %s", r ? strerror(errno) : "closed");
+		exit(1);
+	}
+	for (i = 0; i < r; i++, b->got++) {
+		/* "OK\n" for the set, before the first round's replies. */
+		char want = (int64_t)b->got < 0 ? "OK\n"[3 + (int64_t)b->got]
+						: b->reply[b->got % b->replen];
+
+		if (buf[i] != want) {
+			error("bulk: byte %lld of round %lu is %#x, not %#x",
+			      (long long)b->got, b->rounds, buf[i], want);
+			exit(1);
+		}
+	}
+	if ((int64_t)b->got == (int64_t)(BULK_N * b->replen)) {
+		size_t set = b->reqlen - BULK_N * strlen(BULK_GET);
+
+		/* The later rounds: the gets only. */
+		memmove(b->req, b->req + set, b->reqlen - set);
+		b->reqlen -= set;
+		b->rounds++;
+		b->got = 0;
+		b->sent = 0;
+		b->idle = last;
+	}
 }
 
 static int start_server(const char *exe, int *pid)
@@ -437,12 +553,20 @@ static int start_server(const char *exe, int *pid)
 	return port;
 }
 
+/* On a failure: leave no server behind. */
+static void kill_server(void)
+{
+	if (server_pid > 0)
+		kill(server_pid, SIGKILL);
+}
+
 /* Stop the server; reap every process it left (we are a subreaper). */
 static void stop_server(int pid)
 {
 	int st;
 	pid_t w;
 
+	server_pid = 0;
 	kill(pid, SIGTERM);
 	alarm(10);
 	while ((w = wait(&st)) > 0)
@@ -461,17 +585,19 @@ int main(int argc, char **argv)
 		{ "keys", required_argument, NULL, 'k' },
 		{ "upgrades", required_argument, NULL, 'u' },
 		{ "gap-ms", required_argument, NULL, 'g' },
+		{ "no-bulk", no_argument, NULL, 'b' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *server = NULL, *spec = "teteteteteTE";
-	int port = -1, nconns = 50, gap_ms = 300, server_pid = 0, c, i;
+	int port = -1, nconns = 50, gap_ms = 300, c, i;
 	struct upgrade up[MAX_UPGRADES] = { 0 };
 	struct ctl k = { .fd = -1 };
+	struct bulk bulk = { 0 };
 	size_t nup, cur = 0, n, j, nsteady = 0, nup_s = 0;
 	uint32_t *all, *steady, up_max = 0;
 	struct pollfd *pfd;
 	struct conn *conn;
-	bool upgrades_done = false, sweeping = false;
+	bool upgrades_done = false, sweeping = false, no_bulk = false;
 	int64_t t_begin, t_end;
 
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -494,9 +620,12 @@ int main(int argc, char **argv)
 		case 'g':
 			gap_ms = atoi(optarg);
 			break;
+		case 'b':
+			no_bulk = true;
+			break;
 		default:
 			fprintf(stderr,
-				"usage: kvload (--port P | --server EXE) [--conns N] [--keys N] [--upgrades SPEC] [--gap-ms MS]\n");
+				"usage: kvload (--port P | --server EXE) [--conns N] [--keys N] [--upgrades SPEC] [--gap-ms MS] [--no-bulk]\n");
 			return 2;
 		}
 	}
@@ -511,24 +640,27 @@ int main(int argc, char **argv)
 	if (server) {
 		prctl(PR_SET_CHILD_SUBREAPER, 1);
 		port = start_server(server, &server_pid);
+		atexit(kill_server);
 		if (port <= 0) {
 			fprintf(stderr, "kvload: %s did not start\n", server);
 			return 1;
 		}
 	}
 	conn = calloc((size_t)nconns, sizeof(*conn));
-	pfd = calloc((size_t)nconns + 1, sizeof(*pfd));
+	pfd = calloc((size_t)nconns + 2, sizeof(*pfd));
 	if (!conn || !pfd)
 		return 1;
 	for (i = 0; i < nconns; i++) {
-		conn[i].fd = connect_to(port);
+		conn[i].fd = connect_to(port, 0);
 		conn[i].rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
 		conn[i].ver = calloc((size_t)nkeys, sizeof(uint32_t));
 		conn[i].verify = -1;
 		if (!conn[i].ver)
 			return 1;
 	}
-	k.fd = connect_to(port);
+	k.fd = connect_to(port, 0);
+	bulk_init(&bulk, connect_to(port, 16384));
+	bulk.idle = no_bulk;
 	t_begin = now_ns();
 	k.next = t_begin + gap_ms * 1000000ll;
 	t_end = nup ? INT64_MAX : t_begin + 3000000000ll;
@@ -537,8 +669,7 @@ int main(int argc, char **argv)
 		int timeout, busy = 0;
 
 		if (!upgrades_done)
-			upgrades_done =
-				drive(&k, up, nup, &cur, gap_ms, &server_pid);
+			upgrades_done = drive(&k, up, nup, &cur, gap_ms);
 		if (upgrades_done && t_end == INT64_MAX)
 			t_end = now + gap_ms * 1000000ll;
 		if (now >= t_end && !sweeping) {
@@ -560,10 +691,19 @@ int main(int argc, char **argv)
 			pfd[i] = (struct pollfd){ .fd = cn->fd,
 						  .events = POLLIN };
 		}
-		if (!busy && sweeping)
+		bulk_send(&bulk);
+		bulk_read(&bulk, sweeping);
+		if (!busy && sweeping && bulk.idle)
 			break;
 		pfd[nconns] = (struct pollfd){ .fd = k.fd, .events = POLLIN };
+		pfd[nconns + 1] = (struct pollfd){ .fd = bulk.fd };
 		timeout = -1;
+		if (!bulk.idle && bulk.sent < bulk.reqlen)
+			pfd[nconns + 1].events = POLLOUT;
+		if (!bulk.idle && now < bulk.read_at)
+			timeout = min_timeout(timeout, bulk.read_at, now);
+		else if (!bulk.idle)
+			pfd[nconns + 1].events |= POLLIN;
 		for (i = 0; i < nconns; i++)
 			if (conn[i].t0 && conn[i].sent < conn[i].reqlen)
 				timeout = min_timeout(timeout, conn[i].rest_at,
@@ -572,7 +712,7 @@ int main(int argc, char **argv)
 			timeout = min_timeout(timeout, wake, now);
 		if (upgrades_done && !sweeping)
 			timeout = min_timeout(timeout, t_end, now);
-		if (poll(pfd, (nfds_t)nconns + 1, timeout) < 0) {
+		if (poll(pfd, (nfds_t)nconns + 2, timeout) < 0) {
 			perror("kvload: poll");
 			return 1;
 		}
@@ -620,6 +760,8 @@ int main(int argc, char **argv)
 		free(conn[i].ver);
 	}
 	close(k.fd);
+	close(bulk.fd);
+	free(bulk.req);
 	if (server)
 		stop_server(server_pid);
 	free(all);
