@@ -55,14 +55,49 @@ static int clear_pass_options(int sockfd)
 	return 0;
 }
 
+int cx_channel_alloc(int sockfd, const struct cprxfer_opts *o,
+		     cprxfer_channel **out)
+{
+	cx_autoclose int fd = sockfd;
+	cx_autofree cprxfer_channel *ch = NULL;
+	int rc;
+
+	ch = calloc(1, sizeof(*ch));
+	if (!ch)
+		return cx_err(-ENOMEM, "channel: out of memory");
+	rc = cx_io_init(&ch->io, fd, true);
+	if (rc < 0)
+		return rc;
+	cx_chan_poll_init(ch);
+	cx_opts_copy(&ch->o, o);
+	/* fds a peer attaches to ack frames count too. */
+	ch->io.max_fds = cx_opts_max_fds(&ch->o);
+	cx_steal_fd(&fd);
+	*out = cx_steal_ptr(&ch);
+	return 0;
+}
+
+int cx_channel_peer_creds(cprxfer_channel *ch)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(ch->io.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+	    cred.pid == 0)
+		return cx_err(-ENOTCONN, "fd %d: socket is not connected",
+			      ch->io.fd);
+	ch->peer_pid = cred.pid;
+	ch->peer_uid = cred.uid;
+	return 0;
+}
+
 int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 		   cprxfer_channel **out)
 {
 	cx_autoclose int fd = sockfd;
-	cx_autofree cprxfer_channel *ch = NULL;
 	struct sockaddr_storage sa = { 0 };
 	socklen_t salen = sizeof(sa);
-	struct ucred cred;
+	cprxfer_channel *ch;
 	socklen_t len;
 	int type = 0, rc, fl;
 
@@ -74,11 +109,6 @@ int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 	    sa.ss_family != AF_UNIX || type != SOCK_STREAM)
 		return cx_err(-EINVAL, "fd %d is not an AF_UNIX stream socket",
 			      sockfd);
-	len = sizeof(cred);
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
-	    cred.pid == 0)
-		return cx_err(-ENOTCONN, "fd %d: socket is not connected",
-			      sockfd);
 	fl = fcntl(fd, F_GETFD);
 	if (fl < 0 ||
 	    (!(fl & FD_CLOEXEC) && fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0))
@@ -87,20 +117,15 @@ int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 	rc = clear_pass_options(fd);
 	if (rc < 0)
 		return rc;
-	ch = calloc(1, sizeof(*ch));
-	if (!ch)
-		return cx_err(-ENOMEM, "channel: out of memory");
-	rc = cx_io_init(&ch->io, fd, true);
+	rc = cx_channel_alloc(cx_steal_fd(&fd), o, &ch);
 	if (rc < 0)
 		return rc;
-	cx_chan_poll_init(ch);
-	cx_opts_copy(&ch->o, o);
-	/* fds a peer attaches to ack frames count too. */
-	ch->io.max_fds = cx_opts_max_fds(&ch->o);
-	ch->peer_pid = cred.pid;
-	ch->peer_uid = cred.uid;
-	cx_steal_fd(&fd);
-	*out = cx_steal_ptr(&ch);
+	rc = cx_channel_peer_creds(ch);
+	if (rc < 0) {
+		cprxfer_channel_close(ch);
+		return rc;
+	}
+	*out = ch;
 	return 0;
 }
 
@@ -206,6 +231,8 @@ static int check(cprxfer_channel *ch, const char *what)
 {
 	if (!ch)
 		return cx_err(-EINVAL, "%s: NULL channel", what);
+	if (ch->conn)
+		return cx_connecting_err(ch, what);
 	if (ch->broken)
 		return cx_err(
 			-EPIPE,
@@ -253,6 +280,8 @@ CX_EXPORT void cprxfer_channel_close(cprxfer_channel *ch)
 {
 	if (!ch)
 		return;
+	if (ch->conn)
+		cx_connecting_free(ch);
 	if (!ch->broken &&
 	    (ch->decide == CX_D_SENT || ch->decide == CX_D_ACKED)) {
 		/*
@@ -292,6 +321,8 @@ CX_EXPORT int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms)
 	if (!ch)
 		return cx_err(-EINVAL,
 			      "cprxfer_channel_set_timeout: NULL channel");
+	if (ch->conn)
+		return cx_connecting_err(ch, "cprxfer_channel_set_timeout");
 	ch->o.timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
 	return 0;
 }
@@ -301,6 +332,8 @@ CX_EXPORT int cprxfer_channel_peer(const cprxfer_channel *ch, pid_t *pid,
 {
 	if (!ch)
 		return cx_err(-EINVAL, "cprxfer_channel_peer: NULL channel");
+	if (ch->conn)
+		return cx_connecting_err(ch, "cprxfer_channel_peer");
 	if (pid)
 		*pid = ch->peer_pid;
 	if (uid)
@@ -649,6 +682,8 @@ CX_EXPORT int cprxfer_abort(cprxfer_channel *ch, const char *reason)
 
 	if (!ch)
 		return cx_err(-EINVAL, "cprxfer_abort: NULL channel");
+	if (ch->conn)
+		return cx_connecting_err(ch, "cprxfer_abort");
 	if (ch->decide == CX_D_COMMITTED)
 		return cx_err(
 			-EALREADY,

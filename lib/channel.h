@@ -11,6 +11,7 @@
 #include "opts.h"
 
 struct cprxfer_successor;
+struct cx_connecting;
 
 /*
  * What cprxfer_channel_fd()'s epoll fd holds (lib/chanpoll.c): wanted
@@ -60,6 +61,13 @@ struct cprxfer_channel {
 
 	/* The successor this channel leads to (cprxfer_spawn), or NULL. */
 	struct cprxfer_successor *succ;
+
+	/*
+	 * A connect in progress (cprxfer_connect_start, lib/connect.c):
+	 * until cprxfer_connect_step() returns 0 every other call fails
+	 * with -EINPROGRESS. NULL once connected.
+	 */
+	struct cx_connecting *conn;
 };
 
 /*
@@ -80,6 +88,20 @@ enum {
  */
 int cx_channel_new(int sockfd, const struct cprxfer_opts *o,
 		   cprxfer_channel **out);
+
+/*
+ * Wrap sockfd (taken over, closed on failure too) as it is, without a
+ * check: a socket still to be connected (cprxfer_connect_start). Once
+ * it is, cx_channel_peer_creds() reads the peer's credentials.
+ */
+int cx_channel_alloc(int sockfd, const struct cprxfer_opts *o,
+		     cprxfer_channel **out);
+int cx_channel_peer_creds(cprxfer_channel *ch);
+
+/* A connect in progress: -EINPROGRESS naming what (connect.c). */
+int cx_connecting_err(const cprxfer_channel *ch, const char *what);
+/* Cancel and free ch->conn (cprxfer_channel_close). */
+void cx_connecting_free(cprxfer_channel *ch);
 
 /* Exchange HELLOs and verdicts within the channel's timeout. */
 int cx_handshake(cprxfer_channel *ch);

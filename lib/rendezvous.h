@@ -69,4 +69,14 @@ void cx_accept_fini(struct cprxfer_listener *l);
 int cx_connect(const char *path, int timeout_ms, const struct cprxfer_opts *o,
 	       int watch_fd, cprxfer_channel **out);
 
+/*
+ * Start the handshake on ch, a channel around a connected socket, as a
+ * connect in progress (cprxfer_connect_step): 0 (done or under way) or
+ * the failure, reasons prefixed with prefix. ch stays the caller's.
+ */
+int cx_connect_handshake(cprxfer_channel *ch, const char *prefix);
+
+/* Step and poll what ch waits for until its connect ends: 0 or -errno. */
+int cx_connect_finish(cprxfer_channel *ch);
+
 #endif

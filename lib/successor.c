@@ -251,8 +251,8 @@ static int attach(cprxfer_successor *s, cprxfer_channel *ch)
 	return 0;
 }
 
-CX_EXPORT int cprxfer_successor_channel(cprxfer_successor *s,
-					cprxfer_channel **out)
+CX_EXPORT int cprxfer_successor_channel_start(cprxfer_successor *s,
+					      cprxfer_channel **out)
 {
 	cprxfer_channel *ch;
 	int rc;
@@ -269,17 +269,36 @@ CX_EXPORT int cprxfer_successor_channel(cprxfer_successor *s,
 	if (rc < 0)
 		return cx_err_prefix(rc, "cprxfer_successor_channel");
 	rc = attach(s, ch);
-	if (rc == 0) {
-		struct cx_hs hs;
-
-		/* The handshake ends at once if the successor dies. */
-		cx_hs_start(&hs, ch);
-		rc = cx_hs_run(&hs, ch->io.watch_fd);
-	}
 	if (rc < 0) {
-		rc = death_or(s, rc);
 		cprxfer_channel_close(ch);
 		return cx_err_prefix(rc, "cprxfer_successor_channel");
+	}
+	/*
+	 * The successor's pidfd is in the channel's set (io.watch_fd): a
+	 * death before or during the handshake ends it with -ECHILD.
+	 */
+	rc = cx_connect_handshake(ch, "cprxfer_successor_channel");
+	if (rc < 0) {
+		cprxfer_channel_close(ch);
+		return rc;
+	}
+	*out = ch;
+	return 0;
+}
+
+CX_EXPORT int cprxfer_successor_channel(cprxfer_successor *s,
+					cprxfer_channel **out)
+{
+	cprxfer_channel *ch;
+	int rc;
+
+	rc = cprxfer_successor_channel_start(s, &ch);
+	if (rc < 0)
+		return rc;
+	rc = cx_connect_finish(ch);
+	if (rc < 0) {
+		cprxfer_channel_close(ch);
+		return rc;
 	}
 	*out = ch;
 	return 0;

@@ -198,6 +198,17 @@ int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms);
 int cprxfer_channel_fd(cprxfer_channel *ch);
 
 /*
+ * Connect without blocking: a channel at once (or the failure, e.g.
+ * -ENOTSOCK), still connecting; poll cprxfer_channel_fd() for POLLIN
+ * and call cprxfer_connect_step() until it returns 0 (connected,
+ * handshake done) or a failure; -EAGAIN: not yet. Until then every
+ * other call on the channel fails with -EINPROGRESS; close cancels.
+ */
+int cprxfer_connect_start(const char *path, int timeout_ms,
+			  const cprxfer_opts *o, cprxfer_channel **out);
+int cprxfer_connect_step(cprxfer_channel *ch);
+
+/*
  * The decision: exactly one process owns the workload after any outcome.
  * Outgoing side, after cprxfer_wait_ack() == 0: cprxfer_commit() (then
  * never resume) or cprxfer_abort() (then resume); closing an undecided
@@ -230,6 +241,9 @@ int cprxfer_spawn(const char *path, char *const argv[], char *const envp[],
 int cprxfer_inherit(const cprxfer_opts *o, cprxfer_channel **out);
 /* In the starter: the channel to the successor (handshake done). */
 int cprxfer_successor_channel(cprxfer_successor *s, cprxfer_channel **out);
+/* The same without blocking: finish it with cprxfer_connect_step(). */
+int cprxfer_successor_channel_start(cprxfer_successor *s,
+				    cprxfer_channel **out);
 /* Or connect to the successor's listener at path (cprxfer_connect). */
 int cprxfer_successor_connect(cprxfer_successor *s, const char *path,
 			      int timeout_ms, cprxfer_channel **out);
