@@ -131,7 +131,16 @@ enum {
 };
 
 /* An upgrade in progress, transfer mode. */
+enum {
+	HO_CONNECT,
+	HO_SAVE,
+	HO_ACK
+};
+
 struct handoff {
+	int phase;
+	int64_t spawn;	 /* handoff_start(): spawn, connect start */
+	int64_t longest; /* the longest step of the prepare round */
 	cprxfer_successor *succ;
 	cprxfer_channel *ch;
 	cprxfer_state *st;
@@ -478,6 +487,7 @@ static cprxfer_opts *handoff_opts(void)
 static int handoff_end(struct server *s, int rc)
 {
 	struct handoff *ho = s->ho;
+	bool paused = ho->t_paused != 0;
 	int64_t t = now_ns();
 
 	if (rc == 0)
@@ -488,10 +498,10 @@ static int handoff_end(struct server *s, int rc)
 		s->t->fails++;
 	} else {
 		fprintf(stderr,
-			"kvcache: handed over %zu clients (%zu partial requests, %zu bytes unsent): prepare %.1f ms, blackout %.1f ms (save %.1f ms)\n",
+			"kvcache: handed over %zu clients (%zu partial requests, %zu bytes unsent): prepare %.1f ms (spawn %.2f ms, longest step %.3f ms), blackout %.1f ms (save %.1f ms)\n",
 			s->n, ho->partial, ho->unsent,
-			(ho->t_paused - ho->t_start) / 1e6,
-			(t - ho->t_paused) / 1e6,
+			(ho->t_paused - ho->t_start) / 1e6, ho->spawn / 1e6,
+			ho->longest / 1e6, (t - ho->t_paused) / 1e6,
 			(ho->t_saved - ho->t_paused) / 1e6);
 	}
 	if (ho->ch)
@@ -502,23 +512,72 @@ static int handoff_end(struct server *s, int rc)
 	cprxfer_state_free(ho->st);
 	free(ho);
 	s->ho = NULL;
-	if (rc < 0)
+	if (paused && rc < 0)
 		pause_serving(s, false);
 	return rc < 0 ? 0 : 1;
 }
 
-/* Blocking until the step calls land; each in one small function. */
-static int successor_connect(struct handoff *ho)
-{
-	return cprxfer_successor_channel(ho->succ, &ho->ch);
-}
-
-static int successor_save(struct handoff *ho)
+/* Until cprxfer_save_start() lands on main, the save blocks here. */
+static int save_start(struct handoff *ho)
 {
 	return cprxfer_save(ho->ch, ho->st);
 }
 
-/* Transfer mode, start: spawn, connect, save; the ack comes in the loop. */
+/* Connected: stop serving, take the state, start sending it. */
+static int handoff_pause(struct server *s, struct handoff *ho)
+{
+	int rc, fd;
+
+	/* From here to the decision, clients wait in their socket buffers. */
+	pause_serving(s, true);
+	ho->t_paused = now_ns();
+	ho->st = cprxfer_state_new();
+	rc = ho->st ? put_state(s, ho->st) : -ENOMEM;
+	for (fd = 0; fd < MAX_FDS; fd++) {
+		if (s->cl[fd]) {
+			ho->partial += s->cl[fd]->inlen != 0;
+			ho->unsent += s->cl[fd]->outlen;
+		}
+	}
+	if (rc == 0)
+		rc = save_start(ho);
+	ho->phase = rc == -EAGAIN ? HO_SAVE : HO_ACK;
+	ho->t_saved = now_ns();
+	return rc;
+}
+
+/* Transfer mode: a step on the channel fd. 1: handed over. */
+static int handoff_step(struct server *s)
+{
+	struct handoff *ho = s->ho;
+	int64_t t0 = now_ns();
+	int rc = 0;
+
+	while (rc == 0) {
+		switch (ho->phase) {
+		case HO_CONNECT: /* prepare round: we still serve */
+			rc = cprxfer_connect_step(ho->ch);
+			if (rc == 0)
+				rc = handoff_pause(s, ho);
+			break;
+		case HO_SAVE:	      /* blackout from here on */
+			rc = -EAGAIN; /* no cprxfer_save_step() yet */
+			break;
+		case HO_ACK:
+			rc = cprxfer_wait_ack(ho->ch, 0);
+			if (rc == 0)
+				return handoff_end(s, 0);
+			break;
+		}
+	}
+	if (ho->phase == HO_CONNECT && now_ns() - t0 > ho->longest)
+		ho->longest = now_ns() - t0;
+	if (rc == -EAGAIN && now_ns() < ho->deadline)
+		return 0;
+	return handoff_end(s, rc == -EAGAIN ? -ETIMEDOUT : rc);
+}
+
+/* Transfer mode, start: the successor; the rest in handoff_step(). */
 static int handoff_start(struct server *s)
 {
 	char *argv[] = { (char *)s->exe,
@@ -529,7 +588,7 @@ static int handoff_start(struct server *s)
 			 NULL };
 	cprxfer_opts *o = handoff_opts();
 	struct handoff *ho = calloc(1, sizeof(*ho));
-	int rc = o && ho ? 0 : -ENOMEM, fd;
+	int rc = o && ho ? 0 : -ENOMEM;
 
 	if (!ho) {
 		cprxfer_opts_free(o);
@@ -543,36 +602,12 @@ static int handoff_start(struct server *s)
 		rc = cprxfer_spawn(s->exe, argv, NULL, o, &ho->succ);
 	cprxfer_opts_free(o);
 	if (rc == 0)
-		rc = successor_connect(ho);
-	/* From here to the decision, clients wait in their socket buffers. */
-	pause_serving(s, true);
-	ho->t_paused = now_ns();
-	ho->st = cprxfer_state_new();
-	if (rc == 0)
-		rc = ho->st ? put_state(s, ho->st) : -ENOMEM;
-	for (fd = 0; fd < MAX_FDS; fd++) {
-		if (s->cl[fd]) {
-			ho->partial += s->cl[fd]->inlen != 0;
-			ho->unsent += s->cl[fd]->outlen;
-		}
-	}
-	if (rc == 0)
-		rc = successor_save(ho);
-	ho->t_saved = now_ns();
+		rc = cprxfer_successor_channel_start(ho->succ, &ho->ch);
 	if (rc == 0)
 		rc = ep_add(s->ep, cprxfer_channel_fd(ho->ch), EPOLLIN,
 			    EV_CHANNEL);
+	ho->spawn = now_ns() - ho->t_start;
 	return rc < 0 ? handoff_end(s, rc) : 0;
-}
-
-/* Transfer mode: the channel fd is readable. 1: handed over. */
-static int handoff_step(struct server *s)
-{
-	int rc = cprxfer_wait_ack(s->ho->ch, 0);
-
-	if (rc == -EAGAIN && now_ns() < s->ho->deadline)
-		return 0;
-	return handoff_end(s, rc == -EAGAIN ? -ETIMEDOUT : rc);
 }
 
 /* Exec mode: returns only on failure, still serving. */
