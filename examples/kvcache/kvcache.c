@@ -141,6 +141,7 @@ struct handoff {
 	int phase;
 	int64_t spawn;	 /* handoff_start(): spawn, connect start */
 	int64_t longest; /* the longest step of the prepare round */
+	unsigned long loops, loops_prepare; /* loop iterations */
 	cprxfer_successor *succ;
 	cprxfer_channel *ch;
 	cprxfer_state *st;
@@ -498,10 +499,11 @@ static int handoff_end(struct server *s, int rc)
 		s->t->fails++;
 	} else {
 		fprintf(stderr,
-			"kvcache: handed over %zu clients (%zu partial requests, %zu bytes unsent): prepare %.1f ms (spawn %.2f ms, longest step %.3f ms), blackout %.1f ms (save %.1f ms)\n",
+			"kvcache: handed over %zu clients (%zu partial requests, %zu bytes unsent): prepare %.1f ms (%lu loops, spawn %.2f ms, longest step %.3f ms), blackout %.1f ms (%lu loops, save %.1f ms)\n",
 			s->n, ho->partial, ho->unsent,
-			(ho->t_paused - ho->t_start) / 1e6, ho->spawn / 1e6,
-			ho->longest / 1e6, (t - ho->t_paused) / 1e6,
+			(ho->t_paused - ho->t_start) / 1e6, ho->loops_prepare,
+			ho->spawn / 1e6, ho->longest / 1e6,
+			(t - ho->t_paused) / 1e6, ho->loops - ho->loops_prepare,
 			(ho->t_saved - ho->t_paused) / 1e6);
 	}
 	if (ho->ch)
@@ -531,6 +533,7 @@ static int handoff_pause(struct server *s, struct handoff *ho)
 	/* From here to the decision, clients wait in their socket buffers. */
 	pause_serving(s, true);
 	ho->t_paused = now_ns();
+	ho->loops_prepare = ho->loops;
 	ho->st = cprxfer_state_new();
 	rc = ho->st ? put_state(s, ho->st) : -ENOMEM;
 	for (fd = 0; fd < MAX_FDS; fd++) {
@@ -745,6 +748,9 @@ static int serve(struct server *s)
 		rc = ep_add(s->ep, s->lfd, EPOLLIN, EV_LISTEN);
 	while (rc == 0) {
 		int64_t left = s->ho ? s->ho->deadline - now_ns() : -1;
+
+		if (s->ho)
+			s->ho->loops++;
 		int timeout =
 			left < 0 ? (s->ho ? 0 : -1) : (int)(left / 1000000 + 1);
 
@@ -774,7 +780,7 @@ static int serve(struct server *s)
 				struct epoll_event cev[64];
 				int j, m = epoll_wait(s->cep, cev, 64, 0);
 
-				for (j = 0; j < m && !s->ho; j++) {
+				for (j = 0; j < m; j++) {
 					struct client *c = cev[j].data.ptr;
 
 					if (serve_client(s, c, cev[j].events) <
