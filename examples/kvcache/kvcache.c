@@ -161,6 +161,7 @@ struct server {
 	struct kv_table *t;
 	const char *exe;
 	bool inject; /* the next upgrade's successor dies (fail-next) */
+	bool paused; /* a handoff owns the clients and the listener */
 	struct handoff *ho;
 };
 
@@ -402,6 +403,7 @@ static int serve_client(struct server *s, struct client *c, uint32_t events)
 /* Pause or resume every client and the listener: a handoff owns them. */
 static void pause_serving(struct server *s, bool pause)
 {
+	s->paused = pause;
 	if (pause) {
 		epoll_ctl(s->ep, EPOLL_CTL_DEL, s->lfd, NULL);
 		epoll_ctl(s->ep, EPOLL_CTL_DEL, s->cep, NULL);
@@ -735,10 +737,31 @@ static int on_signal(struct server *s)
 	return 0;
 }
 
+static void on_accept(struct server *s)
+{
+	int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+	if (fd >= 0 && add_client(s, fd, NULL, 0, NULL, 0) < 0)
+		close(fd);
+}
+
+static void on_clients(struct server *s)
+{
+	struct epoll_event ev[64];
+	int i, n = epoll_wait(s->cep, ev, 64, 0);
+
+	for (i = 0; i < n; i++) {
+		struct client *c = ev[i].data.ptr;
+
+		if (serve_client(s, c, ev[i].events) < 0)
+			drop_client(s, c);
+	}
+}
+
 /* Serve until SIGTERM or a handoff; 1: handed over or stopped. */
 static int serve(struct server *s)
 {
-	struct epoll_event ev[64];
+	struct epoll_event ev[8];
 	int i, n, rc = 0;
 
 	rc = ep_add(s->ep, s->sigfd, EPOLLIN, EV_SIGNAL);
@@ -748,48 +771,29 @@ static int serve(struct server *s)
 		rc = ep_add(s->ep, s->lfd, EPOLLIN, EV_LISTEN);
 	while (rc == 0) {
 		int64_t left = s->ho ? s->ho->deadline - now_ns() : -1;
-
-		if (s->ho)
-			s->ho->loops++;
 		int timeout =
 			left < 0 ? (s->ho ? 0 : -1) : (int)(left / 1000000 + 1);
 
-		n = epoll_wait(s->ep, ev, 64, timeout);
+		if (s->ho)
+			s->ho->loops++;
+		n = epoll_wait(s->ep, ev, 8, timeout);
 		if (n < 0 && errno != EINTR)
 			return -errno;
 		if (n == 0 && s->ho)
 			rc = handoff_step(s);
+		/*
+		 * A handoff may pause serving in the middle of this batch:
+		 * from then on the clients are the state's, not ours.
+		 */
 		for (i = 0; rc == 0 && i < n; i++) {
-			switch (ev[i].data.u64) {
-			case EV_SIGNAL:
+			if (ev[i].data.u64 == EV_SIGNAL)
 				rc = on_signal(s);
-				break;
-			case EV_CHANNEL:
+			else if (ev[i].data.u64 == EV_CHANNEL)
 				rc = handoff_step(s);
-				break;
-			case EV_LISTEN: {
-				int fd = accept4(s->lfd, NULL, NULL,
-						 SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-				if (fd >= 0 &&
-				    add_client(s, fd, NULL, 0, NULL, 0) < 0)
-					close(fd);
-				break;
-			}
-			case EV_CLIENTS: {
-				struct epoll_event cev[64];
-				int j, m = epoll_wait(s->cep, cev, 64, 0);
-
-				for (j = 0; j < m; j++) {
-					struct client *c = cev[j].data.ptr;
-
-					if (serve_client(s, c, cev[j].events) <
-					    0)
-						drop_client(s, c);
-				}
-				break;
-			}
-			}
+			else if (ev[i].data.u64 == EV_LISTEN && !s->paused)
+				on_accept(s);
+			else if (ev[i].data.u64 == EV_CLIENTS && !s->paused)
+				on_clients(s);
 		}
 	}
 	return rc;
