@@ -496,8 +496,9 @@ static int handoff_end(struct server *s, int rc)
 	if (rc == 0)
 		rc = cprxfer_commit(ho->ch);
 	if (rc < 0) {
-		fprintf(stderr, "kvcache: upgrade failed, still serving: %s\n",
-			cprxfer_errmsg());
+		fprintf(stderr,
+			"kvcache: upgrade failed after %.1f ms, still serving: %s\n",
+			(t - ho->t_start) / 1e6, cprxfer_errmsg());
 		s->t->fails++;
 	} else {
 		fprintf(stderr,
