@@ -15,7 +15,8 @@ struct cx_connecting;
 
 /*
  * What cprxfer_channel_fd()'s epoll fd holds (lib/chanpoll.c): wanted
- * (want, deadline, extra) and registered (*_fd/*_reg with *_ev).
+ * (want, deadline, extra) and registered (the fields named *_fd and
+ * *_reg, with their events in *_ev).
  */
 struct cx_chan_poll {
 	int ep;		  /* the epoll fd, -1 until first asked for */
