@@ -142,6 +142,7 @@ struct handoff {
 	int64_t spawn;	 /* handoff_start(): spawn, connect start */
 	int64_t longest; /* the longest step of the prepare round */
 	unsigned long loops, loops_prepare; /* loop iterations */
+	int64_t t_loop, gap; /* the last one; the longest gap while serving */
 	cprxfer_successor *succ;
 	cprxfer_channel *ch;
 	cprxfer_state *st;
@@ -502,10 +503,10 @@ static int handoff_end(struct server *s, int rc)
 		s->t->fails++;
 	} else {
 		fprintf(stderr,
-			"kvcache: handed over %zu clients (%zu partial requests, %zu bytes unsent): prepare %.1f ms (%lu loops, spawn %.2f ms, longest step %.3f ms), blackout %.1f ms (%lu loops, save %.1f ms)\n",
+			"kvcache: handed over %zu clients (%zu partial requests, %zu bytes unsent): prepare %.1f ms (%lu loops, longest gap %.1f ms, spawn %.1f ms, longest step %.3f ms), blackout %.1f ms (%lu loops, save %.1f ms)\n",
 			s->n, ho->partial, ho->unsent,
 			(ho->t_paused - ho->t_start) / 1e6, ho->loops_prepare,
-			ho->spawn / 1e6, ho->longest / 1e6,
+			ho->gap / 1e6, ho->spawn / 1e6, ho->longest / 1e6,
 			(t - ho->t_paused) / 1e6, ho->loops - ho->loops_prepare,
 			(ho->t_saved - ho->t_paused) / 1e6);
 	}
@@ -602,7 +603,7 @@ static int handoff_start(struct server *s)
 	}
 	s->ho = ho;
 	s->inject = false;
-	ho->t_start = now_ns();
+	ho->t_start = ho->t_loop = now_ns();
 	ho->deadline = ho->t_start + HANDOFF_TIMEOUT_MS * 1000000ll;
 	if (rc == 0)
 		rc = cprxfer_spawn(s->exe, argv, NULL, o, &ho->succ);
@@ -759,6 +760,17 @@ static void on_clients(struct server *s)
 	}
 }
 
+/* Count the loop's iterations in a handoff, and its longest gap. */
+static void handoff_loop(struct handoff *ho, bool paused)
+{
+	int64_t t = now_ns();
+
+	ho->loops++;
+	if (!paused && t - ho->t_loop > ho->gap)
+		ho->gap = t - ho->t_loop;
+	ho->t_loop = t;
+}
+
 /* Serve until SIGTERM or a handoff; 1: handed over or stopped. */
 static int serve(struct server *s)
 {
@@ -776,7 +788,7 @@ static int serve(struct server *s)
 			left < 0 ? (s->ho ? 0 : -1) : (int)(left / 1000000 + 1);
 
 		if (s->ho)
-			s->ho->loops++;
+			handoff_loop(s->ho, s->paused);
 		n = epoll_wait(s->ep, ev, 8, timeout);
 		if (n < 0 && errno != EINTR)
 			return -errno;
