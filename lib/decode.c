@@ -16,6 +16,7 @@
 #include "cleanup.h"
 #include "error.h"
 #include "ram.h"
+#include "rules.h"
 #include "stream.h"
 #include "wire.h"
 
@@ -87,12 +88,7 @@ static int read_frame(struct dec *d, struct cx_frame *f)
 	rc = cx_frame_parse(h, f);
 	if (rc < 0)
 		return rc;
-	if (f->len > d->declared_bytes - d->bytes)
-		return cx_err(
-			-EBADMSG,
-			"%s frame of %llu bytes runs past the stream's declared end",
-			cx_frame_name(f->type), (unsigned long long)f->len);
-	return 0;
+	return cx_frame_fits(f, d->bytes, d->declared_bytes);
 }
 
 /*
@@ -116,12 +112,11 @@ static void prefault(void *p, size_t n)
 /* Claim the fd a record names: the next one, in order. */
 static int claim_fd(struct dec *d, const char *name, uint32_t index, int *fd)
 {
-	if (index != d->fds_claimed || index >= d->fds_announced)
-		return cx_err(
-			-EBADMSG,
-			"record '%s': names fd %u, expected fd %llu of %llu announced",
-			name, index, (unsigned long long)d->fds_claimed,
-			(unsigned long long)d->fds_announced);
+	int rc = cx_claim_check(name, index, 1, false, d->fds_claimed,
+				d->fds_announced);
+
+	if (rc < 0)
+		return rc;
 	*fd = cx_io_take_fd(d->io);
 	if (*fd < 0)
 		return cx_err(-EBADMSG,
@@ -219,18 +214,20 @@ static int on_fds(struct dec *d, const struct cx_frame *f)
 
 /*
  * Records. on_record() reads what every record has (its header and
- * name) and checks what every record must respect (the record limit,
- * the declared count); the record's type then picks, from rec_types[],
- * the length its value may have and the function that decodes it:
+ * name) and has rules.c check what every record must respect (the
+ * record limit, the declared count, the length its type's value may
+ * have, a critical type this version lacks); the record's type then
+ * picks, from rec_decode[], the function that decodes it:
  *
  *   decode_int        CPRXFER_TYPE_U64, CPRXFER_TYPE_I64
  *   decode_bytes      CPRXFER_TYPE_BLOB, CPRXFER_TYPE_STR
  *   decode_fd         CPRXFER_TYPE_FD
  *   decode_ram        CPRXFER_TYPE_RAM
  *   decode_fd_array   CPRXFER_TYPE_FDS
- *   decode_unknown    any other type: skipped, or refused if critical
+ *   decode_unknown    any other type, not critical: skipped
  *
- * A decode function reads the value, checks it, claims its fds and
+ * The rules a value must follow are rules.c's too, shared with the
+ * stream walker (walk.c). A decode function reads the value, checks it, claims its fds and
  * only then appends the entry, so that a failure leaves nothing behind:
  * what it holds is released by the cleanup attributes on return.
  */
@@ -297,10 +294,11 @@ static int decode_bytes(struct dec *d, struct rec *r)
 	if (rc < 0)
 		return rc;
 	buf[len] = 0;
-	if (r->type == CPRXFER_TYPE_STR && memchr(buf, 0, len))
-		return cx_err(-EBADMSG,
-			      "record '%s': string contains a NUL byte",
-			      r->name);
+	if (r->type == CPRXFER_TYPE_STR) {
+		rc = cx_str_check(r->name, memchr(buf, 0, len) != NULL);
+		if (rc < 0)
+			return rc;
+	}
 	rc = add_entry(d, r, &x);
 	if (rc < 0)
 		return rc;
@@ -354,22 +352,11 @@ static int decode_ram(struct dec *d, struct rec *r)
 		if (rc < 0)
 			return rc;
 		path[plen] = 0;
-		if (strlen(path) != plen)
-			return cx_err(-EBADMSG,
-				      "record '%s': path contains a NUL byte",
-				      r->name);
-	} else if (index == CX_NOFD) {
-		return cx_err(-EBADMSG,
-			      "record '%s': RAM with neither fd nor path",
-			      r->name);
 	}
-	/* Only a state file names RAM by path alone: a peer must not make
-	 * the loader open files of its choosing. */
-	if (d->mode != CX_MODE_FILE && index == CX_NOFD)
-		return cx_err(
-			-EBADMSG,
-			"record '%s': RAM without an fd outside a state file",
-			r->name);
+	rc = cx_ram_rec_check(r->name, path, plen, index,
+			      d->mode == CX_MODE_FILE);
+	if (rc < 0)
+		return rc;
 	if (index != CX_NOFD) {
 		rc = claim_fd(d, r->name, index, &fd);
 		if (rc < 0)
@@ -411,12 +398,11 @@ static void fdvec_clear(struct fdvec *v)
 static int claim_fds(struct dec *d, const char *name, uint32_t first,
 		     uint32_t n, struct fdvec *v)
 {
-	if (first != d->fds_claimed || n > d->fds_announced - d->fds_claimed)
-		return cx_err(
-			-EBADMSG,
-			"record '%s': names %u fds from fd %u, expected fd %llu with %llu announced",
-			name, n, first, (unsigned long long)d->fds_claimed,
-			(unsigned long long)d->fds_announced);
+	int rc = cx_claim_check(name, first, n, true, d->fds_claimed,
+				d->fds_announced);
+
+	if (rc < 0)
+		return rc;
 	/* Bounded: n fds were announced, within the loader's fd limit. */
 	v->fds = malloc(n ? (size_t)n * sizeof(int) : 1);
 	if (!v->fds)
@@ -460,15 +446,9 @@ static int decode_fd_array(struct dec *d, struct rec *r)
 	return 0;
 }
 
-/* A type this version lacks: a later version's optional record is
- * skipped; one marked critical is refused. */
+/* A type this version lacks, not critical (cx_rec_check): skipped. */
 static int decode_unknown(struct dec *d, struct rec *r)
 {
-	if (r->flags & CX_REC_CRITICAL)
-		return cx_err(
-			-EOPNOTSUPP,
-			"record '%s': type %u is not understood by this version and is marked critical",
-			r->name, r->type);
 	if (r->p) {
 		r->p += r->vlen;
 		return 0;
@@ -476,46 +456,25 @@ static int decode_unknown(struct dec *d, struct rec *r)
 	return skip(d, r->vlen);
 }
 
-struct rec_type {
-	const char *what;	   /* for messages */
-	uint64_t min_len, max_len; /* of the value, in bytes */
-	int (*decode)(struct dec *d, struct rec *r);
+/* The value lengths each type takes are checked first (rules.c). */
+static int (*const rec_decode[])(struct dec *d, struct rec *r) = {
+	[CPRXFER_TYPE_U64] = decode_int,      [CPRXFER_TYPE_I64] = decode_int,
+	[CPRXFER_TYPE_BLOB] = decode_bytes,   [CPRXFER_TYPE_STR] = decode_bytes,
+	[CPRXFER_TYPE_FD] = decode_fd,	      [CPRXFER_TYPE_RAM] = decode_ram,
+	[CPRXFER_TYPE_FDS] = decode_fd_array,
 };
-
-static const struct rec_type rec_types[] = {
-	[CPRXFER_TYPE_U64] = { "u64", 8, 8, decode_int },
-	[CPRXFER_TYPE_I64] = { "i64", 8, 8, decode_int },
-	[CPRXFER_TYPE_BLOB] = { "blob", 0, UINT64_MAX, decode_bytes },
-	[CPRXFER_TYPE_STR] = { "str", 0, UINT64_MAX, decode_bytes },
-	[CPRXFER_TYPE_FD] = { "fd", 4, 4, decode_fd },
-	[CPRXFER_TYPE_RAM] = { "RAM", CX_RAM_LEN, CX_RAM_LEN + PATH_MAX - 1,
-			       decode_ram },
-	[CPRXFER_TYPE_FDS] = { "fd array", CX_FDA_LEN, CX_FDA_LEN,
-			       decode_fd_array },
-};
-
-static const struct rec_type unknown_type = { "unknown", 0, UINT64_MAX,
-					      decode_unknown };
-
-static const struct rec_type *rec_type_of(uint8_t type)
-{
-	if (type < sizeof(rec_types) / sizeof(rec_types[0]) &&
-	    rec_types[type].decode)
-		return &rec_types[type];
-	return &unknown_type;
-}
 
 static int on_record(struct dec *d, const struct cx_frame *f)
 {
 	uint8_t h[CX_REC_HDR], small[512];
-	const struct rec_type *t;
+	struct cx_rec_head rh;
 	struct rec r = { 0 };
+	bool known;
 	int rc;
 
-	if (f->len < CX_REC_HDR + 1)
-		return cx_err(-EBADMSG,
-			      "record frame of %llu bytes is too short",
-			      (unsigned long long)f->len);
+	rc = cx_rec_frame_check(f);
+	if (rc < 0)
+		return rc;
 	/* A small record is read and checksummed in one go. */
 	if (f->len <= sizeof(small)) {
 		rc = take(d, small, (size_t)f->len);
@@ -526,89 +485,53 @@ static int on_record(struct dec *d, const struct cx_frame *f)
 	rc = rtake(d, &r, h, sizeof(h));
 	if (rc < 0)
 		return rc;
-	r.type = h[0];
-	r.flags = h[1];
-	r.name_len = h[2];
-	if (r.name_len == 0 || CX_REC_HDR + (uint64_t)r.name_len > f->len)
-		return cx_err(
-			-EBADMSG,
-			"record %llu: name length %u does not fit its %llu-byte frame",
-			(unsigned long long)d->records, r.name_len,
-			(unsigned long long)f->len);
+	rc = cx_rec_head_parse(h, f, d->records, &rh);
+	if (rc < 0)
+		return rc;
+	r.type = rh.type;
+	r.flags = rh.flags;
+	r.name_len = rh.name_len;
+	r.vlen = rh.vlen;
 	rc = rtake(d, &r, r.name, r.name_len);
 	if (rc < 0)
 		return rc;
 	r.name[r.name_len] = 0;
-	if (memchr(r.name, 0, r.name_len))
-		return cx_err(-EBADMSG, "record %llu: name contains a NUL byte",
-			      (unsigned long long)d->records);
-	r.vlen = f->len - CX_REC_HDR - r.name_len;
-	if (r.vlen > d->o->max_record)
-		return cx_err(-EMSGSIZE,
-			      "record '%s': length %llu exceeds limit %llu",
-			      r.name, (unsigned long long)r.vlen,
-			      (unsigned long long)d->o->max_record);
-	if (++d->records > d->declared_records)
-		return cx_err(
-			-EBADMSG,
-			"record '%s': more records than the %llu declared",
-			r.name, (unsigned long long)d->declared_records);
-	t = rec_type_of(r.type);
-	if (r.vlen < t->min_len || r.vlen > t->max_len)
-		return cx_err(
-			-EBADMSG,
-			"record '%s': %s value of %llu bytes (type %u takes %llu to %llu)",
-			r.name, t->what, (unsigned long long)r.vlen, r.type,
-			(unsigned long long)t->min_len,
-			(unsigned long long)t->max_len);
-	return t->decode(d, &r);
+	rc = cx_rec_check(&rh, r.name, d->o, &d->records, d->declared_records,
+			  &known);
+	if (rc < 0)
+		return rc;
+	return known ? rec_decode[r.type](d, &r) : decode_unknown(d, &r);
 }
 
 static int on_end(struct dec *d, const struct cx_frame *f)
 {
+	struct cx_end_seen s;
 	uint8_t p[CX_END_LEN];
-	uint32_t crc;
 	int rc;
 
-	if (f->len != CX_END_LEN)
-		return cx_err(-EBADMSG, "END frame of %llu bytes",
-			      (unsigned long long)f->len);
+	rc = cx_end_frame_check(f);
+	if (rc < 0)
+		return rc;
 	rc = take(d, p, 16);
 	if (rc < 0)
 		return rc;
-	crc = d->crc;
+	s.crc = d->crc;
 	rc = take(d, p + 16, 8);
 	if (rc < 0)
 		return rc;
-	if (cx_get64(p) != d->records || d->records != d->declared_records)
-		return cx_err(-EBADMSG,
-			      "stream ends after %llu records, declared %llu",
-			      (unsigned long long)d->records,
-			      (unsigned long long)d->declared_records);
+	s.records = d->records;
+	s.declared_records = d->declared_records;
+	s.declared_fds = d->declared_fds;
+	s.received = d->io->fds_in;
+	s.claimed = d->fds_claimed;
 	/*
 	 * fds left in the queue are extra, unless bytes of a next stream
 	 * were read ahead: then they came with that stream's first batch.
 	 */
-	if (cx_get64(p + 8) != d->declared_fds ||
-	    d->fds_claimed != d->declared_fds ||
-	    (d->io->fdq_pos != d->io->fdq_len && !cx_io_buffered(d->io)))
-		return cx_err(
-			-EBADMSG,
-			"fd count does not match the records: %llu declared, %llu received, %llu claimed",
-			(unsigned long long)d->declared_fds,
-			(unsigned long long)d->io->fds_in,
-			(unsigned long long)d->fds_claimed);
-	if (d->bytes != d->declared_bytes)
-		return cx_err(-EBADMSG,
-			      "stream ends after %llu bytes, declared %llu",
-			      (unsigned long long)d->bytes,
-			      (unsigned long long)d->declared_bytes);
-	if (cx_get32(p + 16) != crc)
-		return cx_err(
-			-EBADMSG,
-			"checksum mismatch: stream says 0x%08x, data gives 0x%08x",
-			cx_get32(p + 16), crc);
-	return 0;
+	s.fds_left = d->io->fdq_pos != d->io->fdq_len && !cx_io_buffered(d->io);
+	s.bytes = d->bytes;
+	s.declared_bytes = d->declared_bytes;
+	return cx_end_check(p, &s);
 }
 
 static int on_begin(struct dec *d)
@@ -622,37 +545,18 @@ static int on_begin(struct dec *d)
 	if (rc < 0)
 		return rc;
 	rc = cx_frame_parse(h, &f);
+	if (rc == 0)
+		rc = cx_begin_frame_check(&f);
 	if (rc < 0)
 		return rc;
-	if (f.type != CX_F_BEGIN || f.len != CX_BEGIN_LEN)
-		return cx_err(-EPROTO,
-			      "expected a BEGIN frame, got %s of %llu bytes",
-			      cx_frame_name(f.type), (unsigned long long)f.len);
 	d->declared_bytes += CX_BEGIN_LEN;
 	rc = take(d, p, sizeof(p));
 	if (rc < 0)
 		return rc;
-	d->declared_records = cx_get64(p);
-	d->declared_fds = cx_get64(p + 8);
-	d->declared_bytes = cx_get64(p + 16);
-	if (d->declared_records > d->o->max_records)
-		return cx_err(-E2BIG,
-			      "stream declares %llu records, limit %llu",
-			      (unsigned long long)d->declared_records,
-			      (unsigned long long)d->o->max_records);
-	if (d->declared_fds > d->max_fds)
-		return cx_err(-EMFILE, "stream declares %llu fds, limit %llu",
-			      (unsigned long long)d->declared_fds,
-			      (unsigned long long)d->max_fds);
-	if (d->declared_bytes > d->o->max_stream)
-		return cx_err(-EFBIG, "stream declares %llu bytes, limit %llu",
-			      (unsigned long long)d->declared_bytes,
-			      (unsigned long long)d->o->max_stream);
-	if (d->declared_bytes < d->bytes + CX_HDR + CX_END_LEN)
-		return cx_err(
-			-EBADMSG,
-			"stream declares %llu bytes, too few for its frames",
-			(unsigned long long)d->declared_bytes);
+	rc = cx_begin_check(p, d->o, d->max_fds, d->bytes, &d->declared_records,
+			    &d->declared_fds, &d->declared_bytes);
+	if (rc < 0)
+		return rc;
 	return cx_state_reserve(d->st, d->declared_records < 65536
 					       ? (size_t)d->declared_records
 					       : 65536);
@@ -698,6 +602,10 @@ int cx_decode(struct cx_io *io, const struct cprxfer_opts *o, enum cx_mode mode,
 		cx_io_drop_fds(io);
 		return rc;
 	}
+	/* The next stream's count starts here, not on top of this one's
+	 * (a channel's loader peeks at the next stream, fds and all,
+	 * before it decodes it). */
+	io->fds_in = io->fdq_len - io->fdq_pos;
 	*out = d.st;
 	return 0;
 }

@@ -94,31 +94,57 @@ int cx_exec_encode(const cprxfer_state *st, const char *tag, bool seal,
 	return 0;
 }
 
-/* The fds to pass: every fd the state names, once, and the extras. */
+/* The n-th fd of entry i (i >= st->n: the extras); *m: how many. */
+static const int *entry_fds(const cprxfer_state *st, const int *extra, size_t i,
+			    size_t *m)
+{
+	const int *fds;
+
+	if (i >= st->n) {
+		*m = 1;
+		return &extra[i - st->n];
+	}
+	*m = cx_entry_fds(&st->e[i], &fds);
+	return fds;
+}
+
+/*
+ * The fds to pass: every fd the state names, once, and the extras. A
+ * bitmap of fd numbers (its size follows the highest fd, which the fd
+ * table bounds) tells a repeat at once: O(n), where a scan of what had
+ * been collected was O(n^2).
+ */
 static int collect_fds(const cprxfer_state *st, const int *extra, size_t nx,
 		       struct fdflag **out, size_t *n)
 {
 	cx_autofree struct fdflag *v = NULL;
-	size_t i, j, k = 0;
+	cx_autofree uint64_t *seen = NULL;
+	size_t i, k = 0, m, x, top = 0;
 
+	for (i = 0; i < st->n + nx; i++) {
+		const int *fds = entry_fds(st, extra, i, &m);
+
+		for (x = 0; x < m; x++)
+			if (fds[x] >= 0 && (size_t)fds[x] >= top)
+				top = (size_t)fds[x] + 1;
+	}
 	v = malloc((cx_state_nfds(st) + nx) * sizeof(*v));
-	if (!v)
+	seen = calloc(top / 64 + 1, sizeof(*seen));
+	if (!v || !seen)
 		return cx_err(-ENOMEM, "out of memory");
 	for (i = 0; i < st->n + nx; i++) {
-		const int *fds = i < st->n ? NULL : &extra[i - st->n];
-		size_t m = 1, x;
+		const int *fds = entry_fds(st, extra, i, &m);
 
-		if (i < st->n)
-			m = cx_entry_fds(&st->e[i], &fds);
 		for (x = 0; x < m; x++) {
 			int fd = fds[x];
+			uint64_t bit;
 
 			if (fd < 0)
 				continue;
-			for (j = 0; j < k && v[j].fd != fd; j++)
-				;
-			if (j < k)
+			bit = 1ull << (fd % 64);
+			if (seen[fd / 64] & bit)
 				continue;
+			seen[fd / 64] |= bit;
 			v[k].fd = fd;
 			v[k].flags = fcntl(fd, F_GETFD);
 			if (v[k].flags < 0)

@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -33,6 +34,12 @@
 #endif
 #ifndef HUGETLBFS_MAGIC
 #define HUGETLBFS_MAGIC 0x958458f6
+#endif
+#ifndef MFD_HUGE_SHIFT
+#define MFD_HUGE_SHIFT 26
+#endif
+#ifndef TMPFS_MAGIC
+#define TMPFS_MAGIC 0x01021994
 #endif
 
 #define CX_RAM_FLAGS                                   \
@@ -57,17 +64,89 @@ static size_t page_size(void)
 }
 
 /*
+ * Is the unlinked regular file behind fd (st, on a filesystem of type
+ * sf) a memfd? memfds live on the kernel's internal tmpfs mount, or for
+ * MFD_HUGETLB on its internal hugetlbfs mount of that page size, which
+ * no path reaches: a memfd made here for comparison has the same st_dev
+ * exactly when fd is one too. An unlinked file of /dev/shm or of a
+ * hugetlbfs mount (O_TMPFILE) has its mount's st_dev. No /proc needed.
+ */
+static bool is_memfd(const struct stat *st, const struct statfs *sf)
+{
+	/*
+	 * The internal mounts' st_dev, per page shift (0: tmpfs), learnt
+	 * once per process: they do not change while the kernel runs, and a
+	 * memfd_create per check would cost ~10 us in every load of a region.
+	 * 0: not known yet. Threads that race store the same value.
+	 */
+	static uint64_t dev_of[64];
+	cx_autoclose int probe = -1;
+	unsigned int fl = MFD_CLOEXEC, shift = 0;
+	struct stat ps;
+	uint64_t dev;
+
+	if (!S_ISREG(st->st_mode) || st->st_nlink != 0)
+		return false;
+	if (sf->f_type == HUGETLBFS_MAGIC) {
+		while (shift < 63 && (1ull << shift) < (uint64_t)sf->f_bsize)
+			shift++;
+		fl |= MFD_HUGETLB | (shift << MFD_HUGE_SHIFT);
+	} else if (sf->f_type != TMPFS_MAGIC) {
+		return false;
+	}
+	dev = __atomic_load_n(&dev_of[shift], __ATOMIC_RELAXED);
+	if (!dev) {
+		probe = memfd_create("cprxfer-probe", fl);
+		if (probe < 0 || fstat(probe, &ps) < 0)
+			return false;
+		dev = (uint64_t)ps.st_dev;
+		__atomic_store_n(&dev_of[shift], dev, __ATOMIC_RELAXED);
+	}
+	return dev == (uint64_t)st->st_dev;
+}
+
+/*
+ * Is the character device st a dax device? Its class in sysfs says so;
+ * where /sys is not mounted, its name in /proc/self/fd does ("/dev/dax").
+ * 1 yes, 0 no.
+ */
+static int is_dax(int fd, const struct stat *st)
+{
+	char link[64], target[PATH_MAX];
+	const char *base;
+	ssize_t n;
+
+	snprintf(link, sizeof(link), "/sys/dev/char/%u:%u/subsystem",
+		 major(st->st_rdev), minor(st->st_rdev));
+	n = readlink(link, target, sizeof(target) - 1);
+	if (n >= 0) {
+		target[n] = 0;
+		base = strrchr(target, '/');
+		return !strcmp(base ? base + 1 : target, "dax");
+	}
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, target, sizeof(target) - 1);
+	return n >= 8 && !strncmp(target, "/dev/dax", 8);
+}
+
+/*
  * Classify fd: a memfd, a regular file (path filled in when it still has
- * a name) or a dax device. -EINVAL for anything else. Without /proc (a
- * chroot, a sandbox) a memfd is recognised by its having no link and
- * taking seals; a character device cannot be told to be dax.
+ * a name) or a dax device. -EINVAL for anything else.
+ *
+ * Memfds and dax devices are told without /proc (is_memfd, is_dax). A
+ * regular file's path, which file mode needs to reopen it after a
+ * reboot, can only be read from /proc/self/fd: Linux offers no other
+ * way from an fd to a name. Without /proc (a chroot, a sandbox) a file
+ * gets no path and its region is carried by its fd alone.
  */
 static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 		   size_t pathlen, int *kind)
 {
+	struct statfs sf;
 	char link[64];
 	ssize_t n;
 
+	path[0] = 0;
 	if (fstat(fd, st) < 0)
 		return cx_err(-errno, "%s: fstat of fd %d: %s", what, fd,
 			      strerror(errno));
@@ -75,30 +154,34 @@ static int fd_kind(const char *what, int fd, struct stat *st, char *path,
 		return cx_err(-EINVAL,
 			      "%s: fd %d is %s, not a memfd or a regular file",
 			      what, fd, cx_file_kind(st->st_mode));
+	if (S_ISCHR(st->st_mode)) {
+		if (!is_dax(fd, st))
+			return cx_err(
+				-EINVAL,
+				"%s: fd %d is a character device (%u:%u), not a dax device",
+				what, fd, major(st->st_rdev),
+				minor(st->st_rdev));
+		*kind = KIND_DAX;
+		return 0;
+	}
+	if (fstatfs(fd, &sf) < 0)
+		return cx_err(-errno, "%s: fstatfs of fd %d: %s", what, fd,
+			      strerror(errno));
+	if (is_memfd(st, &sf)) {
+		*kind = KIND_MEMFD;
+		return 0;
+	}
+	*kind = KIND_FILE;
+	if (st->st_nlink == 0)
+		return 0; /* unlinked: only the fd can carry it */
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	n = readlink(link, path, pathlen - 1);
 	if (n < 0 && errno != ENOENT)
 		return cx_err(-errno, "%s: readlink %s: %s", what, link,
 			      strerror(errno));
 	path[n < 0 ? 0 : n] = 0;
-	if (S_ISCHR(st->st_mode)) {
-		if (strncmp(path, "/dev/dax", 8))
-			return cx_err(
-				-EINVAL,
-				"%s: fd %d is a character device (%s), not a dax device",
-				what, fd, n < 0 ? "no /proc to name it" : path);
-		*kind = KIND_DAX;
-		return 0;
-	}
-	if (st->st_nlink == 0 && (n < 0 ? fcntl(fd, F_GET_SEALS) >= 0
-					: !strncmp(path, "/memfd:", 7))) {
-		*kind = KIND_MEMFD;
+	if (path[0] != '/')
 		path[0] = 0;
-		return 0;
-	}
-	*kind = KIND_FILE;
-	if (st->st_nlink == 0 || path[0] != '/')
-		path[0] = 0; /* unlinked: only the fd can carry it */
 	return 0;
 }
 

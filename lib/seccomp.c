@@ -26,8 +26,13 @@
  *   socket (AF_UNIX, SOCK_STREAM only), bind, listen, accept4, connect,
  *   getsockopt, setsockopt, getsockname, shutdown, sendmsg, recvmsg,
  *   poll (ppoll), inotify_init1, inotify_add_watch, inotify_rm_watch,
- *   lstat, stat (newfstatat), chmod (fchmodat), rename (renameat),
- *   renameat2, unlink (unlinkat)
+ *   lstat, stat (newfstatat), chmod (fchmodat), fchownat (the socket's
+ *   group), rename (renameat), renameat2, unlink (unlinkat), ioctl
+ *   (PIDFD_GET_INFO only: is a peer allowed by pid still alive?);
+ *   for cprxfer_spawn and the successor calls: socketpair, clone
+ *   (CLONE_VM | CLONE_VFORK | SIGCHLD only; clone3 fails with ENOSYS so
+ *   that posix_spawn falls back to it), rt_sigaction, execve, pidfd_open,
+ *   waitid, wait4, pidfd_send_signal and kill (SIGKILL only)
  *
  * CPRXFER_MODE_EXEC (cprxfer_exec, cprxfer_load_exec):
  *   execve, pread64, and for the helper that unmaps the old image after
@@ -37,6 +42,16 @@
  *   (SIGKILL only), exit;
  *   for cprxfer_exec_opts' confirmation and fallback: socketpair
  *   (AF_UNIX), sendto/recvfrom, execveat, exit_group
+ *
+ * CPRXFER_MODE_RESTART and CPRXFER_MODE_KEXEC (libcprxfer-systemd:
+ * cprxfer_sd_*), measured under a KILL filter (tests/test-sd.c):
+ *   socket (AF_UNIX, SOCK_DGRAM only), getsockopt/setsockopt (SO_SNDBUF),
+ *   getuid, getgid, getegid (SCM_CREDENTIALS), sendmsg (FDSTORE=1,
+ *   FDSTOREREMOVE=1), pipe2 and poll/ppoll (BARRIER=1), pread64;
+ *   sd_listen_fds and the stream need only the every-mode calls. Not
+ *   covered: the D-Bus query of FileDescriptorStoreMax= that
+ *   cprxfer_sd_check makes where $FDSTORE is unset (systemd < 254);
+ *   under a filter that refuses it the store's size is "unknown".
  *
  * CPRXFER_MODE_FILE (cprxfer_save_file, cprxfer_load_file):
  *   fsync, rename (renameat, renameat2), unlink (unlinkat), pread64,
@@ -56,7 +71,14 @@
 #define T   CPRXFER_MODE_TRANSFER
 #define X   CPRXFER_MODE_EXEC
 #define F   CPRXFER_MODE_FILE
-#define ALL (T | X | F)
+#define R   (CPRXFER_MODE_RESTART | CPRXFER_MODE_KEXEC)
+#define ALL (T | X | F | R)
+
+/*
+ * PIDFD_GET_INFO (Linux 6.13) with the 64-byte struct pidfd_info that
+ * lib/handshake.c passes: _IOWR(0xFF, 11, 64 bytes).
+ */
+#define CX_PIDFD_GET_INFO_64 0xc040ff0bu
 
 static const struct {
 	const char *name;
@@ -97,14 +119,16 @@ static const struct {
 	{ "listen", T },
 	{ "accept4", T },
 	{ "connect", T },
-	{ "getsockopt", T },  /* SO_TYPE, SO_PEERCRED, SO_ERROR */
-	{ "setsockopt", T },  /* SO_SNDTIMEO */
-	{ "getsockname", T }, /* is it AF_UNIX? */
-	{ "shutdown", T },    /* after a refused load */
-	{ "sendmsg", T },     /* frames, SCM_RIGHTS */
+	{ "getsockopt", T | R }, /* SO_TYPE, SO_PEERCRED, SO_ERROR;
+				  * libsystemd: SO_SNDBUF */
+	{ "setsockopt", T | R }, /* SO_SNDTIMEO; libsystemd: SO_SNDBUF */
+	{ "getsockname", T },	 /* is it AF_UNIX? */
+	{ "shutdown", T },	 /* after a refused load */
+	{ "sendmsg", T | R },	 /* frames, SCM_RIGHTS; sd_notify */
 	{ "recvmsg", T },
-	{ "poll", T | X }, /* every wait, bounded; the exec helper's */
-	{ "ppoll", T | X },
+	{ "poll", T | X | R }, /* every wait, bounded; the exec helper's;
+				* BARRIER=1 */
+	{ "ppoll", T | X | R },
 	{ "epoll_create1", T }, /* the listener's pollable fd */
 	{ "epoll_ctl", T },
 	{ "epoll_wait", T },
@@ -118,6 +142,7 @@ static const struct {
 	{ "stat", T },
 	{ "chmod", T }, /* listen: the socket's mode */
 	{ "fchmodat", T },
+	{ "fchownat", T },	/* listen: cprxfer_opts_set_socket_group */
 	{ "renameat2", T | F }, /* listen: into place */
 	{ "rename", T | F },	/* file: the atomic replace */
 	{ "renameat", T | F },
@@ -125,20 +150,27 @@ static const struct {
 	{ "unlinkat", T | F },
 
 	/* exec in place */
-	{ "execve", X },
-	{ "pread64", X | F },	 /* the stream magic; the CRC */
-	{ "pipe2", X },		 /* the exec wakes the helper */
-	{ "wait4", X },		 /* reap the intermediate */
-	{ "rt_sigprocmask", X }, /* signals blocked around the clone */
-	{ "rt_sigaction", X },	 /* the helper resets handlers */
-	{ "close_range", X },	 /* the helper drops its files */
-	{ "pidfd_open", X },	 /* the helper; the new image */
-	{ "socketpair", X },	 /* confirmation socket */
-	{ "sendto", X },	 /* cprxfer_exec_commit */
+	{ "execve", X | T },	   /* exec mode; cprxfer_spawn's child */
+	{ "pread64", X | F | R },  /* the stream magic; the CRC */
+	{ "pipe2", X | R },	   /* the exec wakes the helper; BARRIER=1 */
+	{ "wait4", X | T },	   /* reap the intermediate; a failed spawn */
+	{ "rt_sigprocmask", X },   /* signals blocked around the clone */
+	{ "rt_sigaction", X | T }, /* the exec helper and cprxfer_spawn's
+				   * child reset handlers */
+	{ "close_range", X },	   /* the helper drops its files */
+	{ "pidfd_open", X | T },   /* the helper; the new image; a successor */
+	{ "waitid", T },	   /* a successor: exited? reap it */
+	{ "socketpair", X | T },   /* confirmation socket; a successor's */
+	{ "sendto", X },	   /* cprxfer_exec_commit */
 	{ "recvfrom", X },
 	{ "execveat", X }, /* the fallback */
 	{ "exit", X },	   /* the helper's own exit */
 	{ "exit_group", X },
+
+	/* restart mode: libsystemd's notify path (SCM_CREDENTIALS) */
+	{ "getuid", R },
+	{ "getgid", R },
+	{ "getegid", R },
 
 	/* file mode */
 	{ "fsync", F },	    /* the file, its directory */
@@ -192,15 +224,62 @@ static int add_exec_args(scmp_filter_ctx ctx)
 	return rc;
 }
 
+/*
+ * cprxfer_spawn (posix_spawn) and cprxfer_successor_kill: glibc's
+ * posix_spawn makes its child with clone3 first, whose flags live in
+ * memory a filter cannot read: clone3 fails with ENOSYS, so that glibc
+ * falls back to clone with flags the filter can check. A caller that
+ * has its own rule for clone3 keeps it (-EEXIST is not an error here).
+ */
+static int add_spawn_args(scmp_filter_ctx ctx)
+{
+	const struct scmp_arg_cmp spawn[] = {
+		SCMP_A0(SCMP_CMP_EQ, CLONE_VM | CLONE_VFORK | SIGCHLD),
+	};
+	const struct scmp_arg_cmp sigkill[] = {
+		SCMP_A1(SCMP_CMP_EQ, SIGKILL),
+	};
+	int nr = seccomp_syscall_resolve_name("clone3");
+	int rc;
+
+	rc = add(ctx, "clone", 1, spawn);
+	if (rc == 0)
+		rc = add(ctx, "pidfd_send_signal", 1, sigkill);
+	if (rc == 0)
+		rc = add(ctx, "kill", 1, sigkill);
+	if (rc == 0 && nr != __NR_SCMP_ERROR) {
+		rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0);
+		if (rc == -EEXIST)
+			rc = 0;
+		if (rc < 0)
+			return cx_err(
+				rc,
+				"cprxfer_seccomp_allow: rule for clone3: libseccomp error %d",
+				rc);
+	}
+	return rc;
+}
+
 CX_EXPORT int cprxfer_seccomp_allow(scmp_filter_ctx ctx, unsigned modes)
 {
-	const unsigned known = T | X | F;
+	const unsigned known = T | X | F | R;
 	/* socket(AF_UNIX, SOCK_STREAM [| SOCK_CLOEXEC | SOCK_NONBLOCK]) */
 	const struct scmp_arg_cmp unix_stream[] = {
 		SCMP_A0(SCMP_CMP_EQ, AF_UNIX),
 		SCMP_A1(SCMP_CMP_MASKED_EQ,
 			~(uint64_t)(SOCK_CLOEXEC | SOCK_NONBLOCK) & 0xffffffff,
 			SOCK_STREAM),
+	};
+	/* socket(AF_UNIX, SOCK_DGRAM [| ...]): libsystemd's notify socket */
+	const struct scmp_arg_cmp unix_dgram[] = {
+		SCMP_A0(SCMP_CMP_EQ, AF_UNIX),
+		SCMP_A1(SCMP_CMP_MASKED_EQ,
+			~(uint64_t)(SOCK_CLOEXEC | SOCK_NONBLOCK) & 0xffffffff,
+			SOCK_DGRAM),
+	};
+	/* ioctl(pidfd, PIDFD_GET_INFO): is the peer allowed by pid alive? */
+	const struct scmp_arg_cmp pidfd_info[] = {
+		SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffff, CX_PIDFD_GET_INFO_64),
 	};
 	uint32_t def = 0;
 	size_t i;
@@ -235,5 +314,11 @@ CX_EXPORT int cprxfer_seccomp_allow(scmp_filter_ctx ctx, unsigned modes)
 	}
 	if (modes & T)
 		rc = add(ctx, "socket", 2, unix_stream);
+	if (rc == 0 && (modes & T))
+		rc = add(ctx, "ioctl", 1, pidfd_info);
+	if (rc == 0 && (modes & T))
+		rc = add_spawn_args(ctx);
+	if (rc == 0 && (modes & R))
+		rc = add(ctx, "socket", 2, unix_dgram);
 	return rc;
 }

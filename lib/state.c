@@ -5,6 +5,7 @@
  * million entries builds and loads in linear time.
  */
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -361,6 +362,7 @@ CX_EXPORT void cprxfer_state_free(cprxfer_state *st)
 	}
 	free(st->e);
 	free(st->tab);
+	free(st->owned);
 	free(st);
 }
 
@@ -506,6 +508,210 @@ CX_EXPORT int cprxfer_put_fds(cprxfer_state *st, const char *name,
 	return 0;
 }
 
+static bool owned_test(const cprxfer_state *st, int fd)
+{
+	size_t w = (size_t)fd / 64;
+
+	return w < st->owned_words && (st->owned[w] >> (fd % 64) & 1);
+}
+
+static void owned_flip(cprxfer_state *st, const int *fds, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		st->owned[(size_t)fds[i] / 64] ^= 1ull << (fds[i] % 64);
+}
+
+/* Room in the bitmap for fd numbers up to max. */
+static int owned_grow(cprxfer_state *st, const char *what, int max)
+{
+	size_t words = (size_t)max / 64 + 1;
+	uint64_t *p;
+
+	if (words <= st->owned_words)
+		return 0;
+	p = realloc(st->owned, words * sizeof(*p));
+	if (!p)
+		return cx_err(-ENOMEM, "%s: out of memory", what);
+	memset(p + st->owned_words, 0, (words - st->owned_words) * sizeof(*p));
+	st->owned = p;
+	st->owned_words = words;
+	return 0;
+}
+
+/* Mark fds as owned by st, from a fresh scan of its entries if needed. */
+static int owned_build(cprxfer_state *st, const char *what)
+{
+	size_t i;
+	int rc;
+
+	if (st->owned_valid)
+		return 0;
+	if (st->owned_words)
+		memset(st->owned, 0, st->owned_words * sizeof(*st->owned));
+	for (i = 0; i < st->n; i++) {
+		const struct cx_entry *e = &st->e[i];
+		const int *fds = NULL;
+		size_t k, n = 0;
+
+		if (!e->owns_fd)
+			continue;
+		if (e->type == CPRXFER_TYPE_FD) {
+			fds = &e->v.fd;
+			n = 1;
+		} else if (e->type == CPRXFER_TYPE_RAM) {
+			fds = &e->v.ram.fd;
+			n = 1;
+		} else if (e->type == CPRXFER_TYPE_FDS && e->v.fda.fds) {
+			fds = e->v.fda.fds;
+			n = e->v.fda.n;
+		}
+		for (k = 0; k < n; k++) {
+			if (fds[k] < 0)
+				continue;
+			rc = owned_grow(st, what, fds[k]);
+			if (rc < 0)
+				return rc;
+			st->owned[(size_t)fds[k] / 64] |= 1ull << (fds[k] % 64);
+		}
+	}
+	st->owned_valid = true;
+	return 0;
+}
+
+/*
+ * Claim fds[0..n) (all >= 0) for st: -EINVAL, nothing claimed, if one is
+ * the state's already or appears twice (either would be closed twice).
+ */
+static int owned_claim(cprxfer_state *st, const char *what, const int *fds,
+		       size_t n)
+{
+	size_t i;
+	int max = 0, rc;
+
+	rc = owned_build(st, what);
+	for (i = 0; rc == 0 && i < n; i++)
+		if (fds[i] > max)
+			max = fds[i];
+	if (rc == 0)
+		rc = owned_grow(st, what, max);
+	if (rc < 0)
+		return rc;
+	for (i = 0; i < n; i++) {
+		if (owned_test(st, fds[i])) {
+			owned_flip(st, fds, i);
+			return cx_err(
+				-EINVAL,
+				"%s: fd %d is the state's already (adopted twice, or under another name): it would be closed twice",
+				what, fds[i]);
+		}
+		owned_flip(st, fds + i, 1);
+	}
+	return 0;
+}
+
+CX_EXPORT int cprxfer_adopt_fd(cprxfer_state *st, const char *name, int fd)
+{
+	struct cx_entry *e;
+	int rc;
+
+	if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+		return cx_err(-EBADF, "cprxfer_adopt_fd: fd %d is not open",
+			      fd);
+	rc = put(st, "cprxfer_adopt_fd", name, CPRXFER_TYPE_FD, &e);
+	if (rc == 0) {
+		rc = owned_claim(st, "cprxfer_adopt_fd", &fd, 1);
+		if (rc < 0) {
+			cx_state_pop(st);
+			return rc;
+		}
+		/* Owned: nobody else closes it, so a save need not check it. */
+		e->v.fd = fd;
+		e->owns_fd = true;
+	}
+	return rc;
+}
+
+/*
+ * Are fds[0..n) all open? One poll() per ADOPT_POLL fds (POLLNVAL: not
+ * open) instead of a syscall per fd.
+ */
+#define ADOPT_POLL 256
+static int adopt_check(const char *what, const int *fds, size_t n)
+{
+	struct pollfd p[ADOPT_POLL];
+	size_t i, j, k;
+
+	for (i = 0; i < n; i += k) {
+		k = n - i < ADOPT_POLL ? n - i : ADOPT_POLL;
+		for (j = 0; j < k; j++) {
+			if (fds[i + j] < 0)
+				return cx_err(
+					-EBADF,
+					"%s: fd %d (index %zu) is not open",
+					what, fds[i + j], i + j);
+			p[j].fd = fds[i + j];
+			p[j].events = 0;
+			p[j].revents = 0;
+		}
+		if (poll(p, k, 0) < 0) {
+			/* nfds above RLIMIT_NOFILE: ask one fd at a time. */
+			for (j = 0; j < k; j++)
+				p[j].revents = fcntl(p[j].fd, F_GETFD) < 0
+						       ? POLLNVAL
+						       : 0;
+		}
+		for (j = 0; j < k; j++)
+			if (p[j].revents & POLLNVAL)
+				return cx_err(
+					-EBADF,
+					"%s: fd %d (index %zu) is not open",
+					what, fds[i + j], i + j);
+	}
+	return 0;
+}
+
+CX_EXPORT int cprxfer_adopt_fds(cprxfer_state *st, const char *name,
+				const int *fds, size_t n)
+{
+	cx_autofree int *copy = NULL;
+	struct cx_entry *e;
+	int rc;
+
+	if (!fds && n)
+		return cx_err(-EINVAL, "cprxfer_adopt_fds: NULL fds, count %zu",
+			      n);
+	if (n > UINT32_MAX)
+		return cx_err(-E2BIG,
+			      "cprxfer_adopt_fds: %zu fds exceed the wire's %u",
+			      n, UINT32_MAX);
+	rc = adopt_check("cprxfer_adopt_fds", fds, n);
+	if (rc < 0)
+		return rc;
+	copy = malloc(n ? n * sizeof(int) : 1);
+	if (!copy)
+		return cx_err(-ENOMEM,
+			      "cprxfer_adopt_fds: out of memory for %zu fds",
+			      n);
+	if (n)
+		memcpy(copy, fds, n * sizeof(int));
+	rc = put(st, "cprxfer_adopt_fds", name, CPRXFER_TYPE_FDS, &e);
+	if (rc < 0)
+		return rc;
+	rc = owned_claim(st, "cprxfer_adopt_fds", copy, n);
+	if (rc < 0) {
+		cx_state_pop(st);
+		return rc;
+	}
+	/* Owned: closed with the state, never checked at save (no ids). */
+	e->v.fda.fds = cx_steal_ptr(&copy);
+	e->v.fda.ids = NULL;
+	e->v.fda.n = n;
+	e->owns_fd = true;
+	return 0;
+}
+
 static int get(const cprxfer_state *st, const char *what, const char *name,
 	       int type, struct cx_entry **out)
 {
@@ -628,6 +834,7 @@ CX_EXPORT int cprxfer_take_fd(cprxfer_state *st, const char *name)
 	fd = e->v.fd;
 	e->v.fd = -1;
 	e->owns_fd = false;
+	st->owned_valid = false;
 	return fd;
 }
 
@@ -703,6 +910,7 @@ CX_EXPORT int cprxfer_take_fds(cprxfer_state *st, const char *name, int **fds,
 	*fds = cx_steal_ptr(&e->v.fda.fds);
 	*n = e->v.fda.n;
 	e->owns_fd = false;
+	st->owned_valid = false;
 	return 0;
 }
 

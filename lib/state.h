@@ -66,6 +66,14 @@ struct cprxfer_state {
 	bool from_peer;
 	bool allow_file_ram;
 	const struct cprxfer_blockers *blockers; /* borrowed; NULL: none */
+	/*
+	 * The fd numbers the state owns, as a bitmap, so that adopting one
+	 * twice (which would close it twice) is refused. Built on the first
+	 * adopt, dropped whenever an owned fd leaves the state.
+	 */
+	uint64_t *owned;
+	size_t owned_words;
+	bool owned_valid;
 };
 
 /*

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The stream walker (walk.h): the decoder's checks, in the decoder's
- * order, without building a state or adopting an fd. Values are
+ * The stream walker (walk.h): the decoder's checks (rules.c, shared
+ * with decode.c), in the decoder's order, without building a state or
+ * adopting an fd. Values are
  * streamed through a small buffer whatever their size, so a walk needs
  * no allocation sized by the stream but the list of inline fd numbers,
  * which the fd limit bounds.
@@ -15,6 +16,7 @@
 #include "cleanup.h"
 #include "crc32c.h"
 #include "error.h"
+#include "rules.h"
 #include "walk.h"
 #include "wire.h"
 
@@ -116,39 +118,18 @@ static int on_begin(struct wk *k)
 
 	w->declared_bytes = CX_HDR;
 	rc = parse_header(k, &f);
+	if (rc == 0)
+		rc = cx_begin_frame_check(&f);
 	if (rc < 0)
 		return rc;
-	if (f.type != CX_F_BEGIN || f.len != CX_BEGIN_LEN)
-		return cx_err(-EPROTO,
-			      "expected a BEGIN frame, got %s of %llu bytes",
-			      cx_frame_name(f.type), (unsigned long long)f.len);
 	w->declared_bytes += CX_BEGIN_LEN;
 	rc = take(k, p, sizeof(p));
 	if (rc < 0)
 		return rc;
-	w->declared_records = cx_get64(p);
-	w->declared_fds = cx_get64(p + 8);
-	w->declared_bytes = cx_get64(p + 16);
 	w->begun = true;
-	if (w->declared_records > k->o.max_records)
-		return cx_err(-E2BIG,
-			      "stream declares %llu records, limit %llu",
-			      (unsigned long long)w->declared_records,
-			      (unsigned long long)k->o.max_records);
-	if (w->declared_fds > k->max_fds)
-		return cx_err(-EMFILE, "stream declares %llu fds, limit %llu",
-			      (unsigned long long)w->declared_fds,
-			      (unsigned long long)k->max_fds);
-	if (w->declared_bytes > k->o.max_stream)
-		return cx_err(-EFBIG, "stream declares %llu bytes, limit %llu",
-			      (unsigned long long)w->declared_bytes,
-			      (unsigned long long)k->o.max_stream);
-	if (w->declared_bytes < w->bytes + CX_HDR + CX_END_LEN)
-		return cx_err(
-			-EBADMSG,
-			"stream declares %llu bytes, too few for its frames",
-			(unsigned long long)w->declared_bytes);
-	return 0;
+	return cx_begin_check(p, &k->o, k->max_fds, w->bytes,
+			      &w->declared_records, &w->declared_fds,
+			      &w->declared_bytes);
 }
 
 static int on_fds(struct wk *k, const struct cx_frame *f)
@@ -208,12 +189,11 @@ static int on_fds(struct wk *k, const struct cx_frame *f)
 /* The fd a record names: the next one, in order; never adopted. */
 static int claim_fd(struct wk *k, struct cx_walk_rec *r)
 {
-	if (r->fd_index != k->claimed || r->fd_index >= k->announced)
-		return cx_err(
-			-EBADMSG,
-			"record '%s': names fd %u, expected fd %llu of %llu announced",
-			r->name, r->fd_index, (unsigned long long)k->claimed,
-			(unsigned long long)k->announced);
+	int rc = cx_claim_check(r->name, r->fd_index, 1, false, k->claimed,
+				k->announced);
+
+	if (rc < 0)
+		return rc;
 	r->has_fd = true;
 	if (k->w->sock) {
 		r->fd = cx_io_take_fd(k->io);
@@ -236,15 +216,11 @@ static int claim_fd(struct wk *k, struct cx_walk_rec *r)
 static int claim_array(struct wk *k, struct cx_walk_rec *r, int **fds)
 {
 	uint32_t i;
+	int rc = cx_claim_check(r->name, r->fd_index, r->fd_count, true,
+				k->claimed, k->announced);
 
-	if (r->fd_index != k->claimed ||
-	    r->fd_count > k->announced - k->claimed)
-		return cx_err(
-			-EBADMSG,
-			"record '%s': names %u fds from fd %u, expected fd %llu with %llu announced",
-			r->name, r->fd_count, r->fd_index,
-			(unsigned long long)k->claimed,
-			(unsigned long long)k->announced);
+	if (rc < 0)
+		return rc;
 	r->has_fd = r->fd_count > 0;
 	if (k->w->sock) {
 		/* Bounded: announced fds are within the fd limit. */
@@ -283,62 +259,45 @@ static int on_record(struct wk *k, const struct cx_frame *f)
 	uint8_t h[CX_REC_HDR], v[CX_RAM_LEN], head[CX_WALK_HEAD];
 	char name[CPRXFER_NAME_MAX + 1], path[PATH_MAX];
 	cx_autofree int *fds = NULL;
-	bool nul;
+	struct cx_rec_head rh;
+	bool nul, known;
+	size_t plen;
 	uint32_t i;
 	int rc;
 
-	if (f->len < CX_REC_HDR + 1)
-		return cx_err(-EBADMSG,
-			      "record frame of %llu bytes is too short",
-			      (unsigned long long)f->len);
+	rc = cx_rec_frame_check(f);
+	if (rc < 0)
+		return rc;
 	rc = take(k, h, sizeof(h));
 	if (rc < 0)
 		return rc;
-	r.type = h[0];
-	r.flags = h[1];
-	if (h[2] == 0 || CX_REC_HDR + (uint64_t)h[2] > f->len)
-		return cx_err(
-			-EBADMSG,
-			"record %llu: name length %u does not fit its %llu-byte frame",
-			(unsigned long long)w->records, h[2],
-			(unsigned long long)f->len);
-	rc = take(k, name, h[2]);
+	rc = cx_rec_head_parse(h, f, w->records, &rh);
 	if (rc < 0)
 		return rc;
-	name[h[2]] = 0;
+	r.type = rh.type;
+	r.flags = rh.flags;
+	r.len = rh.vlen;
+	rc = take(k, name, rh.name_len);
+	if (rc < 0)
+		return rc;
+	name[rh.name_len] = 0;
 	r.name = name;
-	if (memchr(name, 0, h[2]))
-		return cx_err(-EBADMSG, "record %llu: name contains a NUL byte",
-			      (unsigned long long)w->records);
-	r.len = f->len - CX_REC_HDR - h[2];
-	if (r.len > k->o.max_record)
-		return cx_err(-EMSGSIZE,
-			      "record '%s': length %llu exceeds limit %llu",
-			      name, (unsigned long long)r.len,
-			      (unsigned long long)k->o.max_record);
-	if (++w->records > w->declared_records)
-		return cx_err(
-			-EBADMSG,
-			"record '%s': more records than the %llu declared",
-			name, (unsigned long long)w->declared_records);
-	switch (r.type) {
+	rc = cx_rec_check(&rh, name, &k->o, &w->records, w->declared_records,
+			  &known);
+	if (rc < 0)
+		return rc;
+	switch (known ? r.type : 0xff) {
 	case CPRXFER_TYPE_U64:
 	case CPRXFER_TYPE_I64:
+		rc = take(k, v, 8);
+		r.u64 = cx_get64(v);
+		break;
 	case CPRXFER_TYPE_FD:
-		if (r.len != (r.type == CPRXFER_TYPE_FD ? 4 : 8))
-			return cx_err(
-				-EBADMSG,
-				"record '%s': value of %llu bytes for type %u",
-				name, (unsigned long long)r.len, r.type);
-		rc = take(k, v, (size_t)r.len);
+		rc = take(k, v, 4);
 		if (rc < 0)
 			return rc;
-		if (r.type == CPRXFER_TYPE_FD) {
-			r.fd_index = cx_get32(v);
-			rc = claim_fd(k, &r);
-		} else {
-			r.u64 = cx_get64(v);
-		}
+		r.fd_index = cx_get32(v);
+		rc = claim_fd(k, &r);
 		break;
 	case CPRXFER_TYPE_BLOB:
 	case CPRXFER_TYPE_STR:
@@ -346,52 +305,27 @@ static int on_record(struct wk *k, const struct cx_frame *f)
 		if (rc < 0)
 			return rc;
 		r.head = head;
-		if (r.type == CPRXFER_TYPE_STR && nul)
-			return cx_err(-EBADMSG,
-				      "record '%s': string contains a NUL byte",
-				      name);
+		if (r.type == CPRXFER_TYPE_STR)
+			rc = cx_str_check(name, nul);
 		break;
 	case CPRXFER_TYPE_RAM:
-		if (r.len < CX_RAM_LEN || r.len - CX_RAM_LEN >= PATH_MAX)
-			return cx_err(-EBADMSG,
-				      "record '%s': RAM value of %llu bytes",
-				      name, (unsigned long long)r.len);
+		plen = (size_t)r.len - CX_RAM_LEN;
 		rc = take(k, v, CX_RAM_LEN);
-		if (rc == 0 && r.len > CX_RAM_LEN)
-			rc = take(k, path, (size_t)r.len - CX_RAM_LEN);
+		if (rc == 0 && plen)
+			rc = take(k, path, plen);
 		if (rc < 0)
 			return rc;
+		path[plen] = 0;
 		r.ram_size = cx_get64(v);
 		r.ram_flags = cx_get32(v + 8);
 		r.fd_index = cx_get32(v + 12);
-		if (r.len > CX_RAM_LEN) {
-			path[r.len - CX_RAM_LEN] = 0;
-			if (strlen(path) != r.len - CX_RAM_LEN)
-				return cx_err(
-					-EBADMSG,
-					"record '%s': path contains a NUL byte",
-					name);
-			r.ram_path = path;
-		}
-		if (r.fd_index == CX_NOFD && !r.ram_path)
-			return cx_err(
-				-EBADMSG,
-				"record '%s': RAM with neither fd nor path",
-				name);
-		if (r.fd_index == CX_NOFD && (w->sock || w->inline_fds))
-			return cx_err(
-				-EBADMSG,
-				"record '%s': RAM without an fd outside a state file",
-				name);
-		if (r.fd_index != CX_NOFD)
+		r.ram_path = plen ? path : NULL;
+		rc = cx_ram_rec_check(name, path, plen, r.fd_index,
+				      !w->sock && !w->inline_fds);
+		if (rc == 0 && r.fd_index != CX_NOFD)
 			rc = claim_fd(k, &r);
 		break;
 	case CPRXFER_TYPE_FDS:
-		if (r.len != CX_FDA_LEN)
-			return cx_err(
-				-EBADMSG,
-				"record '%s': value of %llu bytes for type %u",
-				name, (unsigned long long)r.len, r.type);
 		rc = take(k, v, CX_FDA_LEN);
 		if (rc < 0)
 			return rc;
@@ -399,12 +333,7 @@ static int on_record(struct wk *k, const struct cx_frame *f)
 		r.fd_index = cx_get32(v + 4);
 		rc = claim_array(k, &r, &fds);
 		break;
-	default:
-		if (r.flags & CX_REC_CRITICAL)
-			return cx_err(
-				-EOPNOTSUPP,
-				"record '%s': type %u is not understood by this version and is marked critical",
-				name, r.type);
+	default: /* a later version's optional record */
 		r.skipped = true;
 		rc = take_value(k, r.len, head, &r.head_len, &nul);
 		r.head = head;
@@ -421,12 +350,13 @@ static int on_record(struct wk *k, const struct cx_frame *f)
 static int on_end(struct wk *k, const struct cx_frame *f)
 {
 	struct cx_walk *w = k->w;
+	struct cx_end_seen s;
 	uint8_t p[CX_END_LEN];
 	int rc;
 
-	if (f->len != CX_END_LEN)
-		return cx_err(-EBADMSG, "END frame of %llu bytes",
-			      (unsigned long long)f->len);
+	rc = cx_end_frame_check(f);
+	if (rc < 0)
+		return rc;
 	rc = take(k, p, 16);
 	if (rc < 0)
 		return rc;
@@ -436,31 +366,17 @@ static int on_end(struct wk *k, const struct cx_frame *f)
 		return rc;
 	w->crc_stream = cx_get32(p + 16);
 	w->ended = true;
-	if (cx_get64(p) != w->records || w->records != w->declared_records)
-		return cx_err(-EBADMSG,
-			      "stream ends after %llu records, declared %llu",
-			      (unsigned long long)w->records,
-			      (unsigned long long)w->declared_records);
-	if (cx_get64(p + 8) != w->declared_fds ||
-	    k->claimed != w->declared_fds ||
-	    (w->sock && k->io->fdq_pos != k->io->fdq_len &&
-	     !cx_io_buffered(k->io)))
-		return cx_err(
-			-EBADMSG,
-			"fd count does not match the records: %llu declared, %llu claimed",
-			(unsigned long long)w->declared_fds,
-			(unsigned long long)k->claimed);
-	if (w->bytes != w->declared_bytes)
-		return cx_err(-EBADMSG,
-			      "stream ends after %llu bytes, declared %llu",
-			      (unsigned long long)w->bytes,
-			      (unsigned long long)w->declared_bytes);
-	if (w->crc_stream != w->crc_data)
-		return cx_err(
-			-EBADMSG,
-			"checksum mismatch: stream says 0x%08x, data gives 0x%08x",
-			w->crc_stream, w->crc_data);
-	return 0;
+	s.records = w->records;
+	s.declared_records = w->declared_records;
+	s.declared_fds = w->declared_fds;
+	s.received = w->sock ? k->io->fds_in : k->announced;
+	s.claimed = k->claimed;
+	s.fds_left = w->sock && k->io->fdq_pos != k->io->fdq_len &&
+		     !cx_io_buffered(k->io);
+	s.bytes = w->bytes;
+	s.declared_bytes = w->declared_bytes;
+	s.crc = w->crc_data;
+	return cx_end_check(p, &s);
 }
 
 /*
@@ -523,16 +439,10 @@ int cx_walk(struct cx_io *io, struct cx_walk *w)
 		rc = on_begin(&k);
 	while (rc == 0) {
 		rc = parse_header(&k, &f);
+		if (rc == 0)
+			rc = cx_frame_fits(&f, w->bytes, w->declared_bytes);
 		if (rc < 0)
 			break;
-		if (f.len > w->declared_bytes - w->bytes) {
-			rc = cx_err(
-				-EBADMSG,
-				"%s frame of %llu bytes runs past the stream's declared end",
-				cx_frame_name(f.type),
-				(unsigned long long)f.len);
-			break;
-		}
 		if (f.type == CX_F_RECORD)
 			rc = on_record(&k, &f);
 		else if (f.type == CX_F_FDS)

@@ -20,6 +20,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -201,6 +202,73 @@ static void test_exec_self(void **state)
 	close(p[0]);
 }
 
+/* ---- a supervisor that is a subreaper --------------------------------------- */
+
+/* The new image: has it a child of its own? (It must not.) */
+static int reaper_target(void)
+{
+	cprxfer_state *st;
+	siginfo_t si;
+	int out, kids;
+
+	if (cprxfer_load_exec(&st) < 0 || cprxfer_get_fd(st, "out", &out) < 0)
+		return 1;
+	memset(&si, 0, sizeof(si));
+	kids = waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT | __WALL) ==
+		       0 ||
+	       errno != ECHILD;
+	dprintf(out, "kids=%d\n", kids);
+	cprxfer_state_free(st);
+	return 0;
+}
+
+static int exec_reaper(void *arg)
+{
+	char *argv[] = { "test-exec", "--reaper-target", NULL };
+	cprxfer_state *st = cprxfer_state_new();
+
+	if (!st || cprxfer_put_fd(st, "out", *(int *)arg) < 0)
+		return 98;
+	cprxfer_exec(st, CX_TEST_BUILDDIR "/test-exec", argv, environ);
+	return 99;
+}
+
+/*
+ * What docs/modes.md ("Who reaps the helper") promises: a supervisor that
+ * is a child subreaper gets exactly one extra child per plain
+ * cprxfer_exec (the teardown helper, orphaned), which has exited by the
+ * time the new image runs on, and the new image gets no child at all.
+ */
+static void test_exec_under_a_subreaper_leaves_it_one_child_per_exec(
+	void **state)
+{
+	int i, extra = 0;
+
+	(void)state;
+	if (getenv("CPRXFER_UNDER_VALGRIND"))
+		skip(); /* no helper under valgrind: no extra child */
+	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+	for (i = 0; i < 3; i++) {
+		char report[64];
+		int p[2];
+		pid_t pid, w;
+
+		assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+		pid = tu_fork(exec_reaper, &p[1]);
+		close(p[1]);
+		read_all(p[0], report, sizeof(report));
+		close(p[0]);
+		assert_string_equal(report, "kids=0\n");
+		assert_int_equal(tu_wait(pid), 0);
+		while ((w = waitpid(-1, NULL, 0)) > 0)
+			extra++;
+	}
+	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 0), 0);
+	printf("# 3 execs under a subreaper: %d extra children reaped by it\n",
+	       extra);
+	assert_int_equal(extra, 3);
+}
+
 /* ---- a failed exec changes nothing ------------------------------------------ */
 
 struct fdsnap {
@@ -300,6 +368,51 @@ static void test_exec_fails(void **state)
 	close(efd);
 	close(sv[0]);
 	close(sv[1]);
+}
+
+/*
+ * cprxfer_exec collects the fds to keep across execve once each: with
+ * 19,000 distinct fds in an array, that costs O(n) user time (was a
+ * scan of the fds collected so far for each fd: O(n^2), ~1.8e8 steps
+ * here). Exec to a path that does not exist: everything but execve
+ * itself runs, and every flag is put back.
+ */
+static void test_exec_of_19000_fds_collects_them_in_linear_time(void **state)
+{
+	char *argv[] = { "x", NULL };
+	size_t n = 19000, i;
+	cprxfer_state *st = cprxfer_state_new();
+	int *fds = malloc(n * sizeof(int)), rc;
+	struct rusage r0, r1;
+	long nofile = tu_raise_nofile();
+	double user_ms, sys_ms;
+
+	(void)state;
+	if (nofile < (long)n + 200)
+		n = (size_t)(nofile - 200);
+	for (i = 0; i < n; i++) {
+		fds[i] = eventfd(0, EFD_CLOEXEC);
+		assert_true(fds[i] >= 0);
+	}
+	assert_int_equal(cprxfer_adopt_fds(st, "conns", fds, n), 0);
+	getrusage(RUSAGE_THREAD, &r0);
+	rc = cprxfer_exec(st, "/nonexistent/cprxfer-target", argv, NULL);
+	getrusage(RUSAGE_THREAD, &r1);
+	assert_int_equal(rc, -ENOENT);
+	user_ms = (r1.ru_utime.tv_sec - r0.ru_utime.tv_sec) * 1e3 +
+		  (r1.ru_utime.tv_usec - r0.ru_utime.tv_usec) / 1e3;
+	sys_ms = (r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) * 1e3 +
+		 (r1.ru_stime.tv_usec - r0.ru_stime.tv_usec) / 1e3;
+	print_message(
+		"cprxfer_exec of %zu fds (execve failing): user %.0f ms, system %.0f ms\n",
+		n, user_ms, sys_ms);
+	/* Every fd is back to close-on-exec. */
+	for (i = 0; i < n; i++)
+		assert_true(fcntl(fds[i], F_GETFD) & FD_CLOEXEC);
+	if (!getenv("CPRXFER_UNDER_VALGRIND"))
+		assert_true(user_ms < 100);
+	cprxfer_state_free(st);
+	free(fds);
 }
 
 static void test_load_not_exec(void **state)
@@ -1028,10 +1141,14 @@ int main(int argc, char **argv)
 		tu_test(test_exec_new_image_killed_at_each_step_old_one_resumes),
 		tu_test(test_exec_commit_racing_the_timeout_leaves_one_owner),
 		tu_test(test_blackout),
+		tu_test(test_exec_under_a_subreaper_leaves_it_one_child_per_exec),
+		tu_test(test_exec_of_19000_fds_collects_them_in_linear_time),
 	};
 
 	if (argc > 1 && !strcmp(argv[1], "--self-target"))
 		return self_target();
+	if (argc > 1 && !strcmp(argv[1], "--reaper-target"))
+		return reaper_target();
 	if (argc > 1 && !strcmp(argv[1], "--storm-target"))
 		return storm_target();
 	if (argc > 2 && !strcmp(argv[1], "--confirm-target"))

@@ -300,6 +300,94 @@ static void test_inspect_flipped_checksum_names_end_frame(void **state)
 	assert_has(c, "\"name\": \"EPROTO\", \"offset\": 40");
 }
 
+/* Offset in the state file of the RECORD frame named name (its header). */
+static off_t record_at(const char *path, const char *name)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	off_t at = 40; /* after the BEGIN frame */
+	uint8_t h[16 + 4 + 256];
+
+	assert_true(fd >= 0);
+	while (pread(fd, h, sizeof(h), at) >= 20) {
+		uint64_t len = 0;
+		int i;
+
+		for (i = 7; i >= 0; i--)
+			len = len << 8 | h[8 + i];
+		if (h[5] == 3 && h[18] == strlen(name) &&
+		    !memcmp(h + 20, name, h[18])) {
+			close(fd);
+			return at;
+		}
+		at += 16 + (off_t)len;
+	}
+	close(fd);
+	fail_msg("no record '%s' in %s", name, path);
+	return -1;
+}
+
+static void poke(const char *path, off_t at, uint8_t b)
+{
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, &b, 1, at), 1);
+	close(fd);
+}
+
+/*
+ * The walker and the decoder apply one set of rules (lib/rules.c): for a
+ * record that breaks each rule, cprxfer-inspect reports the very error
+ * cprxfer_load_file() returns, before the checksum is reached.
+ */
+static void test_inspect_and_loader_refuse_with_the_same_rule(void **state)
+{
+	static const struct {
+		const char *record;
+		off_t at; /* from the record frame's header */
+		uint8_t b;
+		const char *why;
+	} cases[] = {
+		{ "serial.path", 16 + 4 + 11 + 3, 0, "string contains a NUL" },
+		{ "ticks", 16 + 4 + 1, 0, "name contains a NUL" },
+		{ "ticks", 16 + 2, 255, "name length 255 does not fit" },
+		{ "ticks", 16, CPRXFER_TYPE_FD, "fd value of 8 bytes" },
+		{ "regs", 16, CPRXFER_TYPE_FDS, "fd array value of 100 bytes" },
+		{ "regs", 16, 200, "marked critical" },
+		{ "ram0", 16 + 4 + 4 + 12, 0, "names fd 4294967040" },
+	};
+	struct ctx *c = *state;
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cprxfer_state *st = NULL;
+		char msg[512], *p;
+		off_t at;
+		int rc;
+
+		write_state_file(c);
+		at = record_at(c->state, cases[i].record);
+		poke(c->state, at + cases[i].at, cases[i].b);
+		if (cases[i].b == 200) /* a type this version lacks... */
+			poke(c->state, at + 17, 0x01); /* ... marked critical */
+		rc = cprxfer_load_file(c->state, &st);
+		assert_true(rc < 0);
+		snprintf(msg, sizeof(msg), "%s", cprxfer_errmsg());
+		/* The rule's own words, after the loader's prefixes. */
+		p = strstr(msg, "record ");
+		assert_non_null(p);
+		/* A damaged file: the loader adds the checksum's verdict. */
+		if (strstr(msg, "(decoding said: "))
+			p[strlen(p) - 1] = 0;
+		assert_int_equal(tool(c, c->state, NULL, NULL), 1);
+		printf("# %-12s rc %d: %s\n", cases[i].record, rc, p);
+		if (!strstr(c->out, p))
+			fail_msg("loader: '%s'; inspect says:\n%s", p, c->out);
+		if (cases[i].why && !strstr(p, cases[i].why))
+			fail_msg("'%s' is not '%s'", p, cases[i].why);
+	}
+}
+
 static void test_inspect_hostile_input_exits_1(void **state)
 {
 	struct ctx *c = *state;
@@ -485,6 +573,9 @@ int main(void)
 			teardown),
 		cmocka_unit_test_setup_teardown(
 			test_inspect_hostile_input_exits_1, setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_inspect_and_loader_refuse_with_the_same_rule,
+			setup, teardown),
 		cmocka_unit_test_setup_teardown(
 			test_inspect_listen_refuses_and_sender_keeps_fds, setup,
 			teardown),

@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -851,6 +853,127 @@ static void test_ram_check_fd_codes(void **state)
 	cprxfer_opts_free(o);
 }
 
+/* ---- without /proc ----------------------------------------------------- */
+
+#ifdef __SANITIZE_ADDRESS__
+#define NEED_PROC 1 /* ASan's runtime reads /proc at exit */
+#else
+#define NEED_PROC 0
+#endif
+
+enum {
+	K_SEALED,
+	K_UNSEALED,
+	K_SHM_TMPFILE,
+	K_FILE,
+	K_DEVNULL,
+	K_HUGE,
+	K_N
+};
+
+static const char *const kind_names[K_N] = {
+	"sealed memfd", "unsealed memfd", "O_TMPFILE in /dev/shm",
+	"named file",	"/dev/null",	  "hugetlb memfd",
+};
+
+struct kinds {
+	int check[K_N], put[K_N], path[K_N];
+};
+
+/* How the RAM helpers judge each kind of fd. */
+static void judge(const int *fd, struct kinds *k)
+{
+	int i;
+
+	for (i = 0; i < K_N; i++) {
+		cprxfer_state *st = cprxfer_state_new();
+		struct cprxfer_ram r = { .fd = fd[i], .size = 2 * MIB };
+		struct cx_entry *e;
+
+		k->check[i] =
+			fd[i] < 0 ? 1
+				  : cx_ram_check_fd("k", fd[i], 2 * MIB, false);
+		k->put[i] = fd[i] < 0 ? 1 : cprxfer_ram_put(st, "k", &r);
+		e = cx_state_find(st, "k", 1);
+		k->path[i] = e && e->v.ram.path;
+		cprxfer_state_free(st);
+	}
+}
+
+static int noproc_child(void *arg)
+{
+	const char *dir = arg;
+	struct kinds with, without;
+	char path[256];
+	int fd[K_N], i, bad = 0;
+
+	fd[K_SEALED] = memfd_create("k", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	fd[K_UNSEALED] = memfd_create("k", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	fd[K_SHM_TMPFILE] =
+		open("/dev/shm", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	snprintf(path, sizeof(path), "%s/ram", dir);
+	free((void *)dir); /* the child's copy */
+	fd[K_FILE] = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+	fd[K_DEVNULL] = open("/dev/null", O_RDWR | O_CLOEXEC);
+	fd[K_HUGE] = memfd_create("k", MFD_CLOEXEC | MFD_ALLOW_SEALING |
+					       MFD_HUGETLB);
+	for (i = 0; i < K_N; i++)
+		if (i != K_DEVNULL && fd[i] >= 0 && ftruncate(fd[i], 2 * MIB))
+			return 90 + i;
+	if (fcntl(fd[K_SEALED], F_ADD_SEALS, F_SEAL_SHRINK) ||
+	    (fd[K_HUGE] >= 0 && fcntl(fd[K_HUGE], F_ADD_SEALS, F_SEAL_SHRINK)))
+		return 80;
+	judge(fd, &with);
+	if (unshare(CLONE_NEWNS) < 0 ||
+	    mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ||
+	    umount2("/proc", MNT_DETACH) < 0)
+		return 97;
+	if (access("/proc/self/fd", F_OK) == 0)
+		return 96;
+	judge(fd, &without);
+	for (i = 0; i < K_N; i++) {
+		printf("# %-22s  with /proc: check %4d put %4d path %d;  without: check %4d put %4d path %d\n",
+		       kind_names[i], with.check[i], with.put[i], with.path[i],
+		       without.check[i], without.put[i], without.path[i]);
+		/* The same verdicts; only a named file loses its path. */
+		bad |= with.check[i] != without.check[i] ||
+		       with.put[i] != without.put[i] ||
+		       (i != K_FILE && with.path[i] != without.path[i]);
+	}
+	bad |= with.check[K_SEALED] != 0 || with.check[K_UNSEALED] != -EBADFD ||
+	       with.check[K_SHM_TMPFILE] != -EPERM ||
+	       with.check[K_FILE] != -EPERM ||
+	       with.check[K_DEVNULL] != -EBADFD || !with.path[K_FILE] ||
+	       without.path[K_FILE];
+	fflush(stdout);
+	return bad;
+}
+
+/*
+ * The RAM helpers tell a memfd, a file and a dax device apart without
+ * /proc (a memfd by its internal mount, not by its /proc name): every fd
+ * gets the same verdict with and without /proc; only a named file's
+ * path, which only /proc/self/fd gives, is then not recorded.
+ */
+static void test_ram_kinds_judged_the_same_without_proc(void **state)
+{
+	char *dir = tu_tmpdir();
+
+	(void)state;
+	assert_non_null(dir);
+	if (geteuid() != 0 || NEED_PROC) {
+		/* unshare(CLONE_NEWNS) needs root; ASan needs /proc */
+		fprintf(stderr,
+			"skip: needs root and no ASan to unmount /proc\n");
+		tu_rmdir(dir);
+		free(dir);
+		skip();
+	}
+	assert_int_equal(tu_wait(tu_fork(noproc_child, dir)), 0);
+	tu_rmdir(dir);
+	free(dir);
+}
+
 /* Exec mode: the RAM comes from this very process: files still pass. */
 static void test_exec_mode_keeps_file_ram(void **state)
 {
@@ -1007,6 +1130,7 @@ int main(void)
 		tu_test(test_peer_file_ram_allowed_trusts_writers),
 		tu_test(test_peer_state_ram_get_refuses_file),
 		tu_test(test_ram_check_fd_codes),
+		tu_test(test_ram_kinds_judged_the_same_without_proc),
 		tu_test(test_exec_mode_keeps_file_ram),
 		tu_test(test_open_file_refuses_others_file),
 		tu_test(test_open_file_never_follows_symlinks),

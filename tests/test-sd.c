@@ -27,6 +27,9 @@
 
 #include <cprxfer/cprxfer.h>
 #include <cprxfer/systemd.h>
+#ifdef HAVE_SECCOMP
+#include <cprxfer/seccomp.h>
+#endif
 
 #include "testutil.h"
 
@@ -193,7 +196,58 @@ struct next {
 	int n, fd[MAXFD];
 	char names[MAXFD * 257];
 	ino_t ram_ino, sock_ino;
+	bool sandboxed; /* load under cprxfer_seccomp_allow's filter */
 };
+
+#ifdef HAVE_SECCOMP
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+
+/*
+ * A default-deny filter: what any program needs to run at all, what
+ * ASan's runtime calls in sanitizer builds, and the library's list for
+ * restart mode. 0 or -1.
+ */
+static int sandbox(void)
+{
+	static const char *const needs[] = {
+		"exit_group",	"exit",	    "rt_sigreturn", "rt_sigprocmask",
+#ifdef SANITIZED
+		"sigaltstack",	"gettid",   "tgkill",	    "writev",
+		"rt_sigaction", "open",	    "futex",	    "sched_yield",
+		"prctl",	"mprotect",
+#endif
+	};
+	/* Any call outside the lists kills: the list must be complete. */
+	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
+	size_t i;
+	int rc = -1;
+
+	if (!ctx)
+		return -1;
+	for (i = 0; i < sizeof(needs) / sizeof(needs[0]); i++) {
+		int nr = seccomp_syscall_resolve_name(needs[i]);
+
+		if (nr != __NR_SCMP_ERROR &&
+		    seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0) < 0)
+			goto out;
+	}
+	if (cprxfer_seccomp_allow(ctx, CPRXFER_MODE_RESTART) < 0) {
+		fprintf(stderr, "cprxfer_seccomp_allow: %s\n",
+			cprxfer_errmsg());
+		goto out;
+	}
+	rc = seccomp_load(ctx) < 0 ? -1 : 0;
+out:
+	seccomp_release(ctx);
+	return rc;
+}
+#endif
 
 static ino_t ino(int fd)
 {
@@ -231,6 +285,10 @@ static int next_instance(void *arg)
 	setenv("LISTEN_FDNAMES", x->names, 1);
 	snprintf(num, sizeof(num), "%d", (int)getpid());
 	setenv("LISTEN_PID", num, 1);
+#ifdef HAVE_SECCOMP
+	if (x->sandboxed && sandbox() < 0)
+		return 9;
+#endif
 
 	if (cprxfer_sd_open(&sd) < 0)
 		return 11;
@@ -327,6 +385,106 @@ static void test_save_then_load_in_the_next_instance(void **unused)
 	manager_stop(&m);
 	tu_rmdir(dir);
 	free(dir);
+}
+
+#ifdef HAVE_SECCOMP
+struct saver {
+	int lfd;
+	struct cprxfer_ram *ram;
+};
+
+/* The saving instance, sandboxed: keep, check, save. */
+static int sandboxed_save(void *arg)
+{
+	struct saver *v = arg;
+	cprxfer_state *st;
+	cprxfer_sd *sd;
+
+	if (sandbox() < 0)
+		return 1;
+	if (cprxfer_sd_open(&sd) < 0)
+		return 2;
+	st = cprxfer_state_new();
+	if (!st || cprxfer_sd_keep(sd, "listen socket", v->lfd) < 0 ||
+	    cprxfer_sd_check(sd, 3) < 0 || cprxfer_put_u64(st, "gen", 7) < 0 ||
+	    cprxfer_put_fd(st, "listen socket", v->lfd) < 0 ||
+	    cprxfer_put_fd(st, "the same socket again", v->lfd) < 0 ||
+	    cprxfer_ram_put(st, "guest RAM", v->ram) < 0)
+		return 3;
+	if (cprxfer_sd_save(sd, st, CPRXFER_MODE_RESTART) < 0) {
+		fprintf(stderr, "save: %s\n", cprxfer_errmsg());
+		return 4;
+	}
+	cprxfer_state_free(st);
+	cprxfer_sd_close(sd);
+	return 0;
+}
+#endif
+
+/*
+ * Restart mode's save (keep, check with $FDSTORE, BARRIER=1, pushes) and
+ * load (LISTEN_FDS, the stream, removal from the store) each in a child
+ * under a default-deny filter with cprxfer_seccomp_allow's restart list.
+ */
+static void test_restart_mode_runs_under_the_seccomp_allowlist(void **unused)
+{
+#ifdef HAVE_SECCOMP
+	char *dir = tu_tmpdir();
+	struct manager m;
+	struct next x = { 0 };
+	struct cprxfer_ram ram;
+	struct saver v;
+	int i;
+
+	(void)unused;
+	if (getenv("VALGRIND_LAUNCHER") || getenv("CPRXFER_UNDER_VALGRIND")) {
+		/* valgrind's own syscalls would meet the filter. */
+		fprintf(stderr, "skip: seccomp filters under valgrind\n");
+		free(dir);
+		skip();
+	}
+	manager_start(&m, dir);
+	setenv("FDSTORE", "16", 1); /* systemd >= 254: no D-Bus asked */
+	v.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(v.lfd >= 0);
+	assert_int_equal(cprxfer_ram_create("ram", 1 << 20, 0, &ram), 0);
+	strcpy(ram.addr, "guest pages");
+	v.ram = &ram;
+	assert_int_equal(tu_wait(tu_fork(sandboxed_save, &v)), 0);
+	unsetenv("FDSTORE");
+	assert_int_equal(stored(&m, "cxs."), 1);
+	assert_int_equal(stored(&m, "cxm."), 1);
+	assert_int_equal(stored(&m, "cxf."), 1);
+	assert_int_equal(stored(&m, "cxk."), 1);
+	assert_true(m.barriers >= 3);
+
+	pthread_mutex_lock(&m.lock);
+	x.n = m.n;
+	for (i = 0; i < m.n; i++) {
+		x.fd[i] = m.fd[i];
+		strcat(x.names, i ? ":" : "");
+		strcat(x.names, m.name[i]);
+	}
+	pthread_mutex_unlock(&m.lock);
+	x.ram_ino = ino(ram.fd);
+	x.sock_ino = ino(v.lfd);
+	x.dir = dir;
+	x.sandboxed = true;
+	assert_int_equal(tu_wait(tu_fork(next_instance, &x)), 0);
+	assert_int_equal(stored(&m, "cxs."), 0);
+	assert_int_equal(stored(&m, "cxm."), 0);
+	assert_int_equal(stored(&m, "cxf."), 0);
+	assert_int_equal(stored(&m, "cxk."), 1);
+
+	cprxfer_ram_release(&ram);
+	close(v.lfd);
+	manager_stop(&m);
+	tu_rmdir(dir);
+	free(dir);
+#else
+	(void)unused;
+	skip();
+#endif
 }
 
 static void test_fdnames_escape_any_byte(void **unused)
@@ -426,6 +584,7 @@ int main(void)
 		tu_test(test_errors_before_anything_is_pushed),
 		tu_test(test_save_then_load_in_the_next_instance),
 		tu_test(test_fdnames_escape_any_byte),
+		tu_test(test_restart_mode_runs_under_the_seccomp_allowlist),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -17,10 +17,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/ioctl.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cprxfer/cprxfer.h>
@@ -172,7 +175,9 @@ static void test_bad_args(void **unused)
 	assert_int_equal(cprxfer_seccomp_allow(NULL, CPRXFER_MODE_TRANSFER),
 			 -EINVAL);
 	assert_int_equal(cprxfer_seccomp_allow(ctx, 0), -EINVAL);
-	assert_int_equal(cprxfer_seccomp_allow(ctx, 1u << 3), -EINVAL);
+	assert_int_equal(cprxfer_seccomp_allow(ctx, 1u << 5), -EINVAL);
+	assert_int_equal(cprxfer_seccomp_allow(ctx, CPRXFER_MODE_RESTART), 0);
+	assert_int_equal(cprxfer_seccomp_allow(ctx, CPRXFER_MODE_KEXEC), 0);
 	assert_int_equal(
 		cprxfer_seccomp_allow(ctx, CPRXFER_MODE_FILE | (1u << 31)),
 		-EINVAL);
@@ -388,6 +393,162 @@ static void test_transfer_rendezvous(void **unused)
 	(void)unused;
 	skip();
 #endif
+}
+
+/* ---- transfer mode: the listener's group, the peer's pidfd ---------- */
+
+#ifdef HAVE_RENDEZVOUS
+/*
+ * cprxfer_opts_set_socket_group: listen gives the socket its group with
+ * fchownat under the filter; then a peer connects and is accepted.
+ */
+static int group_child(void *arg)
+{
+	const char *path = arg;
+	cprxfer_listener *l;
+	cprxfer_opts *o = cprxfer_opts_new();
+	struct stat sb;
+
+	if (!o || cprxfer_opts_set_socket_group(o, 4321) ||
+	    cprxfer_opts_set_socket_mode(o, 0660))
+		return 1;
+	if (sandbox(SCMP_ACT_KILL_PROCESS, CPRXFER_MODE_TRANSFER, false))
+		return 100;
+	if (cprxfer_listen_opts(path, o, &l))
+		return step_failed(2, "cprxfer_listen_opts");
+	if (lstat(path, &sb) || sb.st_gid != 4321 ||
+	    (sb.st_mode & 0777) != 0660)
+		return step_failed(3, "the socket's group and mode");
+	cprxfer_listener_close(l);
+	cprxfer_opts_free(o);
+	return 0;
+}
+#endif
+
+static void test_listen_with_socket_group_under_filter(void **unused)
+{
+#ifdef HAVE_RENDEZVOUS
+	char *dir = tu_tmpdir(), path[256];
+
+	(void)unused;
+	assert_non_null(dir);
+	if (geteuid() != 0) {
+		/* chown to a group we are not in needs CAP_CHOWN */
+		tu_rmdir(dir);
+		free(dir);
+		skip();
+	}
+	snprintf(path, sizeof(path), "%s/grouped.sock", dir);
+	assert_int_equal(tu_wait(tu_fork(group_child, path)), 0);
+	tu_rmdir(dir);
+	free(dir);
+#else
+	(void)unused;
+	skip();
+#endif
+}
+
+/* PIDFD_GET_INFO as lib/handshake.c passes it (Linux 6.13). */
+struct pidfd_info64 {
+	uint64_t mask, cgroupid;
+	uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid;
+	uint32_t fsuid, fsgid;
+	int32_t exit_code;
+};
+
+static int pidfd_child(void *arg)
+{
+	struct pidfd_info64 info = { .mask = 1 };
+	int pfd = (int)syscall(SYS_pidfd_open, getpid(), 0), n = 0;
+
+	(void)arg;
+	if (pfd < 0)
+		return 1;
+	if (sandbox(SCMP_ACT_ERRNO(EPERM), CPRXFER_MODE_TRANSFER, false))
+		return 100;
+	/* The one ioctl the list allows: a kernel without it says ENOTTY. */
+	if (ioctl(pfd, _IOWR(0xFF, 11, struct pidfd_info64), &info) == 0) {
+		if (info.pid != (uint32_t)getpid())
+			return 2;
+	} else if (errno != ENOTTY && errno != EINVAL) {
+		return 3;
+	}
+	/* Any other ioctl is refused. */
+	if (ioctl(pfd, FIONREAD, &n) == 0 || errno != EPERM)
+		return 4;
+	close(pfd);
+	return 0;
+}
+
+static void test_pidfd_get_info_allowed_other_ioctls_refused(void **unused)
+{
+	(void)unused;
+	assert_int_equal(tu_wait(tu_fork(pidfd_child, NULL)), 0);
+}
+
+/* ---- transfer mode: a successor the library starts ------------------ */
+
+#define SUCCESSOR_ARG "--seccomp-successor"
+
+/* The successor, started by cprxfer_spawn under the inherited filter. */
+static int successor_main(void)
+{
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+	uint64_t v = 0;
+
+	if (cprxfer_inherit(NULL, &ch))
+		return step_failed(50, "cprxfer_inherit");
+	if (cprxfer_load(ch, &st) || cprxfer_get_u64(st, "v", &v) || v != 77)
+		return step_failed(51, "cprxfer_load");
+	if (cprxfer_ack(ch, 0, NULL))
+		return step_failed(52, "cprxfer_ack");
+	cprxfer_state_free(st);
+	/* Until the starter kills it: its kill and reap are tested. */
+	cprxfer_wait_commit(ch, 10000);
+	return 53;
+}
+
+static int spawner(void *arg)
+{
+	char *argv[] = { (char *)"test-seccomp", (char *)SUCCESSOR_ARG, NULL };
+	cprxfer_successor *s;
+	cprxfer_channel *ch;
+	cprxfer_state *st;
+
+	(void)arg;
+	if (sandbox(SCMP_ACT_ERRNO(EPERM), CPRXFER_MODE_TRANSFER, true))
+		return 100;
+	st = cprxfer_state_new();
+	if (!st || cprxfer_put_u64(st, "v", 77))
+		return step_failed(60, "state");
+	if (cprxfer_spawn("/proc/self/exe", argv, environ, NULL, &s))
+		return step_failed(61, "cprxfer_spawn");
+	if (cprxfer_successor_channel(s, &ch))
+		return step_failed(62, "cprxfer_successor_channel");
+	if (cprxfer_save(ch, st) || cprxfer_wait_ack(ch, 10000))
+		return step_failed(63, "save + ack");
+	/* Rollback: the successor is killed (pidfd) and reaped (waitid). */
+	if (cprxfer_successor_kill(s))
+		return step_failed(64, "cprxfer_successor_kill");
+	if (waitpid(-1, NULL, WNOHANG) != -1 || errno != ECHILD)
+		return step_failed(65, "a child left unreaped");
+	cprxfer_channel_close(ch);
+	cprxfer_successor_free(s);
+	cprxfer_state_free(st);
+	return 0;
+}
+
+/*
+ * cprxfer_spawn, cprxfer_successor_channel and cprxfer_successor_kill
+ * under a default-deny filter with the transfer list (and what the
+ * successor's own start-up needs): posix_spawn's clone3 is made to fail
+ * with ENOSYS, its clone fallback is allowed by its flags.
+ */
+static void test_spawned_successor_under_filter(void **unused)
+{
+	(void)unused;
+	assert_int_equal(tu_wait(tu_fork(spawner, NULL)), 0);
 }
 
 /* ---- file mode ----------------------------------------------------- */
@@ -669,6 +830,9 @@ int main(int argc, char **argv)
 		tu_test(test_lists_differ),
 		tu_test(test_transfer_socketpair),
 		tu_test(test_transfer_rendezvous),
+		tu_test(test_listen_with_socket_group_under_filter),
+		tu_test(test_pidfd_get_info_allowed_other_ioctls_refused),
+		tu_test(test_spawned_successor_under_filter),
 		tu_test(test_file),
 		tu_test(test_exec),
 		tu_test(test_forbidden_errno),
@@ -676,6 +840,8 @@ int main(int argc, char **argv)
 		tu_test(test_ram_allowed_with_readlinkat),
 	};
 
+	if (argc > 1 && !strcmp(argv[1], SUCCESSOR_ARG))
+		_exit(successor_main());
 #ifdef HAVE_EXEC
 	/* _exit: no atexit work (LeakSanitizer's) under the filter. */
 	if (argc > 1 && !strcmp(argv[1], EXEC_CHILD_ARG))

@@ -2,6 +2,7 @@
 /* The state map: every put/get/take/iterate call and its errors. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -357,6 +358,141 @@ static void test_put_fd_reused_number_is_stale(void **unused)
 	cprxfer_channel_close(ch);
 }
 
+static bool is_open(int fd)
+{
+	return fcntl(fd, F_GETFD) >= 0;
+}
+
+/*
+ * cprxfer_adopt_fd: the state owns the fd. A failed call leaves it
+ * open and the caller's; take hands the fd itself back; free closes
+ * what the state still owns.
+ */
+static void test_adopt_fd_is_owned_by_the_state(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int a = eventfd(1, EFD_CLOEXEC), b = eventfd(2, EFD_CLOEXEC), fd;
+
+	assert_int_equal(cprxfer_adopt_fd(st, "a", a), 0);
+	/* Failures leave the fd open, the state unchanged. */
+	assert_int_equal(cprxfer_adopt_fd(st, "a", b), -EEXIST);
+	assert_int_equal(cprxfer_adopt_fd(NULL, "b", b), -EINVAL);
+	assert_int_equal(cprxfer_adopt_fd(st, "", b), -EINVAL);
+	assert_int_equal(cprxfer_adopt_fd(st, "b", -1), -EBADF);
+	assert_int_equal(cprxfer_adopt_fd(st, "b", 9999), -EBADF);
+	assert_true(is_open(b));
+	assert_int_equal(cprxfer_state_count(st), 1);
+	assert_int_equal(cprxfer_get_fd(st, "a", &fd), 0);
+	assert_int_equal(fd, a);
+	assert_int_equal(cprxfer_adopt_fd(st, "b", b), 0);
+	/* Owned: take hands back the fd itself, not a duplicate. */
+	fd = cprxfer_take_fd(st, "b");
+	assert_int_equal(fd, b);
+	assert_int_equal(cprxfer_take_fd(st, "b"), -EBADF);
+	cprxfer_state_free(st);
+	/* free closed the one the state still owned, not the taken one. */
+	assert_false(is_open(a));
+	assert_true(is_open(b));
+	assert_int_equal(counter(b), 2);
+	close(b);
+}
+
+/*
+ * An fd adopted twice would be closed twice: under a second name, in an
+ * array, or into a loaded-like state, the second adopt is refused and
+ * leaves the state as it was; once taken back, it may be adopted again.
+ */
+static void test_adopt_same_fd_twice_is_refused(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int a = eventfd(1, EFD_CLOEXEC), b = eventfd(2, EFD_CLOEXEC);
+	int arr[2], *got = NULL;
+	size_t n = 0;
+
+	assert_int_equal(cprxfer_adopt_fd(st, "a", a), 0);
+	assert_int_equal(cprxfer_adopt_fd(st, "a2", a), -EINVAL);
+	assert_non_null(strstr(cprxfer_errmsg(), "closed twice"));
+	arr[0] = b;
+	arr[1] = a;
+	assert_int_equal(cprxfer_adopt_fds(st, "arr", arr, 2), -EINVAL);
+	assert_int_equal(cprxfer_state_count(st), 1);
+	/* The failed array claimed nothing: b alone is fine. */
+	assert_int_equal(cprxfer_adopt_fds(st, "arr", arr, 1), 0);
+	assert_int_equal(cprxfer_adopt_fd(st, "b", b), -EINVAL);
+	/* Taken back, the fd is the caller's again and may be adopted. */
+	assert_int_equal(cprxfer_take_fd(st, "a"), a);
+	assert_int_equal(cprxfer_adopt_fd(st, "a2", a), 0);
+	assert_int_equal(cprxfer_take_fds(st, "arr", &got, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(got[0], b);
+	free(got);
+	assert_int_equal(cprxfer_adopt_fd(st, "b", b), 0);
+	assert_int_equal(cprxfer_state_count(st), 4);
+	cprxfer_state_free(st);
+	assert_false(is_open(a));
+	assert_false(is_open(b));
+	(void)unused;
+}
+
+/*
+ * cprxfer_adopt_fds: checked open with poll(), a number given twice is
+ * refused (it would be closed twice), failures leave every fd open;
+ * take hands back the fds themselves, free closes them.
+ */
+static void test_adopt_fds_is_owned_by_the_state(void **unused)
+{
+	cprxfer_state *st = cprxfer_state_new();
+	int efd[600], twice[3], bad[3], *got = NULL, i;
+	const int *fds;
+	size_t n;
+
+	for (i = 0; i < 600; i++) {
+		efd[i] = eventfd((unsigned)i + 1, EFD_CLOEXEC);
+		assert_true(efd[i] >= 0);
+	}
+	twice[0] = efd[0];
+	twice[1] = efd[1];
+	twice[2] = efd[0];
+	assert_int_equal(cprxfer_adopt_fds(st, "x", twice, 3), -EINVAL);
+	assert_non_null(strstr(cprxfer_errmsg(), "twice"));
+	bad[0] = efd[0];
+	bad[1] = efd[1];
+	bad[2] = 9999;
+	assert_int_equal(cprxfer_adopt_fds(st, "x", bad, 3), -EBADF);
+	assert_non_null(strstr(cprxfer_errmsg(), "index 2"));
+	bad[2] = -1;
+	assert_int_equal(cprxfer_adopt_fds(st, "x", bad, 3), -EBADF);
+	assert_int_equal(cprxfer_adopt_fds(st, "x", NULL, 3), -EINVAL);
+	assert_int_equal(cprxfer_adopt_fds(NULL, "x", efd, 3), -EINVAL);
+	assert_int_equal(cprxfer_state_count(st), 0);
+	for (i = 0; i < 600; i++)
+		assert_true(is_open(efd[i]));
+
+	/* 600 fds: three poll() chunks. */
+	assert_int_equal(cprxfer_adopt_fds(st, "conns", efd, 600), 0);
+	assert_int_equal(cprxfer_adopt_fds(st, "conns", efd, 1), -EEXIST);
+	assert_int_equal(cprxfer_adopt_fds(st, "empty", NULL, 0), 0);
+	assert_int_equal(cprxfer_get_fds(st, "conns", &fds, &n), 0);
+	assert_int_equal(n, 600);
+	for (i = 0; i < 600; i++)
+		assert_int_equal(fds[i], efd[i]);
+	assert_int_equal(cprxfer_take_fds(st, "conns", &got, &n), 0);
+	assert_int_equal(n, 600);
+	for (i = 0; i < 600; i++)
+		assert_int_equal(got[i], efd[i]);
+	assert_int_equal(cprxfer_take_fds(st, "conns", &got, &n), -EBADF);
+	cprxfer_state_free(st);
+	/* Taken back: ours again, open. */
+	for (i = 0; i < 600; i++)
+		assert_int_equal(counter(got[i]), (uint64_t)i + 1);
+	/* Adopted and not taken: free closes them. */
+	st = cprxfer_state_new();
+	assert_int_equal(cprxfer_adopt_fds(st, "conns", got, 600), 0);
+	cprxfer_state_free(st);
+	for (i = 0; i < 600; i++)
+		assert_false(is_open(got[i]));
+	free(got);
+}
 /* The same for a RAM region's fd, borrowed by cprxfer_ram_put. */
 static void test_ram_put_reused_number_is_stale(void **unused)
 {
@@ -393,6 +529,9 @@ int main(void)
 		tu_test(test_fd_array_put_get_take_borrowed),
 		tu_test(test_put_fd_reused_number_is_stale),
 		tu_test(test_ram_put_reused_number_is_stale),
+		tu_test(test_adopt_fd_is_owned_by_the_state),
+		tu_test(test_adopt_fds_is_owned_by_the_state),
+		tu_test(test_adopt_same_fd_twice_is_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

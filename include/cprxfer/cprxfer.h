@@ -75,6 +75,17 @@ int cprxfer_put_fd(cprxfer_state *st, const char *name, int fd);
  */
 int cprxfer_put_fds(cprxfer_state *st, const char *name, const int *fds,
 		    size_t n);
+/*
+ * The same, but the state takes the fd(s) over: it closes them when it
+ * is freed, cprxfer_take_fd/_fds hands them back, and the caller must
+ * not close them. Nothing else can close and reuse their numbers, so a
+ * save sends them without the per-fd identity check of the put calls
+ * (the fast path for thousands of fds). On failure the caller keeps
+ * them.
+ */
+int cprxfer_adopt_fd(cprxfer_state *st, const char *name, int fd);
+int cprxfer_adopt_fds(cprxfer_state *st, const char *name, const int *fds,
+		      size_t n);
 
 int cprxfer_get_u64(const cprxfer_state *st, const char *name, uint64_t *v);
 int cprxfer_get_i64(const cprxfer_state *st, const char *name, int64_t *v);

@@ -19,6 +19,9 @@ extern "C" {
 #define CPRXFER_MODE_FILE     (1u << 2)
 
 /*
+ * modes may also hold CPRXFER_MODE_RESTART and CPRXFER_MODE_KEXEC
+ * (<cprxfer/cprxfer.h>): libcprxfer-systemd's fd-store calls.
+ *
  * Add to ctx the rules that let the handoff modes in modes run: exactly
  * the syscalls libcprxfer makes in those modes (docs/ref/
  * cprxfer_seccomp_allow.md lists them).

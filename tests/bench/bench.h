@@ -14,10 +14,14 @@ struct stat3 {
 #define BENCH_NPARTS 7
 extern const char *const bench_parts[BENCH_NPARTS];
 
+/* How bench_fd hands the fds to the state. */
+#define FD_ARRAY 1 /* one array record (else one record per fd) */
+#define FD_ADOPT 2 /* the state owns them (else borrowed, checked) */
+
 struct report {
 	struct {
 		int nfds;
-		int array; /* one cprxfer_put_fds record, not one per fd */
+		int how;	       /* FD_ARRAY, FD_ADOPT */
 		struct stat3 lib, raw; /* ns per fd */
 	} fd[REP_MAX];
 	int nfd;
@@ -34,6 +38,7 @@ struct report {
 	struct {
 		size_t ram_mib;
 		struct stat3 ms;
+		int estimated; /* 4 x the 1 GiB copy, not run */
 	} copy[REP_MAX];
 	int ncopy;
 	struct {
@@ -42,6 +47,12 @@ struct report {
 		struct stat3 after_ms, steady_ms;
 	} warmup[REP_MAX];
 	int nwarmup;
+	struct {
+		const char *name;
+		double s;
+	} group[8]; /* wall time of each group run */
+	int ngroup;
+	double total_s;	 /* the whole run's wall time */
 	char note[1024]; /* why a group was skipped, if one was */
 };
 
@@ -52,7 +63,7 @@ double bench_now_ns(void);
 struct stat3 bench_stat(double *v, int n);
 void bench_fail(const char *what, int rc) __attribute__((noreturn));
 
-void report_fd(struct report *r, int nfds, int array, struct stat3 lib,
+void report_fd(struct report *r, int nfds, int how, struct stat3 lib,
 	       struct stat3 raw);
 void report_blob(struct report *r, struct stat3 lib, struct stat3 raw);
 void report_copy(struct report *r, size_t mib, struct stat3 ms);
@@ -61,6 +72,7 @@ void report_blackout(struct report *r, size_t mib, const char *mode,
 		     const double *part);
 void report_warmup(struct report *r, size_t mib, const char *strategy,
 		   struct stat3 after_ms, struct stat3 steady_ms);
+void report_group(struct report *r, const char *name, double s);
 void report_print(const struct report *r, FILE *f);
 int report_json(const struct report *r, const char *path);
 
