@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "crc32c.h"
 #include "cleanup.h"
 #include "error.h"
 #include "stream.h"
@@ -227,12 +228,27 @@ static int recv_ack(cprxfer_channel *ch, const char *what)
 	return rc < 0 ? rc : ack_verdict(&c, what);
 }
 
+/* A non-blocking save or load is in progress: -EINPROGRESS. */
+static int busy(const cprxfer_channel *ch, const char *what)
+{
+	if (ch->op == CX_OP_NONE)
+		return 0;
+	return cx_err(
+		-EINPROGRESS,
+		"%s: a %s is in progress on this channel: step it to its end or close the channel",
+		what,
+		ch->op == CX_OP_SAVE ? "save (cprxfer_save_step)"
+				     : "load (cprxfer_load_step)");
+}
+
 static int check(cprxfer_channel *ch, const char *what)
 {
 	if (!ch)
 		return cx_err(-EINVAL, "%s: NULL channel", what);
 	if (ch->conn)
 		return cx_connecting_err(ch, what);
+	if (ch->op != CX_OP_NONE)
+		return busy(ch, what);
 	if (ch->broken)
 		return cx_err(
 			-EPIPE,
@@ -282,7 +298,11 @@ CX_EXPORT void cprxfer_channel_close(cprxfer_channel *ch)
 		return;
 	if (ch->conn)
 		cx_connecting_free(ch);
-	if (!ch->broken &&
+	/*
+	 * A save cut short leaves a truncated stream: the peer's load
+	 * fails on it, and a decision frame now would land inside it.
+	 */
+	if (!ch->broken && ch->op == CX_OP_NONE &&
 	    (ch->decide == CX_D_SENT || ch->decide == CX_D_ACKED)) {
 		/*
 		 * An outgoing side that leaves undecided aborts, so that the
@@ -302,6 +322,7 @@ CX_EXPORT void cprxfer_channel_close(cprxfer_channel *ch)
 		cx_successor_unlink(ch->succ);
 	if (ch->peer_pidfd_taken)
 		cx_close(ch->peer_pidfd);
+	cx_spool_free(ch->sv);
 	cx_chan_poll_fini(ch);
 	cx_close(ch->io.watch_fd);
 	cx_close(ch->io.fd);
@@ -323,6 +344,8 @@ CX_EXPORT int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms)
 			      "cprxfer_channel_set_timeout: NULL channel");
 	if (ch->conn)
 		return cx_connecting_err(ch, "cprxfer_channel_set_timeout");
+	if (ch->op != CX_OP_NONE)
+		return busy(ch, "cprxfer_channel_set_timeout");
 	ch->o.timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
 	return 0;
 }
@@ -381,7 +404,7 @@ CX_EXPORT int cprxfer_save(cprxfer_channel *ch, const cprxfer_state *st)
  * instead: an abort ends the load with -ECANCELED. 0 when something
  * else comes (a stream, or garbage the decoder will judge).
  */
-static int peek_decision(cprxfer_channel *ch)
+static int peek_decision(cprxfer_channel *ch, const char *what)
 {
 	struct cx_frame f;
 	struct cx_ctl c;
@@ -392,35 +415,28 @@ static int peek_decision(cprxfer_channel *ch)
 		return rc;
 	if (cx_frame_parse(cx_io_peek(&ch->io), &f) < 0 || f.type != CX_F_ACK)
 		return 0;
-	rc = read_ctl(ch, "cprxfer_load", &c);
+	rc = read_ctl(ch, what, &c);
 	if (rc < 0)
 		return rc;
 	if (c.phase == CX_ACK_DECIDE && c.status < 0) {
 		ch->decide = CX_D_ABORTED;
-		return cx_err(-ECANCELED,
-			      "cprxfer_load: the outgoing side aborted: %s",
-			      c.reason);
+		return cx_err(-ECANCELED, "%s: the outgoing side aborted: %s",
+			      what, c.reason);
 	}
 	return cx_err(
 		-EPROTO,
-		"cprxfer_load: expected a state stream, got an ACK frame of phase %d, status %d",
-		c.phase, c.status);
+		"%s: expected a state stream, got an ACK frame of phase %d, status %d",
+		what, c.phase, c.status);
 }
 
-CX_EXPORT int cprxfer_load(cprxfer_channel *ch, cprxfer_state **out)
+/*
+ * A load ended with rc: the decision state, or (failure) a broken
+ * channel and the reason sent to the peer in an ACK frame of phase LOAD.
+ */
+static int load_end(cprxfer_channel *ch, int rc, const char *what)
 {
 	char why[CX_REASON_MAX];
-	int rc = check(ch, "cprxfer_load");
 
-	if (rc < 0)
-		return rc;
-	if (!out)
-		return cx_err(-EINVAL, "cprxfer_load: NULL output");
-	cx_io_deadline(&ch->io, ch->o.timeout_ms);
-	ch->io.accept_fds = true;
-	rc = peek_decision(ch);
-	if (rc == 0)
-		rc = cx_decode(&ch->io, &ch->o, CX_MODE_SOCKET, out);
 	ch->io.accept_fds = false;
 	if (rc == 0) {
 		ch->decide = CX_D_LOADED;
@@ -441,7 +457,434 @@ CX_EXPORT int cprxfer_load(cprxfer_channel *ch, cprxfer_state **out)
 			    why);
 		shutdown(ch->io.fd, SHUT_RDWR);
 	}
-	return cx_err(rc, "cprxfer_load: %s", why);
+	return cx_err(rc, "%s: %s", what, why);
+}
+
+CX_EXPORT int cprxfer_load(cprxfer_channel *ch, cprxfer_state **out)
+{
+	int rc = check(ch, "cprxfer_load");
+
+	if (rc < 0)
+		return rc;
+	if (!out)
+		return cx_err(-EINVAL, "cprxfer_load: NULL output");
+	cx_io_deadline(&ch->io, ch->o.timeout_ms);
+	ch->io.accept_fds = true;
+	rc = peek_decision(ch, "cprxfer_load");
+	if (rc == 0)
+		rc = cx_decode(&ch->io, &ch->o, CX_MODE_SOCKET, out);
+	return load_end(ch, rc, "cprxfer_load");
+}
+
+/* ---- non-blocking save and load (docs/event-loop.md) ----------------- */
+
+/*
+ * What one step moves at most, so that a fast peer cannot keep the
+ * caller's loop in one step: the fd stays readable and the loop comes
+ * back.
+ */
+#define CX_STEP_BUDGET (1u << 20)
+/*
+ * Passing fds costs the kernel about 1 us each (more once many are in
+ * flight): a step sends at most this many.
+ */
+#define CX_STEP_FDS 500
+/* After a hang-up, how long a step waits to see the successor exit. */
+#define CX_STEP_GRACE_NS (1000 * 1000000ll)
+
+static int64_t op_deadline(const cprxfer_channel *ch)
+{
+	if (ch->o.timeout_ms < 0)
+		return INT64_MAX;
+	return cx_now_ns() + (int64_t)ch->o.timeout_ms * 1000000;
+}
+
+/*
+ * A step that would return -EAGAIN: if the watched successor exited,
+ * its pidfd keeps the fd readable, so say so now (-ECHILD) rather than
+ * let the loop spin until its socket closes.
+ */
+static int not_yet(cprxfer_channel *ch)
+{
+	struct pollfd p = { .fd = ch->io.watch_fd, .events = POLLIN };
+
+	if (ch->io.watch_fd >= 0 && poll(&p, 1, 0) > 0)
+		return cx_child_err(ch->io.watch_pid, ch->io.watch_fd);
+	return -EAGAIN;
+}
+
+/* The operation is over: the fd goes back to EPOLLIN, no deadline. */
+static void op_end(cprxfer_channel *ch)
+{
+	char saved[CX_REASON_MAX];
+
+	ch->op = CX_OP_NONE;
+	cx_spool_free(ch->sv);
+	ch->sv = NULL;
+	ch->io.nowait = false;
+	snprintf(saved, sizeof(saved), "%s", cx_errmsg_get());
+	(void)cx_chan_want(ch, EPOLLIN);
+	(void)cx_chan_deadline(ch, INT64_MAX);
+	cx_errmsg_set("%s", saved);
+}
+
+/* Send what the spool holds; the refusal and failure rules of a save. */
+static int save_progress(cprxfer_channel *ch, const char *what)
+{
+	int rc = 0;
+
+	if (!ch->op_refused) {
+		rc = cx_spool_send(&ch->io, ch->sv, CX_STEP_BUDGET,
+				   CX_STEP_FDS);
+		if (ch->io.out_bytes != ch->op_before)
+			ch->decide = CX_D_SENT;
+		if (rc == 0) {
+			op_end(ch);
+			return 0;
+		}
+		if (rc == -EAGAIN)
+			rc = not_yet(ch);
+		if (rc == -EAGAIN && cx_now_ns() < ch->op_deadline)
+			return cx_err(-EAGAIN,
+				      "%s: %llu bytes sent, the socket is full",
+				      what,
+				      (unsigned long long)(ch->io.out_bytes -
+							   ch->op_before));
+		if (rc == -EAGAIN)
+			rc = cx_err(-ETIMEDOUT,
+				    "write: timed out waiting for the peer");
+		if (rc == -EREMOTEIO ||
+		    (rc == -ECONNRESET && ch->io.out_bytes != ch->op_before)) {
+			/* The peer refused mid-stream, or left: learn which. */
+			ch->op_refused = true;
+			(void)cx_chan_want(ch, EPOLLIN);
+		}
+	}
+	if (ch->op_refused) {
+		ch->io.nowait = true;
+		rc = recv_ack(ch, what);
+		ch->io.nowait = false;
+		if (rc == 0)
+			rc = cx_err(-EPROTO,
+				    "peer acked a stream it had not read");
+		if (rc == -ECONNRESET && ch->io.watch_fd >= 0) {
+			/*
+			 * A dying successor closes its socket a moment before
+			 * its pidfd says it exited: wait for that (the fd holds
+			 * the pidfd and a timer), to report -ECHILD as a
+			 * blocking save does.
+			 */
+			int64_t now = cx_now_ns();
+
+			if (!ch->op_grace) {
+				ch->op_grace = now + CX_STEP_GRACE_NS;
+				if (ch->op_grace > ch->op_deadline)
+					ch->op_grace = ch->op_deadline;
+				(void)cx_chan_want(ch, 0);
+				(void)cx_chan_deadline(ch, ch->op_grace);
+			}
+			if (now < ch->op_grace)
+				return cx_err(
+					-EAGAIN,
+					"%s: the peer hung up: waiting to see whether the successor exited",
+					what);
+		}
+		if (rc == -EAGAIN && cx_now_ns() < ch->op_deadline)
+			return cx_err(
+				-EAGAIN,
+				"%s: the peer refused the stream; its reason is on the way",
+				what);
+		if (rc == -EAGAIN)
+			rc = cx_err(-ETIMEDOUT,
+				    "read: timed out waiting for the peer");
+	}
+	op_end(ch);
+	if (ch->io.out_bytes == ch->op_before && !ch->op_refused)
+		return cx_err_prefix(rc, "%s", what); /* still usable */
+	ch->broken = rc;
+	return cx_err_prefix(rc, "%s", what);
+}
+
+CX_EXPORT int cprxfer_save_start(cprxfer_channel *ch, const cprxfer_state *st)
+{
+	int rc = check(ch, "cprxfer_save_start");
+
+	if (rc < 0)
+		return rc;
+	if (!st)
+		return cx_err(-EINVAL, "cprxfer_save_start: NULL state");
+	ch->sv = calloc(1, sizeof(*ch->sv));
+	if (!ch->sv)
+		return cx_err(-ENOMEM, "cprxfer_save_start: out of memory");
+	/* Encode into the spool: every check runs before a byte leaves. */
+	ch->io.spool = ch->sv;
+	rc = cx_encode(&ch->io, st, CX_MODE_SOCKET);
+	ch->io.spool = NULL;
+	ch->io.wlen = 0;
+	ch->op = CX_OP_SAVE;
+	ch->op_refused = false;
+	ch->op_grace = 0;
+	ch->op_before = ch->io.out_bytes;
+	ch->op_deadline = op_deadline(ch);
+	cx_io_deadline(&ch->io, ch->o.timeout_ms);
+	if (rc == 0)
+		rc = cx_chan_want(ch, EPOLLIN | EPOLLOUT);
+	if (rc == 0)
+		rc = cx_chan_deadline(ch, ch->op_deadline);
+	if (rc < 0) {
+		op_end(ch);
+		return cx_err_prefix(rc, "cprxfer_save_start");
+	}
+	return save_progress(ch, "cprxfer_save_start");
+}
+
+CX_EXPORT int cprxfer_save_step(cprxfer_channel *ch)
+{
+	if (!ch)
+		return cx_err(-EINVAL, "cprxfer_save_step: NULL channel");
+	if (ch->conn)
+		return cx_connecting_err(ch, "cprxfer_save_step");
+	if (ch->op == CX_OP_LOAD)
+		return busy(ch, "cprxfer_save_step");
+	if (ch->op != CX_OP_SAVE)
+		return cx_err(
+			-EINVAL,
+			"cprxfer_save_step: no save in progress: start one with cprxfer_save_start()");
+	return save_progress(ch, "cprxfer_save_step");
+}
+
+/* What the buffered frames call for (load_scan). */
+enum {
+	LD_DECODE = 1, /* the stream, or what the decoder refuses, is in */
+	LD_ACK = 2,    /* an ACK frame came instead of a stream: whole */
+};
+
+/* decode.c reads a record frame of up to this many bytes whole. */
+#define CX_SMALL_RECORD 512
+/* A blob or string this large is read into a buffer of its own. */
+#define CX_PARK_MIN (256u << 10)
+
+/*
+ * Checksum the stream's bytes up to offset upto, as far as they are in
+ * (the buffer and the parks, in stream order), so that the decoding
+ * step does not checksum it all at once.
+ */
+static void load_crc(cprxfer_channel *ch, uint64_t upto)
+{
+	struct cx_io *io = &ch->io;
+	size_t have = cx_io_buffered(io);
+
+	while (ch->ld_crc_at < upto) {
+		struct cx_park *k = ch->ld_crc_park < io->nparks
+					    ? &io->parks[ch->ld_crc_park]
+					    : NULL;
+		size_t end = have, n;
+
+		if (k && ch->ld_crc_rel == k->at - io->rpos) {
+			n = k->got - ch->ld_crc_park_off;
+			if (n > upto - ch->ld_crc_at)
+				n = (size_t)(upto - ch->ld_crc_at);
+			if (!n)
+				return;
+			ch->ld_crc = cx_crc32c(ch->ld_crc,
+					       k->buf + ch->ld_crc_park_off, n);
+			ch->ld_crc_park_off += n;
+			ch->ld_crc_at += n;
+			if (ch->ld_crc_park_off == k->len) {
+				ch->ld_crc_park++;
+				ch->ld_crc_park_off = 0;
+			}
+			continue;
+		}
+		if (k && k->at - io->rpos < end)
+			end = k->at - io->rpos;
+		if (end <= ch->ld_crc_rel)
+			return;
+		n = end - ch->ld_crc_rel;
+		if (n > upto - ch->ld_crc_at)
+			n = (size_t)(upto - ch->ld_crc_at);
+		ch->ld_crc = cx_crc32c(ch->ld_crc,
+				       cx_io_peek(io) + ch->ld_crc_rel, n);
+		ch->ld_crc_rel += n;
+		ch->ld_crc_at += n;
+	}
+}
+
+/*
+ * Buffer the stream frame by frame, never waiting, until the decoder
+ * can run from memory: the END frame is in, or the decoder will refuse
+ * what is in before it needs more (a bad header, a limit, a frame past
+ * the declared end), so that a hostile peer cannot make us buffer more
+ * than the stream limit. -EAGAIN: not yet.
+ */
+static int load_scan(cprxfer_channel *ch)
+{
+	struct cx_io *io = &ch->io;
+	size_t budget = CX_STEP_BUDGET, pos;
+	struct cx_frame f;
+	const uint8_t *p;
+	int rc;
+
+	for (;;) {
+		/* A large value read apart, then the frames so far, whole. */
+		if (io->nparks) {
+			rc = cx_io_fill_park(io, &budget);
+			if (rc < 0)
+				return rc;
+		}
+		/* Where the next frame starts in the buffer. */
+		pos = (size_t)(ch->ld_scan - ch->ld_parked);
+		rc = cx_io_fill_nowait(io, pos, &budget);
+		if (rc < 0)
+			return rc;
+		if (ch->ld_declared && ch->ld_scan + CX_HDR > ch->ld_declared)
+			return LD_DECODE;
+		rc = cx_io_fill_nowait(io, pos + CX_HDR, &budget);
+		if (rc < 0)
+			return rc;
+		p = cx_io_peek(io) + pos;
+		if (cx_frame_parse(p, &f) < 0)
+			return LD_DECODE;
+		if (!ch->ld_declared && f.type == CX_F_ACK) {
+			if (f.len < CX_ACK_LEN ||
+			    f.len > CX_ACK_LEN + CX_REASON_MAX)
+				return LD_ACK;
+			rc = cx_io_fill_nowait(io, CX_HDR + f.len, &budget);
+			return rc < 0 ? rc : LD_ACK;
+		}
+		if (!ch->ld_declared) {
+			uint64_t bytes;
+
+			if (f.type != CX_F_BEGIN || f.len != CX_BEGIN_LEN)
+				return LD_DECODE;
+			rc = cx_io_fill_nowait(io, CX_HDR + CX_BEGIN_LEN,
+					       &budget);
+			if (rc < 0)
+				return rc;
+			p = cx_io_peek(io) + CX_HDR;
+			bytes = cx_get64(p + 16);
+			if (cx_get64(p) > ch->o.max_records ||
+			    cx_get64(p + 8) > cx_opts_max_fds(&ch->o) ||
+			    bytes > ch->o.max_stream ||
+			    bytes < 2 * CX_HDR + CX_BEGIN_LEN + CX_END_LEN)
+				return LD_DECODE;
+			ch->ld_declared = bytes;
+			ch->ld_scan = CX_HDR + CX_BEGIN_LEN;
+			continue;
+		}
+		if (f.len > ch->ld_declared - ch->ld_scan - CX_HDR)
+			return LD_DECODE;
+		if (f.type == CX_F_END) {
+			uint64_t upto = ch->ld_scan + CX_HDR + 16;
+
+			rc = cx_io_fill_nowait(io, pos + CX_HDR + f.len,
+					       &budget);
+			if (rc < 0)
+				return rc;
+			/* What the END frame's checksum covers. */
+			if (f.len == CX_END_LEN) {
+				load_crc(ch, upto);
+				io->crc_known = ch->ld_crc_at == upto;
+				io->crc_val = ch->ld_crc;
+			}
+			return LD_DECODE;
+		}
+		if (f.type != CX_F_RECORD && f.type != CX_F_FDS)
+			return LD_DECODE;
+		if (f.type == CX_F_RECORD && f.len > CX_SMALL_RECORD) {
+			/* Its name is in the first bytes: judge its length. */
+			size_t at = pos + CX_HDR + CX_REC_HDR, vlen;
+			uint8_t type, nlen;
+
+			rc = cx_io_fill_nowait(io, at + 255, &budget);
+			if (rc < 0)
+				return rc;
+			type = cx_io_peek(io)[pos + CX_HDR];
+			nlen = cx_io_peek(io)[pos + CX_HDR + 2];
+			if (!nlen ||
+			    f.len - CX_REC_HDR - nlen > ch->o.max_record)
+				return LD_DECODE;
+			/*
+			 * A large blob or string is read into its own buffer,
+			 * which the decoder adopts: no second copy of it.
+			 */
+			at += nlen;
+			vlen = (size_t)(f.len - CX_REC_HDR - nlen);
+			if ((type == CPRXFER_TYPE_BLOB ||
+			     type == CPRXFER_TYPE_STR) &&
+			    vlen >= CX_PARK_MIN &&
+			    cx_io_buffered(io) <= at + vlen) {
+				rc = cx_io_park(io, io->rpos + at, vlen);
+				if (rc < 0)
+					return rc;
+				ch->ld_parked += vlen;
+			}
+		}
+		ch->ld_scan += CX_HDR + f.len;
+	}
+}
+
+CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
+{
+	static const char what[] = "cprxfer_load_step";
+	int rc;
+
+	if (!ch)
+		return cx_err(-EINVAL, "%s: NULL channel", what);
+	if (ch->op == CX_OP_SAVE)
+		return busy(ch, what);
+	if (!out)
+		return cx_err(-EINVAL, "%s: NULL output", what);
+	if (ch->op == CX_OP_NONE) {
+		rc = check(ch, what);
+		if (rc < 0)
+			return rc;
+		ch->op = CX_OP_LOAD;
+		ch->ld_scan = ch->ld_declared = ch->ld_parked = 0;
+		ch->ld_crc = 0;
+		ch->ld_crc_at = 0;
+		ch->ld_crc_rel = ch->ld_crc_park = ch->ld_crc_park_off = 0;
+		ch->io.crc_known = false;
+		ch->op_deadline = op_deadline(ch);
+		cx_io_deadline(&ch->io, ch->o.timeout_ms);
+		ch->io.accept_fds = true;
+		/* As cx_decode counts: fds read ahead belong to the stream. */
+		ch->io.max_fds = cx_opts_max_fds(&ch->o);
+		ch->io.fds_in = ch->io.fdq_len - ch->io.fdq_pos;
+		rc = cx_chan_want(ch, EPOLLIN);
+		if (rc == 0)
+			rc = cx_chan_deadline(ch, ch->op_deadline);
+		if (rc < 0) {
+			ch->io.accept_fds = false;
+			op_end(ch);
+			return cx_err_prefix(rc, "%s", what);
+		}
+	}
+	rc = load_scan(ch);
+	if (rc == -EAGAIN && ch->ld_declared)
+		load_crc(ch, ch->ld_scan); /* the frames judged so far */
+	if (rc == -EAGAIN)
+		rc = not_yet(ch);
+	if (rc == -EAGAIN && cx_now_ns() < ch->op_deadline)
+		return cx_err(-EAGAIN, "%s: %zu bytes of the stream in", what,
+			      cx_io_buffered(&ch->io));
+	if (rc == -EAGAIN)
+		rc = cx_err(-ETIMEDOUT, "read: timed out waiting for the peer");
+	/* All that is needed is buffered: nothing below waits. */
+	ch->io.nowait = true;
+	if (rc == LD_ACK)
+		rc = peek_decision(ch, what);
+	else if (rc == LD_DECODE)
+		rc = cx_decode(&ch->io, &ch->o, CX_MODE_SOCKET, out);
+	if (rc == -EAGAIN)
+		rc = cx_err(-EBADMSG, "stream truncated");
+	if (rc < 0)
+		cx_io_drop_fds(&ch->io);
+	ch->io.crc_known = false;
+	op_end(ch);
+	cx_io_drop_parks(&ch->io);
+	cx_io_shrink(&ch->io);
+	return load_end(ch, rc, what);
 }
 
 #ifndef SO_PEERPIDFD
@@ -589,6 +1032,8 @@ CX_EXPORT int cprxfer_wait_commit(cprxfer_channel *ch, int timeout_ms)
 
 	if (!ch)
 		return cx_err(-EINVAL, "cprxfer_wait_commit: NULL channel");
+	if (ch->op != CX_OP_NONE)
+		return busy(ch, "cprxfer_wait_commit");
 	if (ch->decide == CX_D_COMMITTED)
 		return 0;
 	if (ch->decide == CX_D_ABORTED)
@@ -684,6 +1129,8 @@ CX_EXPORT int cprxfer_abort(cprxfer_channel *ch, const char *reason)
 		return cx_err(-EINVAL, "cprxfer_abort: NULL channel");
 	if (ch->conn)
 		return cx_connecting_err(ch, "cprxfer_abort");
+	if (ch->op != CX_OP_NONE)
+		return busy(ch, "cprxfer_abort");
 	if (ch->decide == CX_D_COMMITTED)
 		return cx_err(
 			-EALREADY,

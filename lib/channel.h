@@ -60,6 +60,30 @@ struct cprxfer_channel {
 	/* cprxfer_channel_fd()'s epoll fd and what it holds. */
 	struct cx_chan_poll poll;
 
+	/*
+	 * A non-blocking save (cprxfer_save_start/_step) or load
+	 * (cprxfer_load_step) in progress: every other call but close
+	 * fails with -EINPROGRESS until it ends.
+	 */
+	enum {
+		CX_OP_NONE = 0,
+		CX_OP_SAVE,
+		CX_OP_LOAD
+	} op;
+	int64_t op_deadline; /* CLOCK_MONOTONIC ns; INT64_MAX: none */
+	uint64_t op_before;  /* save: io.out_bytes when it started */
+	bool op_refused;     /* save: the peer spoke; reading its ack */
+	int64_t op_grace; /* save: hang-up seen; wait until then for a pidfd */
+	struct cx_spool *sv;  /* save: the encoded stream still to send */
+	uint64_t ld_scan;     /* load: buffered bytes checked, whole frames */
+	uint64_t ld_declared; /* load: BEGIN's declared bytes (0: not yet) */
+	uint64_t ld_parked;   /* load: bytes of values read apart (io.parks) */
+	/* load: the checksum of the stream's first ld_crc_at bytes; where
+	 * they end: ld_crc_rel in the buffer (from rpos), or in a park */
+	uint32_t ld_crc;
+	uint64_t ld_crc_at;
+	size_t ld_crc_rel, ld_crc_park, ld_crc_park_off;
+
 	/* The successor this channel leads to (cprxfer_spawn), or NULL. */
 	struct cprxfer_successor *succ;
 

@@ -55,7 +55,8 @@ static int take(struct dec *d, void *p, size_t n)
 				(unsigned long long)d->declared_bytes);
 		if (rc < 0)
 			return rc;
-		d->crc = cx_crc32c(d->crc, p, k);
+		if (!d->io->crc_known)
+			d->crc = cx_crc32c(d->crc, p, k);
 		d->bytes += k;
 		p = (uint8_t *)p + k;
 		n -= k;
@@ -277,20 +278,39 @@ static int decode_int(struct dec *d, struct rec *r)
 	return 0;
 }
 
+/* A value cprxfer_load_step() read apart (cx_io_park): count, checksum. */
+static int take_kept(struct dec *d, const void *p, size_t n)
+{
+	if (n > d->declared_bytes - d->bytes)
+		return cx_err(-EBADMSG,
+			      "stream runs past its declared %llu bytes",
+			      (unsigned long long)d->declared_bytes);
+	if (!d->io->crc_known)
+		d->crc = cx_crc32c(d->crc, p, n);
+	d->bytes += n;
+	return 0;
+}
+
 /* blob, str: the bytes, kept with a NUL after them; a str has no NUL. */
 static int decode_bytes(struct dec *d, struct rec *r)
 {
 	size_t len = (size_t)r->vlen;
-	cx_autofree char *buf = malloc(len + 1);
+	cx_autofree char *buf = r->p ? NULL : (char *)cx_io_unpark(d->io, len);
 	struct cx_entry *x;
 	int rc;
 
-	if (!buf)
-		return cx_err(-ENOMEM,
-			      "record '%s': out of memory for %llu bytes",
-			      r->name, (unsigned long long)r->vlen);
-	prefault(buf, len);
-	rc = rtake(d, r, buf, len);
+	if (buf) {
+		rc = take_kept(d, buf, len);
+	} else {
+		buf = malloc(len + 1);
+		if (!buf)
+			return cx_err(
+				-ENOMEM,
+				"record '%s': out of memory for %llu bytes",
+				r->name, (unsigned long long)r->vlen);
+		prefault(buf, len);
+		rc = rtake(d, r, buf, len);
+	}
 	if (rc < 0)
 		return rc;
 	buf[len] = 0;
@@ -515,7 +535,8 @@ static int on_end(struct dec *d, const struct cx_frame *f)
 	rc = take(d, p, 16);
 	if (rc < 0)
 		return rc;
-	s.crc = d->crc;
+	/* cprxfer_load_step() checksummed the stream as it came. */
+	s.crc = d->io->crc_known ? d->io->crc_val : d->crc;
 	rc = take(d, p + 16, 8);
 	if (rc < 0)
 		return rc;

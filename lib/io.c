@@ -90,6 +90,7 @@ void cx_io_drop_fds(struct cx_io *io)
 void cx_io_fini(struct cx_io *io)
 {
 	cx_io_drop_fds(io);
+	cx_io_drop_parks(io);
 	free(io->fdq);
 	free(io->rbuf);
 	free(io->wbuf);
@@ -183,6 +184,9 @@ static int eof_err(struct cx_io *io, int rc, const char *msg)
 			left = CX_DEATH_GRACE_MS;
 		if (left < 50)
 			left = 50;
+		/* A non-blocking step only looks. */
+		if (io->nowait)
+			left = 0;
 		while (poll(&p, 1, (int)left) < 0 && errno == EINTR)
 			;
 		if (p.revents)
@@ -328,6 +332,9 @@ static ssize_t io_read_some(struct cx_io *io, void *dst, size_t n)
 				       "peer reset the connection");
 		if (errno != EAGAIN)
 			return cx_err(-errno, "recvmsg: %s", strerror(errno));
+		if (io->nowait)
+			return cx_err(-EAGAIN,
+				      "read: nothing more to read yet");
 		rc = io_wait(io, POLLIN, &rev);
 		if (rc < 0)
 			return wait_err(io, rc, "read");
@@ -338,6 +345,11 @@ int cx_io_read(struct cx_io *io, void *dst, size_t n)
 {
 	uint8_t *d = dst;
 	size_t have = cx_io_buffered(io);
+
+	if (io->park_next < io->nparks &&
+	    io->rpos + n > io->parks[io->park_next].at)
+		return cx_err(-EBADMSG,
+			      "stream read across a value kept apart");
 
 	if (have >= n) {
 		memcpy(d, io->rbuf + io->rpos, n);
@@ -423,6 +435,295 @@ int cx_io_take_fd(struct cx_io *io)
 	return fd;
 }
 
+/* Make room for need items of size in *p (capacity *cap). */
+static int grow(void *p, size_t *cap, size_t need, size_t size)
+{
+	size_t c = *cap ? *cap : 16;
+	void *q;
+
+	if (need <= *cap)
+		return 0;
+	while (c < need)
+		c *= 2;
+	q = realloc(*(void **)p, c * size);
+	if (!q)
+		return cx_err(-ENOMEM, "save spool: out of memory");
+	*(void **)p = q;
+	*cap = c;
+	return 0;
+}
+
+void cx_spool_free(struct cx_spool *sp)
+{
+	if (!sp)
+		return;
+	free(sp->buf);
+	free(sp->fds);
+	free(sp->seg);
+	free(sp);
+}
+
+/*
+ * Spool what a flush would send. Bytes from the write buffer are copied;
+ * a large write from elsewhere (the state's own memory) is referenced.
+ */
+static int spool_add(struct cx_io *io, const uint8_t *src, size_t n,
+		     const int *fds, size_t nfds)
+{
+	struct cx_spool *sp = io->spool;
+	bool ext = src < io->wbuf || src >= io->wbuf + io->wcap;
+	struct cx_seg *g;
+	int rc;
+
+	if (!n)
+		return 0;
+	rc = grow(&sp->seg, &sp->scap, sp->nseg + 1, sizeof(*sp->seg));
+	if (rc == 0)
+		rc = grow(&sp->fds, &sp->fcap, sp->nfds + nfds,
+			  sizeof(*sp->fds));
+	if (rc == 0 && !ext)
+		rc = grow(&sp->buf, &sp->cap, sp->len + n, 1);
+	if (rc < 0)
+		return rc;
+	g = &sp->seg[sp->nseg++];
+	g->ext = ext ? src : NULL;
+	g->off = sp->len;
+	g->len = n;
+	g->fd_at = sp->nfds;
+	g->nfds = nfds;
+	if (!ext) {
+		memcpy(sp->buf + sp->len, src, n);
+		sp->len += n;
+	}
+	if (nfds)
+		memcpy(sp->fds + sp->nfds, fds, nfds * sizeof(int));
+	sp->nfds += nfds;
+	return 0;
+}
+
+/* Put fds in m's control buffer u (one SCM_RIGHTS message). */
+static int attach_fds(struct msghdr *m, char *u, size_t usize, const int *fds,
+		      size_t nfds)
+{
+	struct cmsghdr *c;
+
+	memset(u, 0, usize);
+	m->msg_control = u;
+	m->msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+	c = CMSG_FIRSTHDR(m);
+	if (!c) /* cannot be: msg_controllen holds one */
+		return cx_err(-EINVAL, "sendmsg: no room for fds");
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+	memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+	return 0;
+}
+
+int cx_spool_send(struct cx_io *io, struct cx_spool *sp, size_t budget,
+		  size_t fd_budget)
+{
+	size_t sent = 0, fds_sent = 0;
+	union {
+		char buf[CX_CMSG_SPACE];
+		struct cmsghdr align;
+	} u;
+
+	while (sp->cur < sp->nseg) {
+		const struct cx_seg *g = &sp->seg[sp->cur];
+		const uint8_t *base = g->ext ? g->ext : sp->buf + g->off;
+		struct iovec iov = { .iov_base = (void *)(base + sp->done),
+				     .iov_len = g->len - sp->done };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+		struct pollfd p = { .fd = io->fd, .events = POLLIN | POLLOUT };
+		ssize_t r;
+		int rc;
+
+		if (sent >= budget || (fds_sent >= fd_budget && g->nfds))
+			return -EAGAIN;
+		if (!sp->done && g->nfds) {
+			rc = attach_fds(&m, u.buf, sizeof(u.buf),
+					sp->fds + g->fd_at, g->nfds);
+			if (rc < 0)
+				return rc;
+		}
+		cx_io_hook(io->fd, CX_HOOK_SEND, &iov.iov_len);
+		r = sendmsg(io->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (r > 0) {
+			size_t done = (size_t)r;
+
+			cx_io_hook(io->fd, CX_HOOK_SENT, &done);
+			io->out_bytes += (uint64_t)r;
+			sent += (size_t)r;
+			if (!sp->done)
+				fds_sent += g->nfds;
+			sp->done += (size_t)r;
+			if (sp->done == g->len) {
+				sp->cur++;
+				sp->done = 0;
+			}
+			continue;
+		}
+		if (r == 0)
+			return cx_err(-EIO, "write: no progress");
+		if (errno == EINTR)
+			continue;
+		if (errno == EPIPE || errno == ECONNRESET)
+			return eof_err(io, -ECONNRESET,
+				       "peer closed the connection");
+		if (errno == EBADF && g->nfds && !sp->done)
+			return cx_err(
+				-EBADF,
+				"sendmsg: an fd of the batch is not open");
+		if (errno != EAGAIN)
+			return cx_err(-errno, "sendmsg: %s", strerror(errno));
+		while (poll(&p, 1, 0) < 0 && errno == EINTR)
+			;
+		if ((p.revents & (POLLIN | POLLHUP)) &&
+		    !(p.revents & POLLOUT)) {
+			/* The peer spoke (a refusal) or left mid-stream. */
+			io->peer_spoke = true;
+			return -EREMOTEIO;
+		}
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+int cx_io_fill_nowait(struct cx_io *io, size_t n, size_t *budget)
+{
+	size_t have = cx_io_buffered(io), i;
+	int rc = 0;
+
+	if (have >= n)
+		return 0;
+	if (io->rpos + n > io->rcap) {
+		/* The parks' places move with the bytes around them. */
+		for (i = io->park_next; i < io->nparks; i++)
+			io->parks[i].at -= io->rpos;
+		memmove(io->rbuf, io->rbuf + io->rpos, have);
+		io->rpos = 0;
+		io->rlen = have;
+	}
+	if (n > io->rcap) {
+		size_t cap = io->rcap;
+
+		rc = grow(&io->rbuf, &cap, n, 1);
+		if (rc < 0)
+			return cx_err(
+				-ENOMEM,
+				"load: out of memory for a %zu-byte frame", n);
+		io->rcap = cap;
+	}
+	io->nowait = true;
+	while (io->rlen - io->rpos < n) {
+		ssize_t r;
+
+		if (!*budget) {
+			rc = -EAGAIN;
+			break;
+		}
+		r = io_read_some(io, io->rbuf + io->rlen, io->rcap - io->rlen);
+		if (r < 0) {
+			rc = (int)r;
+			break;
+		}
+		io->rlen += (size_t)r;
+		*budget -= *budget < (size_t)r ? *budget : (size_t)r;
+	}
+	io->nowait = false;
+	return rc;
+}
+
+int cx_io_park(struct cx_io *io, size_t at, size_t len)
+{
+	struct cx_park *k;
+	size_t have = io->rlen > at ? io->rlen - at : 0;
+	int rc;
+
+	rc = grow(&io->parks, &io->cparks, io->nparks + 1, sizeof(*k));
+	if (rc < 0)
+		return rc;
+	k = &io->parks[io->nparks];
+	k->buf = malloc(len + 1);
+	if (!k->buf)
+		return cx_err(-ENOMEM, "load: out of memory for %zu bytes",
+			      len);
+	if (have > len) /* cannot be: the caller parks what is not in */
+		have = len;
+	memcpy(k->buf, io->rbuf + at, have);
+	k->at = at;
+	k->len = len;
+	k->got = have;
+	io->rlen = at;
+	io->nparks++;
+	return 0;
+}
+
+int cx_io_fill_park(struct cx_io *io, size_t *budget)
+{
+	struct cx_park *k = &io->parks[io->nparks - 1];
+	int rc = 0;
+
+	io->nowait = true;
+	while (k->got < k->len) {
+		ssize_t r;
+
+		if (!*budget) {
+			rc = -EAGAIN;
+			break;
+		}
+		r = io_read_some(io, k->buf + k->got, k->len - k->got);
+		if (r < 0) {
+			rc = (int)r;
+			break;
+		}
+		k->got += (size_t)r;
+		*budget -= *budget < (size_t)r ? *budget : (size_t)r;
+	}
+	io->nowait = false;
+	return rc;
+}
+
+uint8_t *cx_io_unpark(struct cx_io *io, size_t len)
+{
+	struct cx_park *k = &io->parks[io->park_next];
+
+	if (io->park_next == io->nparks || k->at != io->rpos || k->len != len ||
+	    k->got != len)
+		return NULL;
+	io->park_next++;
+	return cx_steal_ptr(&k->buf);
+}
+
+void cx_io_drop_parks(struct cx_io *io)
+{
+	size_t i;
+
+	for (i = 0; i < io->nparks; i++)
+		free(io->parks[i].buf);
+	free(io->parks);
+	io->parks = NULL;
+	io->nparks = io->cparks = io->park_next = 0;
+}
+
+void cx_io_shrink(struct cx_io *io)
+{
+	size_t have = cx_io_buffered(io);
+	uint8_t *b;
+
+	if (io->rcap <= CX_RBUF || have > CX_RBUF)
+		return;
+	memmove(io->rbuf, io->rbuf + io->rpos, have);
+	io->rpos = 0;
+	io->rlen = have;
+	b = realloc(io->rbuf, CX_RBUF);
+	if (b) {
+		io->rbuf = b;
+		io->rcap = CX_RBUF;
+	}
+}
+
 /* Write all of src, fds on the first byte. Returns 0 or -errno. */
 static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 			const int *fds, size_t nfds)
@@ -432,6 +733,8 @@ static int io_write_all(struct cx_io *io, const uint8_t *src, size_t n,
 		struct cmsghdr align;
 	} u;
 
+	if (io->spool)
+		return spool_add(io, src, n, fds, nfds);
 	while (n) {
 		struct iovec iov = { .iov_base = (void *)src, .iov_len = n };
 		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };

@@ -12,6 +12,41 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/*
+ * A save being spooled (cprxfer_save_start): what the encoder writes is
+ * kept here instead of sent, as segments in the order the bytes go out.
+ * A segment is one flush of the write buffer (its bytes copied into buf,
+ * at off) or one large write (kept by reference: the state's memory,
+ * which stays unchanged until the save ends), with the fds that go with
+ * its first byte (fds[fd_at..fd_at + nfds)).
+ */
+struct cx_seg {
+	const uint8_t *ext; /* NULL: the bytes are buf[off..off + len) */
+	size_t off, len;
+	size_t fd_at, nfds;
+};
+
+struct cx_spool {
+	uint8_t *buf;
+	size_t len, cap;
+	int *fds; /* borrowed: the state's fds, not owned */
+	size_t nfds, fcap;
+	struct cx_seg *seg;
+	size_t nseg, scap;
+	size_t cur, done; /* the segment going out, its bytes already sent */
+};
+
+/*
+ * A large value a non-blocking load read into a buffer of its own
+ * rather than into rbuf (cprxfer_load_step): it belongs at rbuf[at],
+ * between the bytes before it and those after it.
+ */
+struct cx_park {
+	size_t at;
+	uint8_t *buf; /* len + 1 bytes */
+	size_t len, got;
+};
+
 struct cx_io {
 	int fd;
 	bool sock;	  /* recvmsg/sendmsg with fds; else read/write */
@@ -39,6 +74,21 @@ struct cx_io {
 
 	/* A peer's ACK frame seen while writing: set by the writer. */
 	bool peer_spoke;
+
+	/* Not NULL: writes and flushes append to this spool (no sending). */
+	struct cx_spool *spool;
+	/* Reads never wait: where they would, they fail with -EAGAIN. */
+	bool nowait;
+
+	/* Parked values, in stream order; parks[park_next] is next. */
+	struct cx_park *parks;
+	size_t nparks, cparks, park_next;
+	/*
+	 * The stream's checksum, computed already as it arrived (a
+	 * non-blocking load): the decoder uses it instead of its own.
+	 */
+	bool crc_known;
+	uint32_t crc_val;
 
 	/*
 	 * A process watched alongside every wait (-1: none): when its
@@ -112,6 +162,50 @@ int cx_io_write(struct cx_io *io, const void *src, size_t n);
 
 /* Send what is buffered, with fds attached to its first byte. */
 int cx_io_flush(struct cx_io *io, const int *fds, size_t nfds);
+
+/* Free a spool and what it holds (not the fds: they are borrowed). */
+void cx_spool_free(struct cx_spool *sp);
+
+/*
+ * Send from sp with MSG_DONTWAIT, at most about budget bytes and
+ * fd_budget fds, fds attached to the sendmsg() carrying their segment's
+ * first byte (as a blocking flush attaches them). 0: all sent; -EAGAIN:
+ * the socket is full or a budget spent; -EREMOTEIO: the socket is full
+ * and the peer spoke or hung up (a refusal to read); or -errno with a
+ * reason.
+ */
+int cx_spool_send(struct cx_io *io, struct cx_spool *sp, size_t budget,
+		  size_t fd_budget);
+
+/*
+ * Have at least n bytes buffered, growing the buffer as needed and
+ * reading only what is there (never waiting): 0 once n bytes are
+ * buffered, -EAGAIN if the socket has no more yet, or a read's error.
+ * Stops with -EAGAIN once *budget (lowered by what it reads) is spent.
+ */
+int cx_io_fill_nowait(struct cx_io *io, size_t n, size_t *budget);
+
+/*
+ * Park the value of len bytes that starts at rbuf[at], at the end of what
+ * is buffered (at <= rlen: what is there already moves into the park,
+ * and rbuf ends at at). -ENOMEM, or 0.
+ */
+int cx_io_park(struct cx_io *io, size_t at, size_t len);
+
+/* Fill the last park from the socket, never waiting: 0 once whole. */
+int cx_io_fill_park(struct cx_io *io, size_t *budget);
+
+/*
+ * The parked value of len bytes at the read position, handed over (the
+ * caller frees it), or NULL if there is none there.
+ */
+uint8_t *cx_io_unpark(struct cx_io *io, size_t len);
+
+/* Free every park. */
+void cx_io_drop_parks(struct cx_io *io);
+
+/* Give back a buffer grown by cx_io_fill_nowait, keeping what it holds. */
+void cx_io_shrink(struct cx_io *io);
 
 /*
  * Fault injection for the tests, never exported: when set, called with

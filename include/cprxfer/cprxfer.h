@@ -220,6 +220,21 @@ int cprxfer_connect_start(const char *path, int timeout_ms,
 int cprxfer_connect_step(cprxfer_channel *ch);
 
 /*
+ * Non-blocking save and load (docs/event-loop.md). save_start checks and
+ * encodes st at once (any refusal before a byte leaves) and sends what
+ * the socket takes: 0 all sent, -EAGAIN: poll the channel fd and call
+ * save_step until it is not -EAGAIN. st and its fds must stay as they
+ * are until then. load_step reads what is there: -EAGAIN until the
+ * whole stream is in, then 0 with *out, or the error cprxfer_load()
+ * would give. While either is in progress, every other call on the
+ * channel but cprxfer_channel_fd(), cprxfer_channel_peer() and close
+ * fails with -EINPROGRESS; closing the channel cancels it.
+ */
+int cprxfer_save_start(cprxfer_channel *ch, const cprxfer_state *st);
+int cprxfer_save_step(cprxfer_channel *ch);
+int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out);
+
+/*
  * The decision: exactly one process owns the workload after any outcome.
  * Outgoing side, after cprxfer_wait_ack() == 0: cprxfer_commit() (then
  * never resume) or cprxfer_abort() (then resume); closing an undecided
