@@ -12,8 +12,10 @@
  *  - transfer mode (SIGUSR1): the server starts its successor
  *    (cprxfer_spawn), hands it the listening socket, every client, the
  *    bytes read but not yet answered and the replies not yet sent, and
- *    the table; it waits for the ack in its loop, then commits and
- *    exits, or aborts and keeps serving (rollback);
+ *    the table. Connect, save and ack are steps of its loop, on the
+ *    channel's fd (the clients are served until the successor is
+ *    connected); then it commits and exits, or aborts and keeps serving
+ *    (rollback);
  *  - exec mode (SIGUSR2): the same state crosses an execve() in place
  *    (cprxfer_exec_opts); the PID is kept. If the new image dies before
  *    it confirms (cprxfer_exec_commit), the old program runs again with
@@ -523,12 +525,6 @@ static int handoff_end(struct server *s, int rc)
 	return rc < 0 ? 0 : 1;
 }
 
-/* Until cprxfer_save_start() lands on main, the save blocks here. */
-static int save_start(struct handoff *ho)
-{
-	return cprxfer_save(ho->ch, ho->st);
-}
-
 /* Connected: stop serving, take the state, start sending it. */
 static int handoff_pause(struct server *s, struct handoff *ho)
 {
@@ -547,7 +543,7 @@ static int handoff_pause(struct server *s, struct handoff *ho)
 		}
 	}
 	if (rc == 0)
-		rc = save_start(ho);
+		rc = cprxfer_save_start(ho->ch, ho->st);
 	ho->phase = rc == -EAGAIN ? HO_SAVE : HO_ACK;
 	ho->t_saved = now_ns();
 	return rc;
@@ -567,8 +563,12 @@ static int handoff_step(struct server *s)
 			if (rc == 0)
 				rc = handoff_pause(s, ho);
 			break;
-		case HO_SAVE:	      /* blackout from here on */
-			rc = -EAGAIN; /* no cprxfer_save_step() yet */
+		case HO_SAVE: /* blackout from here on */
+			rc = cprxfer_save_step(ho->ch);
+			if (rc == 0) {
+				ho->phase = HO_ACK;
+				ho->t_saved = now_ns();
+			}
 			break;
 		case HO_ACK:
 			rc = cprxfer_wait_ack(ho->ch, 0);
