@@ -200,7 +200,7 @@ int cprxfer_wait_ack(cprxfer_channel *ch, int timeout_ms);
 int cprxfer_channel_set_timeout(cprxfer_channel *ch, int timeout_ms);
 
 /*
- * Event loops (docs/protocol.md): an fd to poll for POLLIN (an epoll
+ * Event loops (docs/event-loop.md): an fd to poll for POLLIN (an epoll
  * fd owned by the channel), readable when the operation in progress can
  * advance or its deadline passed; then call that operation's step.
  * Every step returns at once; -EAGAIN means "not yet". Closing the
