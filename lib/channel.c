@@ -791,6 +791,22 @@ static int load_scan(cprxfer_channel *ch)
 		}
 		if (f.type != CX_F_RECORD && f.type != CX_F_FDS)
 			return LD_DECODE;
+		if (f.type == CX_F_FDS) {
+			/*
+			 * Its fds ride on the sendmsg of its first byte: once
+			 * its bytes are in, so are they, or the decoder
+			 * refuses the stream here, as a blocking load would.
+			 */
+			if (f.len != CX_FDS_HDR)
+				return LD_DECODE;
+			rc = cx_io_fill_nowait(io, pos + CX_HDR + CX_FDS_HDR,
+					       &budget);
+			if (rc < 0)
+				return rc;
+			ch->ld_fds += cx_get32(cx_io_peek(io) + pos + CX_HDR);
+			if (io->fds_in < ch->ld_fds)
+				return LD_DECODE;
+		}
 		if (f.type == CX_F_RECORD && f.len > CX_SMALL_RECORD) {
 			/* Its name is in the first bytes: judge its length. */
 			size_t at = pos + CX_HDR + CX_REC_HDR, vlen;
@@ -868,6 +884,7 @@ CX_EXPORT int cprxfer_load_step(cprxfer_channel *ch, cprxfer_state **out)
 			return rc;
 		ch->op = CX_OP_LOAD;
 		ch->ld_scan = ch->ld_declared = ch->ld_parked = 0;
+		ch->ld_fds = 0;
 		ch->ld_crc = 0;
 		ch->ld_crc_at = 0;
 		ch->ld_crc_rel = ch->ld_crc_park = ch->ld_crc_park_off = 0;

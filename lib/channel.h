@@ -78,6 +78,7 @@ struct cprxfer_channel {
 	uint64_t ld_scan;     /* load: buffered bytes checked, whole frames */
 	uint64_t ld_declared; /* load: BEGIN's declared bytes (0: not yet) */
 	uint64_t ld_parked;   /* load: bytes of values read apart (io.parks) */
+	uint64_t ld_fds;      /* load: fds the FDS frames so far announced */
 	/* load: the checksum of the stream's first ld_crc_at bytes; where
 	 * they end: ld_crc_rel in the buffer (from rpos), or in a park */
 	uint32_t ld_crc;
