@@ -415,7 +415,8 @@ int cx_connect_handshake(cprxfer_channel *ch, const char *prefix)
 	return rc == -EAGAIN ? 0 : rc;
 }
 
-int cx_connect_finish(cprxfer_channel *ch)
+/* Step and poll what ch waits for until its connect ends: 0 or -errno. */
+static int connect_run(cprxfer_channel *ch)
 {
 	for (;;) {
 		struct cx_connecting *c = ch->conn;
@@ -442,6 +443,19 @@ int cx_connect_finish(cprxfer_channel *ch)
 	}
 }
 
+/* Run a started connect to its end, polling; ch is closed on failure. */
+int cx_connect_finish(cprxfer_channel *ch, cprxfer_channel **out)
+{
+	int rc = connect_run(ch);
+
+	if (rc < 0) {
+		cprxfer_channel_close(ch);
+		return rc;
+	}
+	*out = ch;
+	return 0;
+}
+
 int cx_connect(const char *path, int timeout_ms, const struct cprxfer_opts *o,
 	       int watch_fd, cprxfer_channel **out)
 {
@@ -451,13 +465,7 @@ int cx_connect(const char *path, int timeout_ms, const struct cprxfer_opts *o,
 	rc = connect_start(path, timeout_ms, o, watch_fd, &ch);
 	if (rc < 0)
 		return rc;
-	rc = cx_connect_finish(ch);
-	if (rc < 0) {
-		cprxfer_channel_close(ch);
-		return rc;
-	}
-	*out = ch;
-	return 0;
+	return cx_connect_finish(ch, out);
 }
 
 CX_EXPORT int cprxfer_connect_start(const char *path, int timeout_ms,

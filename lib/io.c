@@ -598,6 +598,36 @@ int cx_spool_send(struct cx_io *io, struct cx_spool *sp, size_t budget,
 	return 0;
 }
 
+/*
+ * Read into buf (holding *len bytes, room for cap) until it holds need
+ * bytes, never waiting and within *budget bytes: 0, -EAGAIN (nothing
+ * more yet, or the budget spent) or the read's error.
+ */
+static int read_nowait(struct cx_io *io, uint8_t *buf, size_t *len, size_t need,
+		       size_t cap, size_t *budget)
+{
+	int rc = 0;
+
+	io->nowait = true;
+	while (*len < need) {
+		ssize_t r;
+
+		if (!*budget) {
+			rc = -EAGAIN;
+			break;
+		}
+		r = io_read_some(io, buf + *len, cap - *len);
+		if (r < 0) {
+			rc = (int)r;
+			break;
+		}
+		*len += (size_t)r;
+		*budget -= *budget < (size_t)r ? *budget : (size_t)r;
+	}
+	io->nowait = false;
+	return rc;
+}
+
 int cx_io_fill_nowait(struct cx_io *io, size_t n, size_t *budget)
 {
 	size_t have = cx_io_buffered(io), i;
@@ -623,24 +653,8 @@ int cx_io_fill_nowait(struct cx_io *io, size_t n, size_t *budget)
 				"load: out of memory for a %zu-byte frame", n);
 		io->rcap = cap;
 	}
-	io->nowait = true;
-	while (io->rlen - io->rpos < n) {
-		ssize_t r;
-
-		if (!*budget) {
-			rc = -EAGAIN;
-			break;
-		}
-		r = io_read_some(io, io->rbuf + io->rlen, io->rcap - io->rlen);
-		if (r < 0) {
-			rc = (int)r;
-			break;
-		}
-		io->rlen += (size_t)r;
-		*budget -= *budget < (size_t)r ? *budget : (size_t)r;
-	}
-	io->nowait = false;
-	return rc;
+	return read_nowait(io, io->rbuf, &io->rlen, io->rpos + n, io->rcap,
+			   budget);
 }
 
 int cx_io_park(struct cx_io *io, size_t at, size_t len)
@@ -671,26 +685,8 @@ int cx_io_park(struct cx_io *io, size_t at, size_t len)
 int cx_io_fill_park(struct cx_io *io, size_t *budget)
 {
 	struct cx_park *k = &io->parks[io->nparks - 1];
-	int rc = 0;
 
-	io->nowait = true;
-	while (k->got < k->len) {
-		ssize_t r;
-
-		if (!*budget) {
-			rc = -EAGAIN;
-			break;
-		}
-		r = io_read_some(io, k->buf + k->got, k->len - k->got);
-		if (r < 0) {
-			rc = (int)r;
-			break;
-		}
-		k->got += (size_t)r;
-		*budget -= *budget < (size_t)r ? *budget : (size_t)r;
-	}
-	io->nowait = false;
-	return rc;
+	return read_nowait(io, k->buf, &k->got, k->len, k->len, budget);
 }
 
 uint8_t *cx_io_unpark(struct cx_io *io, size_t len)

@@ -76,7 +76,10 @@ int cx_connect(const char *path, int timeout_ms, const struct cprxfer_opts *o,
  */
 int cx_connect_handshake(cprxfer_channel *ch, const char *prefix);
 
-/* Step and poll what ch waits for until its connect ends: 0 or -errno. */
-int cx_connect_finish(cprxfer_channel *ch);
+/*
+ * Step and poll what ch waits for until its connect ends: 0 with *out =
+ * ch, or -errno with ch closed.
+ */
+int cx_connect_finish(cprxfer_channel *ch, cprxfer_channel **out);
 
 #endif

@@ -295,13 +295,7 @@ CX_EXPORT int cprxfer_successor_channel(cprxfer_successor *s,
 	rc = cprxfer_successor_channel_start(s, &ch);
 	if (rc < 0)
 		return rc;
-	rc = cx_connect_finish(ch);
-	if (rc < 0) {
-		cprxfer_channel_close(ch);
-		return rc;
-	}
-	*out = ch;
-	return 0;
+	return cx_connect_finish(ch, out);
 }
 
 CX_EXPORT int cprxfer_successor_connect(cprxfer_successor *s, const char *path,

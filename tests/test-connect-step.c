@@ -41,15 +41,6 @@ static void msleep(int ms)
 		;
 }
 
-static int64_t cpu_us(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
-	       ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
-}
-
 /* What one event-loop run of a connect cost. */
 struct run {
 	int rc;		/* the step's final result */
@@ -62,7 +53,7 @@ struct run {
 /* Poll the channel's fd and step until done: an event loop's way. */
 static void loop(cprxfer_channel *ch, struct run *r)
 {
-	int64_t t0 = tu_now_ms(), c0 = cpu_us();
+	int64_t t0 = tu_now_ms(), c0 = tu_cpu_us();
 	int fd = cprxfer_channel_fd(ch);
 
 	assert_true(fd >= 0);
@@ -76,7 +67,7 @@ static void loop(cprxfer_channel *ch, struct run *r)
 	}
 	r->end_ms = tu_now_ms();
 	r->ms = r->end_ms - t0;
-	r->cpu_us = cpu_us() - c0;
+	r->cpu_us = tu_cpu_us() - c0;
 }
 
 /* The channel's fd is not readable (nothing in progress, nothing due). */
@@ -452,7 +443,7 @@ static void test_connect_step_successor_crash_ends_at_once(void **u)
 	cprxfer_successor *s = spawn("crash");
 	cprxfer_channel *ch = NULL;
 	pid_t pid = cprxfer_successor_pid(s);
-	int64_t t0 = tu_now_ms(), dead = 0, c0 = cpu_us();
+	int64_t t0 = tu_now_ms(), dead = 0, c0 = tu_cpu_us();
 	int rc, fd, wakeups = 0;
 
 	rc = cprxfer_successor_channel_start(s, &ch);
@@ -489,7 +480,7 @@ static void test_connect_step_successor_crash_ends_at_once(void **u)
 	print_message(
 		"successor crash: -ECHILD %lld ms after its death (%lld ms after the start), %d wakeups, %lld us CPU: %s\n",
 		(long long)(tu_now_ms() - dead), (long long)(tu_now_ms() - t0),
-		wakeups, (long long)(cpu_us() - c0), cprxfer_errmsg());
+		wakeups, (long long)(tu_cpu_us() - c0), cprxfer_errmsg());
 	assert_int_equal(rc, -ECHILD);
 	assert_true(tu_now_ms() - dead < 50);
 	assert_true(wakeups <= 4);

@@ -40,15 +40,6 @@ static void msleep(int ms)
 		;
 }
 
-static int64_t cpu_us(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
-	       ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
-}
-
 /* A socket bound at path and closed: what a dead listener leaves. */
 static void make_stale(const char *path)
 {
@@ -77,12 +68,12 @@ static int wait_child(void *arg)
 	int64_t c0, t0;
 
 	(void)arg;
-	c0 = cpu_us();
+	c0 = tu_cpu_us();
 	t0 = tu_now_ms();
 	shared->rc = cprxfer_connect(shared->path, WAIT_MS, &ch);
 	cprxfer_channel_close(ch);
 	shared->wall_ms = tu_now_ms() - t0;
-	shared->cpu_us = cpu_us() - c0;
+	shared->cpu_us = tu_cpu_us() - c0;
 	return 0;
 }
 

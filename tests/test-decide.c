@@ -27,17 +27,9 @@
 #include "channel.h"
 #include "testutil.h"
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static void spin_until(int64_t t)
 {
-	while (now_ns() < t)
+	while (tu_now_ns() < t)
 		;
 }
 
@@ -81,8 +73,8 @@ static int race_incoming(void *arg)
 
 	if (cprxfer_channel_open(c->sock, &ch) < 0 || cprxfer_load(ch, &st) < 0)
 		return 10;
-	spin_until(now_ns() + c->delay_ns);
-	c->r->ack_ns = now_ns();
+	spin_until(tu_now_ns() + c->delay_ns);
+	c->r->ack_ns = tu_now_ns();
 	if (cprxfer_ack(ch, 0, NULL) < 0)
 		return 11;
 	c->r->acked = 1;
@@ -101,7 +93,7 @@ static void test_ack_timeout_race_has_one_owner(void **unused)
 		mmap(NULL, sizeof(*r) * RACE_ITER, PROT_READ | PROT_WRITE,
 		     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	cprxfer_state *st = small_state();
-	int64_t delay = RACE_ACK_MS * 1000000ll, t_start = now_ns();
+	int64_t delay = RACE_ACK_MS * 1000000ll, t_start = tu_now_ns();
 	int commits = 0, aborts = 0, close_calls = 0, i;
 	int iter = getenv("CPRXFER_UNDER_VALGRIND") ? 100 : RACE_ITER;
 
@@ -129,7 +121,7 @@ static void test_ack_timeout_race_has_one_owner(void **unused)
 		close(sv[1]);
 		assert_int_equal(cprxfer_channel_open(sv[0], &ch), 0);
 		assert_int_equal(cprxfer_save(ch, st), 0);
-		r[i].expire_ns = now_ns() + RACE_ACK_MS * 1000000ll;
+		r[i].expire_ns = tu_now_ns() + RACE_ACK_MS * 1000000ll;
 		rc = cprxfer_wait_ack(ch, RACE_ACK_MS);
 		if (rc == 0) {
 			/* Acked in time: commit, and never resume. */
@@ -162,7 +154,7 @@ static void test_ack_timeout_race_has_one_owner(void **unused)
 			delay -= 20000;
 		}
 		/* A machine under heavy load: stop before the test timeout. */
-		if (now_ns() - t_start > 80 * 1000000000ll && i >= 500) {
+		if (tu_now_ns() - t_start > 80 * 1000000000ll && i >= 500) {
 			print_message("stopping early: 80 s elapsed\n");
 			iter = i + 1;
 		}

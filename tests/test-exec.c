@@ -52,14 +52,6 @@
 
 extern char **environ;
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Read fd to EOF into buf (NUL-terminated). */
 static void read_all(int fd, char *buf, size_t cap)
 {
@@ -1091,7 +1083,7 @@ static int exec_bench(void *arg)
 	    cprxfer_put_fd(st, "out", b->out) < 0)
 		return 98;
 	/* The workload stops here: the blackout starts. */
-	if (cprxfer_put_u64(st, "t0", (uint64_t)now_ns()) < 0)
+	if (cprxfer_put_u64(st, "t0", (uint64_t)tu_now_ns()) < 0)
 		return 98;
 	cx_exec(st, TARGET, argv, NULL, NULL, false, b->defer);
 	return 99;

@@ -27,23 +27,6 @@
 #include "testutil.h"
 #include "wire.h"
 
-static int64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int64_t cpu_us(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
-	       ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
-}
-
 /* CPU time of this thread: a step's own cost, whatever the load. */
 static int64_t thread_cpu_us(void)
 {
@@ -187,18 +170,18 @@ static void save_loop(cprxfer_channel *ch, const cprxfer_state *st,
 		      struct loop_stats *s)
 {
 	struct pollfd p = { .fd = cprxfer_channel_fd(ch), .events = POLLIN };
-	int64_t cpu0 = cpu_us(), w0 = now_us(), t0 = now_us(), d, c0;
+	int64_t cpu0 = tu_cpu_us(), w0 = tu_now_us(), t0 = tu_now_us(), d, c0;
 
 	memset(s, 0, sizeof(*s));
 	s->rc = cprxfer_save_start(ch, st);
-	s->first_us = s->last_us = now_us() - t0;
+	s->first_us = s->last_us = tu_now_us() - t0;
 	while (s->rc == -EAGAIN) {
 		if (poll(&p, 1, -1) < 0)
 			continue;
 		c0 = thread_cpu_us();
-		t0 = now_us();
+		t0 = tu_now_us();
 		s->rc = cprxfer_save_step(ch);
-		d = now_us() - t0;
+		d = tu_now_us() - t0;
 		c0 = thread_cpu_us() - c0;
 		if (c0 > s->max_cpu_us)
 			s->max_cpu_us = c0;
@@ -208,8 +191,8 @@ static void save_loop(cprxfer_channel *ch, const cprxfer_state *st,
 		if (d > s->max_step_us)
 			s->max_step_us = d;
 	}
-	s->cpu_us = cpu_us() - cpu0;
-	s->wall_us = now_us() - w0;
+	s->cpu_us = tu_cpu_us() - cpu0;
+	s->wall_us = tu_now_us() - w0;
 }
 
 /* Load with load_step, in a poll() loop. */
@@ -217,7 +200,7 @@ static void load_loop(cprxfer_channel *ch, cprxfer_state **out,
 		      struct loop_stats *s)
 {
 	struct pollfd p = { .fd = cprxfer_channel_fd(ch), .events = POLLIN };
-	int64_t cpu0 = cpu_us(), w0 = now_us(), t0, d, c0;
+	int64_t cpu0 = tu_cpu_us(), w0 = tu_now_us(), t0, d, c0;
 
 	memset(s, 0, sizeof(*s));
 	s->rc = -EAGAIN;
@@ -225,9 +208,9 @@ static void load_loop(cprxfer_channel *ch, cprxfer_state **out,
 		if (s->steps && poll(&p, 1, -1) < 0)
 			continue;
 		c0 = thread_cpu_us();
-		t0 = now_us();
+		t0 = tu_now_us();
 		s->rc = cprxfer_load_step(ch, out);
-		d = now_us() - t0;
+		d = tu_now_us() - t0;
 		c0 = thread_cpu_us() - c0;
 		if (!s->steps)
 			s->first_us = d;
@@ -241,8 +224,8 @@ static void load_loop(cprxfer_channel *ch, cprxfer_state **out,
 			s->last_us = d;
 		s->steps++;
 	}
-	s->cpu_us = cpu_us() - cpu0;
-	s->wall_us = now_us() - w0;
+	s->cpu_us = tu_cpu_us() - cpu0;
+	s->wall_us = tu_now_us() - w0;
 }
 
 /* Wait for the ack with non-blocking steps. */
@@ -431,7 +414,7 @@ static void test_step_save_moves_fds_as_fast_as_blocking_save(void **u)
 	assert_int_equal(cprxfer_channel_open(sv[0], &ch), 0);
 	/* Alternate, best of two each: save to ack received. */
 	for (r = 0; r < 4; r++) {
-		t0 = now_us();
+		t0 = tu_now_us();
 		if (r % 2 == 0) {
 			assert_int_equal(cprxfer_save(ch, b.st), 0);
 		} else {
@@ -439,7 +422,7 @@ static void test_step_save_moves_fds_as_fast_as_blocking_save(void **u)
 			assert_int_equal(s.rc, 0);
 		}
 		assert_int_equal(ack_loop(ch), 0);
-		t0 = now_us() - t0;
+		t0 = tu_now_us() - t0;
 		if (r % 2 == 0 && t0 < blocking)
 			blocking = t0;
 		if (r % 2 == 1 && t0 < stepwise)
@@ -1042,7 +1025,7 @@ static void test_save_step_successor_death_ends_with_echild(void **u)
 	/* It never reads: the save stays in progress. */
 	assert_int_equal(cprxfer_save_start(ch, b.st), -EAGAIN);
 	assert_int_equal(cprxfer_successor_kill(sp), 0);
-	t0 = now_us();
+	t0 = tu_now_us();
 	memset(&s, 0, sizeof(s));
 	s.rc = -EAGAIN;
 	while (s.rc == -EAGAIN) {
@@ -1055,7 +1038,7 @@ static void test_save_step_successor_death_ends_with_echild(void **u)
 	}
 	print_message(
 		"successor killed mid-save: %d after %lld us, %d steps: %s\n",
-		s.rc, (long long)(now_us() - t0), s.steps, cprxfer_errmsg());
+		s.rc, (long long)(tu_now_us() - t0), s.steps, cprxfer_errmsg());
 	assert_int_equal(s.rc, -ECHILD);
 	assert_true(s.steps < 50);
 	/* (The fd stays readable: the pidfd of a dead successor is.) */

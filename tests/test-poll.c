@@ -23,23 +23,6 @@
 
 static char target[512];
 
-static int64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int64_t cpu_us(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
-	       ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
-}
-
 struct loop_stats {
 	int64_t max_step_us; /* longest single non-blocking step */
 	int steps;	     /* steps taken (the loop's wake-ups) */
@@ -55,24 +38,24 @@ struct loop_stats {
 static void run_loop(cprxfer_channel *ch, int (*step)(cprxfer_channel *),
 		     struct loop_stats *s)
 {
-	int64_t cpu0 = cpu_us();
+	int64_t cpu0 = tu_cpu_us();
 	struct pollfd p = { .fd = cprxfer_channel_fd(ch), .events = POLLIN };
 
 	memset(s, 0, sizeof(*s));
 	s->rc = -EAGAIN;
 	/* Step once first: something may be buffered already. */
 	while (s->rc == -EAGAIN) {
-		int64_t t0 = now_us(), d;
+		int64_t t0 = tu_now_us(), d;
 
 		s->rc = step(ch);
-		d = now_us() - t0;
+		d = tu_now_us() - t0;
 		if (d > s->max_step_us)
 			s->max_step_us = d;
 		s->steps++;
 		if (s->rc == -EAGAIN)
 			poll(&p, 1, 20);
 	}
-	s->cpu_us = cpu_us() - cpu0;
+	s->cpu_us = tu_cpu_us() - cpu0;
 }
 
 static int ack_step(cprxfer_channel *ch)

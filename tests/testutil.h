@@ -33,8 +33,13 @@ pid_t tu_fork(int (*fn)(void *), void *arg);
 /* Wait for pid; returns its exit status, or 128 + signal. */
 int tu_wait(pid_t pid);
 
-/* Milliseconds on CLOCK_MONOTONIC. */
+/* Milliseconds, microseconds, nanoseconds on CLOCK_MONOTONIC. */
 int64_t tu_now_ms(void);
+int64_t tu_now_us(void);
+int64_t tu_now_ns(void);
+
+/* CPU time (user + system) of this process so far, in microseconds. */
+int64_t tu_cpu_us(void);
 
 /* A fresh private temporary directory (caller frees the string). */
 char *tu_tmpdir(void);
