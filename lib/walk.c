@@ -290,6 +290,8 @@ static int on_record(struct wk *k, const struct cx_frame *f)
 	case CPRXFER_TYPE_U64:
 	case CPRXFER_TYPE_I64:
 		rc = take(k, v, 8);
+		if (rc < 0)
+			return rc;
 		r.u64 = cx_get64(v);
 		break;
 	case CPRXFER_TYPE_FD:
